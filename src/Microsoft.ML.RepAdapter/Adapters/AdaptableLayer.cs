@@ -1,0 +1,174 @@
+using TorchSharp;
+using TorchSharp.Modules;
+using TorchSharp.Utils;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.RepAdapter.Adapters;
+
+/// <summary>
+/// A projection (linear layer or convolution) of a backbone that can host one adapter. Its own parameters keep the
+/// checkpoint names (<c>weight</c>, <c>bias</c>), so a plain checkpoint maps onto it 1:1; an attached adapter lives
+/// under <c>adapter.*</c>. <see cref="MergeAdapter"/> folds the adapter into <c>weight</c>/<c>bias</c> and removes it,
+/// leaving exactly the original layer.
+/// </summary>
+public abstract class AdaptableLayer : nn.Module<Tensor, Tensor>
+{
+    protected AdaptableLayer(string name) : base(name) { }
+
+    /// <summary>Input channels: the dimension an adapter in front of this layer works on.</summary>
+    public abstract long InChannels { get; }
+
+    /// <summary>Output channels.</summary>
+    public abstract long OutChannels { get; }
+
+    /// <summary>The axis of the input that holds channels (-1 for tokens, 1 for feature maps).</summary>
+    public abstract int ChannelDim { get; }
+
+    /// <summary>
+    /// Whether an input map with a bias (z -> M z + c) folds exactly. A zero-padded k x k convolution would see the
+    /// constant c at its borders but zeros in its padding, so there only bias-free adapters are exact.
+    /// </summary>
+    public abstract bool InputBiasFoldsExactly { get; }
+
+    public abstract Parameter weight { get; }
+
+    public abstract Parameter? bias { get; }
+
+    [ComponentName(Name = "adapter")]
+    private ProjectionAdapter? _adapter;
+
+    /// <summary>The attached adapter, or null for the plain layer.</summary>
+    public ProjectionAdapter? Adapter => _adapter;
+
+    /// <summary>The plain projection, without any adapter.</summary>
+    public abstract Tensor Project(Tensor input);
+
+    public override Tensor forward(Tensor input) => Adapter is null ? Project(input) : Adapter.Forward(input, this);
+
+    public void AttachAdapter(ProjectionAdapter adapter)
+    {
+        if (Adapter is not null) throw new InvalidOperationException($"Layer '{GetName()}' already has an adapter.");
+        if (adapter.HasInputBias && !InputBiasFoldsExactly)
+            throw new ArgumentException($"Layer '{GetName()}' is a zero-padded convolution: only a bias-free adapter folds into it exactly.");
+        register_module("adapter", adapter);
+        _adapter = adapter;
+    }
+
+    /// <summary>Folds the adapter into this layer's weights and removes it. Returns false when there was none.</summary>
+    public bool MergeAdapter()
+    {
+        if (Adapter is null) return false;
+        using (no_grad()) Adapter.MergeInto(this);
+        var adapter = _adapter!;
+        register_module("adapter", null!);
+        _adapter = null;
+        adapter.Dispose();
+        return true;
+    }
+
+    /// <summary>Replaces this layer by itself preceded by the input map z -> M z + c (M: [in, in], c: [in]).</summary>
+    internal abstract void FoldInputMap(Tensor m, Tensor? c);
+
+    /// <summary>Adds <paramref name="delta"/> ([out, in]) to the weight, for low-rank updates.</summary>
+    internal abstract void AddWeightDelta(Tensor delta);
+
+    protected static void Assign(Parameter target, Tensor value)
+    {
+        if (!target.shape.SequenceEqual(value.shape))
+            throw new InvalidOperationException($"Merged tensor shape [{string.Join(", ", value.shape)}] differs from [{string.Join(", ", target.shape)}].");
+        target.copy_(value);
+    }
+}
+
+/// <summary>A linear layer y = W z + b (nn.Linear semantics and names) that can host an adapter.</summary>
+public sealed class AdaptableLinear : AdaptableLayer
+{
+    [ComponentName(Name = "weight")]
+    private readonly Parameter _weight;
+    [ComponentName(Name = "bias")]
+    private readonly Parameter? _bias;
+
+    public AdaptableLinear(long inFeatures, long outFeatures, bool hasBias = true) : base(nameof(AdaptableLinear))
+    {
+        // Same default init as nn.Linear; backbones re-initialise as their reference implementation does.
+        _weight = new Parameter(empty(outFeatures, inFeatures));
+        nn.init.kaiming_uniform_(_weight, Math.Sqrt(5));
+        if (hasBias)
+        {
+            double bound = 1 / Math.Sqrt(inFeatures);
+            _bias = new Parameter(empty(outFeatures));
+            nn.init.uniform_(_bias, -bound, bound);
+        }
+        RegisterComponents();
+    }
+
+    public override Parameter weight => _weight;
+    public override Parameter? bias => _bias;
+    public override long InChannels => _weight.shape[1];
+    public override long OutChannels => _weight.shape[0];
+    public override int ChannelDim => -1;
+    public override bool InputBiasFoldsExactly => true;
+
+    public override Tensor Project(Tensor input) => nn.functional.linear(input, _weight, _bias);
+
+    internal override void FoldInputMap(Tensor m, Tensor? c)
+    {
+        // W (M z + c) + b = (W M) z + (W c + b)
+        if (c is not null)
+        {
+            var shift = _weight.matmul(c);
+            if (_bias is null) throw new InvalidOperationException("An adapter bias cannot fold into a linear layer without bias.");
+            Assign(_bias, _bias + shift);
+        }
+        Assign(_weight, _weight.matmul(m));
+    }
+
+    internal override void AddWeightDelta(Tensor delta) => Assign(_weight, _weight + delta);
+}
+
+/// <summary>A 2-D convolution (nn.Conv2d semantics and names) that can host an adapter in front of it.</summary>
+public sealed class AdaptableConv2d : AdaptableLayer
+{
+    [ComponentName(Name = "weight")]
+    private readonly Parameter _weight;
+    [ComponentName(Name = "bias")]
+    private readonly Parameter? _bias;
+    private readonly long _stride;
+    private readonly long _padding;
+
+    public AdaptableConv2d(long inChannels, long outChannels, long kernelSize, long stride = 1, long padding = 0, bool hasBias = false)
+        : base(nameof(AdaptableConv2d))
+    {
+        _stride = stride;
+        _padding = padding;
+        _weight = new Parameter(empty(outChannels, inChannels, kernelSize, kernelSize));
+        nn.init.kaiming_normal_(_weight, mode: nn.init.FanInOut.FanOut, nonlinearity: nn.init.NonlinearityType.ReLU);
+        if (hasBias) _bias = new Parameter(zeros(outChannels));
+        RegisterComponents();
+    }
+
+    public override Parameter weight => _weight;
+    public override Parameter? bias => _bias;
+    public override long InChannels => _weight.shape[1];
+    public override long OutChannels => _weight.shape[0];
+    public override int ChannelDim => 1;
+    public override bool InputBiasFoldsExactly => _padding == 0;
+
+    public override Tensor Project(Tensor input) =>
+        nn.functional.conv2d(input, _weight, _bias, strides: [_stride, _stride], padding: [_padding, _padding]);
+
+    internal override void FoldInputMap(Tensor m, Tensor? c)
+    {
+        // conv(M z + c): each kernel tap reads M z, so W'[o, j] = sum_i W[o, i] M[i, j]; an unpadded conv sees c everywhere.
+        if (c is not null)
+        {
+            if (!InputBiasFoldsExactly) throw new InvalidOperationException("An adapter bias cannot fold exactly into a zero-padded convolution.");
+            if (_bias is null) throw new InvalidOperationException("An adapter bias cannot fold into a convolution without bias.");
+            Assign(_bias, _bias + _weight.sum([2, 3]).matmul(c));
+        }
+        Assign(_weight, einsum("oihw,ij->ojhw", _weight, m));
+    }
+
+    internal override void AddWeightDelta(Tensor delta) =>
+        throw new NotSupportedException("Low-rank weight updates are only defined for linear layers.");
+}

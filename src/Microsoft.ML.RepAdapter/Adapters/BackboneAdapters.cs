@@ -1,0 +1,76 @@
+using Microsoft.ML.RepAdapter.Backbones;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.RepAdapter.Adapters;
+
+/// <summary>
+/// Attaching adapters to a backbone, choosing what trains, and merging them away afterwards
+/// (peft's inject / mark-trainable / merge_and_unload, for RepAdapter and LoRA).
+/// </summary>
+public static class BackboneAdapters
+{
+    /// <summary>Attaches one adapter per site of <paramref name="config"/>'s placement. Returns the sites used.</summary>
+    public static IReadOnlyList<AdapterSite> AttachAdapters(this Backbone backbone, AdapterConfig config)
+    {
+        var sites = backbone.AdapterSites(config.Placement);
+        foreach (var site in sites)
+        {
+            var adapter = ProjectionAdapter.Create(config, site.Layer, site.Name);
+            adapter.to(site.Layer.weight.device);
+            site.Layer.AttachAdapter(adapter);
+        }
+        return sites;
+    }
+
+    /// <summary>The layers that currently carry an adapter.</summary>
+    public static IEnumerable<AdaptableLayer> AdaptedLayers(this Backbone backbone) =>
+        backbone.modules().OfType<AdaptableLayer>().Where(layer => layer.Adapter is not null);
+
+    /// <summary>
+    /// Structural re-parameterisation: folds every adapter into the projection it feeds and removes it. The result is
+    /// the plain backbone architecture (same modules, same parameter count); in eval mode it computes what the adapted
+    /// model computed, up to float rounding. Returns the number of adapters merged.
+    /// </summary>
+    public static int MergeAdapters(this Backbone backbone)
+    {
+        int merged = 0;
+        foreach (var layer in backbone.AdaptedLayers().ToList())
+        {
+            if (layer.MergeAdapter()) merged++;
+        }
+        return merged;
+    }
+
+    /// <summary>Sets requires_grad on every parameter according to <paramref name="policy"/>.</summary>
+    public static void SetTrainable(this Backbone backbone, TrainableParameters policy)
+    {
+        foreach (var (name, parameter) in backbone.named_parameters())
+        {
+            bool isAdapter = IsAdapterParameter(name);
+            bool trainable = backbone.IsHeadParameter(name) || policy switch
+            {
+                TrainableParameters.All => true,
+                TrainableParameters.HeadOnly => false,
+                TrainableParameters.AdaptersAndHead => isAdapter,
+                TrainableParameters.AdaptersHeadAndBiases => isAdapter || name.EndsWith(".bias", StringComparison.Ordinal),
+                _ => throw new ArgumentOutOfRangeException(nameof(policy), policy, null),
+            };
+            parameter.requires_grad = trainable;
+        }
+        backbone.FreezeNormStatistics = policy != TrainableParameters.All;
+    }
+
+    /// <summary>Whether the named parameter belongs to an adapter (lives under an <c>adapter</c> module).</summary>
+    public static bool IsAdapterParameter(string parameterName) =>
+        parameterName.Contains(".adapter.", StringComparison.Ordinal) || parameterName.StartsWith("adapter.", StringComparison.Ordinal);
+
+    /// <summary>Number of adapter parameters; <paramref name="includeBiases"/> false counts weights only (the paper's "0.22M").</summary>
+    public static long CountAdapterParameters(this Backbone backbone, bool includeBiases = true) =>
+        backbone.named_parameters()
+            .Where(p => IsAdapterParameter(p.name) && (includeBiases || !p.name.EndsWith(".bias", StringComparison.Ordinal)))
+            .Sum(p => p.parameter.numel());
+
+    public static long CountParameters(this Backbone backbone, bool trainableOnly = false) =>
+        backbone.parameters().Where(p => !trainableOnly || p.requires_grad).Sum(p => p.numel());
+}

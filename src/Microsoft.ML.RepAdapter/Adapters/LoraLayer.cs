@@ -1,0 +1,45 @@
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.RepAdapter.Adapters;
+
+/// <summary>
+/// LoRA: W z + b + s * B A dropout(z), with A [r, in] (kaiming init) and B [out, r] (zero init), in parallel to a
+/// linear layer. Merges as W' = W + s B A. Offered on the same sites as RepAdapter, for comparison.
+/// </summary>
+public sealed class LoraLayer : ProjectionAdapter
+{
+    private readonly Linear lora_A;
+    private readonly Linear lora_B;
+    private readonly Dropout dropout;
+
+    public LoraLayer(int inFeatures, int outFeatures, AdapterConfig config) : base(nameof(LoraLayer))
+    {
+        config.Validate(inFeatures, nameof(LoraLayer));
+        Scale = config.Scale;
+        lora_A = nn.Linear(inFeatures, config.Hidden, hasBias: false);
+        lora_B = nn.Linear(config.Hidden, outFeatures, hasBias: false);
+        dropout = nn.Dropout(config.Dropout);
+        nn.init.kaiming_uniform_(lora_A.weight, Math.Sqrt(5));
+        nn.init.zeros_(lora_B.weight);
+        RegisterComponents();
+    }
+
+    public float Scale { get; }
+
+    public override bool HasInputBias => false;
+
+    public override Tensor Forward(Tensor input, AdaptableLayer layer)
+    {
+        using var scope = NewDisposeScope();
+        Tensor update = lora_B.forward(lora_A.forward(dropout.forward(input))).mul(Scale);
+        return (layer.Project(input) + update).MoveToOuterDisposeScope();
+    }
+
+    internal override void MergeInto(AdaptableLayer layer)
+    {
+        using var delta = lora_B.weight.matmul(lora_A.weight).mul(Scale);
+        layer.AddWeightDelta(delta);
+    }
+}

@@ -1,0 +1,85 @@
+using Microsoft.ML.RepAdapter.Adapters;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.RepAdapter.Backbones;
+
+/// <summary>
+/// The contract every backbone offers the trainers: pooled features for classification, a per-location feature
+/// map for segmentation, a classification head, and the projections where adapters can go and merge exactly.
+/// Parameter names follow the reference implementation (timm / torchvision) so checkpoints map 1:1.
+/// </summary>
+public abstract class Backbone : nn.Module<Tensor, Tensor>
+{
+    protected Backbone(string name) : base(name) { }
+
+    /// <summary>The preset or architecture name, e.g. <c>vit_base_patch16_224</c>.</summary>
+    public abstract string Architecture { get; }
+
+    /// <summary>Input size and normalisation the backbone was pretrained with.</summary>
+    public abstract ImageInputSpec Input { get; }
+
+    /// <summary>Width of <see cref="ForwardFeatures"/>' output.</summary>
+    public abstract int FeatureDim { get; }
+
+    /// <summary>Classes of the current head (0: no head, forward returns features).</summary>
+    public abstract int NumClasses { get; }
+
+    /// <summary>Pooled image features [B, FeatureDim], the head's input.</summary>
+    public abstract Tensor ForwardFeatures(Tensor images);
+
+    /// <summary>Per-location features [B, C, h, w] for dense prediction.</summary>
+    public abstract Tensor ForwardFeatureMap(Tensor images);
+
+    /// <summary>The classification head applied to pooled features.</summary>
+    public abstract Tensor ForwardHead(Tensor features);
+
+    public override Tensor forward(Tensor images)
+    {
+        using var scope = NewDisposeScope();
+        return ForwardHead(ForwardFeatures(images)).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Replaces the head by a freshly initialised one for <paramref name="numClasses"/> classes (0 removes it).</summary>
+    public abstract void ResetClassifier(int numClasses);
+
+    /// <summary>Whether the named parameter belongs to the task head (trained in every policy).</summary>
+    public abstract bool IsHeadParameter(string parameterName);
+
+    /// <summary>The mergeable projections for <paramref name="placement"/>, named by their module path.</summary>
+    public abstract IReadOnlyList<AdapterSite> AdapterSites(AdapterPlacement placement);
+
+    /// <summary>
+    /// When true, normalisation statistics (BatchNorm running stats) stay frozen in training mode, as they must when
+    /// the backbone itself is frozen. Backbones without such statistics ignore it.
+    /// </summary>
+    public bool FreezeNormStatistics { get; set; }
+}
+
+/// <summary>One place where an adapter can be attached and merged: the projection at module path <paramref name="Name"/>.</summary>
+public sealed record AdapterSite(string Name, AdaptableLayer Layer);
+
+/// <summary>Whether pixels are fed in RGB or BGR order.</summary>
+public enum ChannelOrder { Rgb, Bgr }
+
+/// <summary>
+/// How images become input tensors: resized to <paramref name="ImageSize"/> (square), channel value
+/// v = (pixel * <paramref name="PixelScale"/> - Mean[c]) / Std[c], pixel in 0..255.
+/// </summary>
+public sealed record ImageInputSpec(int ImageSize, float[] Mean, float[] Std, float PixelScale = 1f / 255, ChannelOrder Order = ChannelOrder.Rgb)
+{
+    /// <summary>ImageNet mean/std on 0..1 RGB, used by timm's and torchvision's ImageNet models and by the paper's recipe.</summary>
+    public static ImageInputSpec ImageNet(int imageSize) =>
+        new(imageSize, [0.485f, 0.456f, 0.406f], [0.229f, 0.224f, 0.225f]);
+
+    /// <summary>Inception-style 0.5/0.5 normalisation of Google's original ViT checkpoints.</summary>
+    public static ImageInputSpec Inception(int imageSize) => new(imageSize, [0.5f, 0.5f, 0.5f], [0.5f, 0.5f, 0.5f]);
+
+    public ImageInputSpec WithImageSize(int imageSize) => this with { ImageSize = imageSize };
+
+    public bool Equals(ImageInputSpec? other) =>
+        other is not null && ImageSize == other.ImageSize && Mean.SequenceEqual(other.Mean) && Std.SequenceEqual(other.Std)
+        && PixelScale == other.PixelScale && Order == other.Order;
+
+    public override int GetHashCode() => HashCode.Combine(ImageSize, PixelScale, Order, Mean.Sum(), Std.Sum());
+}

@@ -1,0 +1,21 @@
+namespace Microsoft.ML.RepAdapter.Backbones;
+
+/// <summary>Builds backbones by their timm / torchvision preset name (randomly initialised; load weights separately).</summary>
+public static class BackbonePresets
+{
+    public static IEnumerable<string> Names =>
+        VisionTransformerConfig.Presets.Keys.Concat(ResNetConfig.Presets.Keys).Order(StringComparer.Ordinal);
+
+    /// <summary>Creates <paramref name="preset"/>; <paramref name="numClasses"/> overrides the preset's head (0: none).</summary>
+    public static Backbone Create(string preset, int? numClasses = null, double dropPathRate = 0)
+    {
+        if (VisionTransformerConfig.Presets.TryGetValue(preset, out var vit))
+        {
+            vit = vit with { DropPathRate = dropPathRate, NumClasses = numClasses ?? vit.NumClasses };
+            return new VisionTransformer(vit, preset);
+        }
+        if (ResNetConfig.Presets.TryGetValue(preset, out var resnet))
+            return new ResNet(resnet with { NumClasses = numClasses ?? resnet.NumClasses }, preset);
+        throw new ArgumentException($"Unknown backbone preset '{preset}'. Known presets: {string.Join(", ", Names)}.", nameof(preset));
+    }
+}

@@ -1,0 +1,244 @@
+using Microsoft.ML.RepAdapter.Adapters;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.RepAdapter.Backbones;
+
+/// <summary>Residual block kind: two 3x3 convs (ResNet-18/34) or 1x1-3x3-1x1 bottleneck (ResNet-50+).</summary>
+public enum ResNetBlock { Basic, Bottleneck }
+
+/// <summary>
+/// Configuration of a <see cref="ResNet"/> in torchvision's layout. <paramref name="Widths"/> are the stage widths
+/// (64, 128, 256, 512 for the ImageNet models); smaller widths build the tiny test networks with the same code.
+/// </summary>
+public sealed record ResNetConfig(
+    ResNetBlock Block,
+    int[] Layers,
+    int[]? Widths = null,
+    int NumClasses = 1000,
+    int ImageSize = 224)
+{
+    public int[] StageWidths => Widths ?? [64, 128, 256, 512];
+    public int Expansion => Block == ResNetBlock.Basic ? 1 : 4;
+    public int FeatureDim => StageWidths[^1] * Expansion;
+
+    public void Validate()
+    {
+        if (Layers.Length != 4 || StageWidths.Length != 4) throw new ArgumentException("A ResNet has four stages: give four layer counts and four widths.");
+        if (Layers.Any(n => n <= 0) || StageWidths.Any(w => w <= 0)) throw new ArgumentException("ResNet layer counts and widths must be positive.");
+    }
+
+    public static IReadOnlyDictionary<string, ResNetConfig> Presets { get; } = new Dictionary<string, ResNetConfig>
+    {
+        ["resnet18"] = new(ResNetBlock.Basic, [2, 2, 2, 2]),
+        ["resnet34"] = new(ResNetBlock.Basic, [3, 4, 6, 3]),
+        ["resnet50"] = new(ResNetBlock.Bottleneck, [3, 4, 6, 3]),
+    };
+
+    public bool Equals(ResNetConfig? other) =>
+        other is not null && Block == other.Block && Layers.SequenceEqual(other.Layers) && StageWidths.SequenceEqual(other.StageWidths)
+        && NumClasses == other.NumClasses && ImageSize == other.ImageSize;
+
+    public override int GetHashCode() => HashCode.Combine(Block, Layers.Sum(), StageWidths.Sum(), NumClasses, ImageSize);
+}
+
+/// <summary>
+/// ResNet (He et al. 2016) with torchvision's parameter names (torchvision v1.5: the stride sits on the 3x3 conv).
+/// Adapter sites: the first conv of every residual block, fed by the block input (the shortcut keeps the raw input,
+/// as in ViT). For a 3x3 zero-padded conv only a bias-free linear map folds exactly (the padding would not see the
+/// bias), so ResNet adapters are bias-free; torchvision's convs have no bias to absorb one anyway.
+/// </summary>
+public sealed class ResNet : Backbone
+{
+    private readonly Conv2d conv1;
+    private readonly BatchNorm2d bn1;
+    private readonly ReLU relu;
+    private readonly MaxPool2d maxpool;
+    private readonly Sequential layer1, layer2, layer3, layer4;
+    private Linear? fc;
+    private readonly ImageInputSpec _input;
+
+    public ResNet(ResNetConfig config, string architecture = "resnet", ImageInputSpec? input = null) : base(nameof(ResNet))
+    {
+        config.Validate();
+        Config = config;
+        Architecture = architecture;
+        _input = input ?? ImageInputSpec.ImageNet(config.ImageSize);
+        int[] widths = config.StageWidths;
+        int inplanes = widths[0];
+        conv1 = nn.Conv2d(3, inplanes, 7, stride: 2, padding: 3, bias: false);
+        bn1 = nn.BatchNorm2d(inplanes);
+        relu = nn.ReLU();
+        maxpool = nn.MaxPool2d(3, stride: 2, padding: 1);
+        var stages = new Sequential[4];
+        for (int s = 0; s < 4; s++)
+        {
+            var stageBlocks = new List<(string, nn.Module<Tensor, Tensor>)>();
+            for (int i = 0; i < config.Layers[s]; i++)
+            {
+                int stride = s > 0 && i == 0 ? 2 : 1;
+                ResidualBlock block = config.Block == ResNetBlock.Basic
+                    ? new BasicBlock(inplanes, widths[s], stride)
+                    : new Bottleneck(inplanes, widths[s], stride);
+                inplanes = widths[s] * config.Expansion;
+                stageBlocks.Add((i.ToString(), block));
+            }
+            stages[s] = nn.Sequential(stageBlocks);
+        }
+        (layer1, layer2, layer3, layer4) = (stages[0], stages[1], stages[2], stages[3]);
+        RegisterComponents();
+        ResetClassifier(config.NumClasses);
+    }
+
+    public ResNetConfig Config { get; private set; }
+
+    public override string Architecture { get; }
+
+    public override ImageInputSpec Input => _input;
+
+    public override int FeatureDim => Config.FeatureDim;
+
+    public override int NumClasses => Config.NumClasses;
+
+    public override void ResetClassifier(int numClasses)
+    {
+        if (numClasses < 0) throw new ArgumentOutOfRangeException(nameof(numClasses), numClasses, "Class count cannot be negative.");
+        if (fc is not null)
+        {
+            register_module("fc", null!);
+            fc.Dispose();
+        }
+        fc = numClasses > 0 ? nn.Linear(FeatureDim, numClasses) : null;
+        if (fc is not null) register_module("fc", fc);
+        Config = Config with { NumClasses = numClasses };
+    }
+
+    public override bool IsHeadParameter(string parameterName) => parameterName.StartsWith("fc.", StringComparison.Ordinal);
+
+    public override IReadOnlyList<AdapterSite> AdapterSites(AdapterPlacement placement)
+    {
+        if (placement != AdapterPlacement.Block)
+            throw new NotSupportedException($"ResNet has no attention; use {nameof(AdapterPlacement)}.{nameof(AdapterPlacement.Block)}.");
+        var sites = new List<AdapterSite>();
+        foreach (var (stageName, stage) in new[] { ("layer1", layer1), ("layer2", layer2), ("layer3", layer3), ("layer4", layer4) })
+        {
+            foreach (var (blockName, block) in stage.named_children())
+                sites.Add(new AdapterSite($"{stageName}.{blockName}.conv1", ((ResidualBlock)block).FirstConv));
+        }
+        return sites;
+    }
+
+    public override void train(bool train = true)
+    {
+        base.train(train);
+        // A frozen backbone keeps its pretrained BatchNorm statistics.
+        if (train && FreezeNormStatistics)
+        {
+            foreach (var module in modules().OfType<BatchNorm2d>()) module.eval();
+        }
+    }
+
+    public override Tensor ForwardFeatureMap(Tensor images)
+    {
+        using var scope = NewDisposeScope();
+        CheckInput(images);
+        Tensor x = maxpool.forward(relu.forward(bn1.forward(conv1.forward(images))));
+        x = layer4.forward(layer3.forward(layer2.forward(layer1.forward(x))));
+        return x.MoveToOuterDisposeScope();
+    }
+
+    public override Tensor ForwardFeatures(Tensor images)
+    {
+        using var scope = NewDisposeScope();
+        return ForwardFeatureMap(images).mean([2, 3]).MoveToOuterDisposeScope();
+    }
+
+    public override Tensor ForwardHead(Tensor features) => fc is null ? features.alias() : fc.forward(features);
+
+    private static void CheckInput(Tensor images)
+    {
+        if (images.dim() != 4 || images.shape[1] != 3)
+            throw new ArgumentException($"ResNet expects images [B, 3, H, W], got [{string.Join(", ", images.shape)}].");
+    }
+
+    /// <summary>A residual block whose first conv is an adapter site.</summary>
+    public abstract class ResidualBlock(string name) : nn.Module<Tensor, Tensor>(name)
+    {
+        public abstract AdaptableConv2d FirstConv { get; }
+
+        protected static Sequential? Downsample(int inplanes, int outplanes, int stride) =>
+            stride == 1 && inplanes == outplanes
+                ? null
+                : nn.Sequential(("0", nn.Conv2d(inplanes, outplanes, 1, stride: stride, bias: false)), ("1", nn.BatchNorm2d(outplanes)));
+    }
+
+    public sealed class BasicBlock : ResidualBlock
+    {
+        private readonly AdaptableConv2d conv1;
+        private readonly BatchNorm2d bn1;
+        private readonly Conv2d conv2;
+        private readonly BatchNorm2d bn2;
+        private readonly ReLU relu;
+        private readonly Sequential? downsample;
+
+        public BasicBlock(int inplanes, int planes, int stride) : base(nameof(BasicBlock))
+        {
+            conv1 = new AdaptableConv2d(inplanes, planes, 3, stride, padding: 1);
+            bn1 = nn.BatchNorm2d(planes);
+            conv2 = nn.Conv2d(planes, planes, 3, padding: 1, bias: false);
+            bn2 = nn.BatchNorm2d(planes);
+            relu = nn.ReLU();
+            downsample = Downsample(inplanes, planes, stride);
+            RegisterComponents();
+        }
+
+        public override AdaptableConv2d FirstConv => conv1;
+
+        public override Tensor forward(Tensor x)
+        {
+            using var scope = NewDisposeScope();
+            Tensor y = relu.forward(bn1.forward(conv1.forward(x)));
+            y = bn2.forward(conv2.forward(y));
+            Tensor shortcut = downsample is null ? x : downsample.forward(x);
+            return relu.forward(y + shortcut).MoveToOuterDisposeScope();
+        }
+    }
+
+    public sealed class Bottleneck : ResidualBlock
+    {
+        private readonly AdaptableConv2d conv1;
+        private readonly BatchNorm2d bn1;
+        private readonly Conv2d conv2;
+        private readonly BatchNorm2d bn2;
+        private readonly Conv2d conv3;
+        private readonly BatchNorm2d bn3;
+        private readonly ReLU relu;
+        private readonly Sequential? downsample;
+
+        public Bottleneck(int inplanes, int planes, int stride) : base(nameof(Bottleneck))
+        {
+            conv1 = new AdaptableConv2d(inplanes, planes, 1);
+            bn1 = nn.BatchNorm2d(planes);
+            conv2 = nn.Conv2d(planes, planes, 3, stride: stride, padding: 1, bias: false);
+            bn2 = nn.BatchNorm2d(planes);
+            conv3 = nn.Conv2d(planes, planes * 4, 1, bias: false);
+            bn3 = nn.BatchNorm2d(planes * 4);
+            relu = nn.ReLU();
+            downsample = Downsample(inplanes, planes * 4, stride);
+            RegisterComponents();
+        }
+
+        public override AdaptableConv2d FirstConv => conv1;
+
+        public override Tensor forward(Tensor x)
+        {
+            using var scope = NewDisposeScope();
+            Tensor y = relu.forward(bn1.forward(conv1.forward(x)));
+            y = relu.forward(bn2.forward(conv2.forward(y)));
+            y = bn3.forward(conv3.forward(y));
+            Tensor shortcut = downsample is null ? x : downsample.forward(x);
+            return relu.forward(y + shortcut).MoveToOuterDisposeScope();
+        }
+    }
+}

@@ -1,0 +1,343 @@
+using Microsoft.ML.RepAdapter.Adapters;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.RepAdapter.Backbones;
+
+/// <summary>
+/// Configuration of a <see cref="VisionTransformer"/> (timm's VisionTransformer arguments).
+/// <paramref name="RepresentationSize"/> adds the old pre-logits layer (fc + tanh) of Google's ImageNet-21k checkpoints.
+/// </summary>
+public sealed record VisionTransformerConfig(
+    int ImageSize = 224,
+    int PatchSize = 16,
+    int EmbedDim = 768,
+    int Depth = 12,
+    int NumHeads = 12,
+    double MlpRatio = 4.0,
+    bool QkvBias = true,
+    int? RepresentationSize = null,
+    int NumClasses = 1000,
+    double DropPathRate = 0.0,
+    double LayerNormEps = 1e-6)
+{
+    public int GridSize => ImageSize / PatchSize;
+    public int NumPatches => GridSize * GridSize;
+    public int MlpHidden => (int)(EmbedDim * MlpRatio);
+
+    public void Validate()
+    {
+        if (ImageSize <= 0 || PatchSize <= 0 || ImageSize % PatchSize != 0)
+            throw new ArgumentException($"Image size {ImageSize} must be a positive multiple of patch size {PatchSize}.");
+        if (EmbedDim % NumHeads != 0)
+            throw new ArgumentException($"Embedding width {EmbedDim} must be divisible by the {NumHeads} heads.");
+        if (Depth <= 0) throw new ArgumentException($"Depth must be positive, got {Depth}.");
+        if (DropPathRate is < 0 or >= 1) throw new ArgumentException($"Drop-path rate must be in [0, 1), got {DropPathRate}.");
+    }
+
+    /// <summary>timm's preset names for the ViT variants.</summary>
+    public static IReadOnlyDictionary<string, VisionTransformerConfig> Presets { get; } = new Dictionary<string, VisionTransformerConfig>
+    {
+        ["vit_tiny_patch16_224"] = new(EmbedDim: 192, NumHeads: 3),
+        ["vit_small_patch16_224"] = new(EmbedDim: 384, NumHeads: 6),
+        ["vit_base_patch16_224"] = new(),
+        ["vit_base_patch32_224"] = new(PatchSize: 32),
+        ["vit_large_patch16_224"] = new(EmbedDim: 1024, Depth: 24, NumHeads: 16),
+        ["vit_large_patch14_224"] = new(PatchSize: 14, EmbedDim: 1024, Depth: 24, NumHeads: 16),
+        ["vit_base_patch16_384"] = new(ImageSize: 384),
+        ["vit_large_patch16_384"] = new(ImageSize: 384, EmbedDim: 1024, Depth: 24, NumHeads: 16),
+        // Google's ImageNet-21k ViT-B/16 (ViT-B_16.npz, the paper's backbone) with its pre-logits layer.
+        ["vit_base_patch16_224_in21k"] = new(RepresentationSize: 768, NumClasses: 21843),
+    };
+}
+
+/// <summary>
+/// Vision Transformer (Dosovitskiy et al. 2021) as in timm's <c>vision_transformer.py</c>: patch embedding, class
+/// token, absolute position embeddings, pre-norm blocks with fused qkv and a GELU MLP, final norm, optional pre-logits,
+/// head. Attention qkv and MLP fc1 are <see cref="AdaptableLinear"/>s: the RepAdapter sites.
+/// </summary>
+public sealed class VisionTransformer : Backbone
+{
+    private readonly PatchEmbed patch_embed;
+    private readonly Parameter cls_token;
+    private readonly Parameter pos_embed;
+    private readonly ModuleList<Block> blocks;
+    private readonly LayerNorm norm;
+    private PreLogits? pre_logits;
+    private Linear? head;
+
+    public VisionTransformer(VisionTransformerConfig config, string architecture = "vit") : base(nameof(VisionTransformer))
+    {
+        config.Validate();
+        Config = config;
+        Architecture = architecture;
+        int d = config.EmbedDim;
+        patch_embed = new PatchEmbed(config.PatchSize, d);
+        cls_token = new Parameter(zeros(1, 1, d));
+        pos_embed = new Parameter(zeros(1, config.NumPatches + 1, d));
+        // Stochastic depth grows linearly with depth (timm's rule).
+        var dropPath = linspace(0, config.DropPathRate, config.Depth).data<float>().ToArray();
+        blocks = new ModuleList<Block>(Enumerable.Range(0, config.Depth).Select(i => new Block(config, dropPath[i])).ToArray());
+        norm = nn.LayerNorm(d, config.LayerNormEps);
+        if (config.RepresentationSize is int representation) pre_logits = new PreLogits(d, representation);
+        RegisterComponents();
+        InitWeights();
+        ResetClassifier(config.NumClasses);
+    }
+
+    public VisionTransformerConfig Config { get; private set; }
+
+    public override string Architecture { get; }
+
+    public override ImageInputSpec Input => ImageInputSpec.ImageNet(Config.ImageSize);
+
+    public override int FeatureDim => Config.RepresentationSize ?? Config.EmbedDim;
+
+    public override int NumClasses => Config.NumClasses;
+
+    public IReadOnlyList<Block> Blocks => [.. blocks];
+
+    /// <summary>Drops the pre-logits layer (newer timm does; fine-tuning from Google's in21k checkpoint may prefer it).</summary>
+    public void RemovePreLogits()
+    {
+        if (pre_logits is null) return;
+        register_module("pre_logits", null!);
+        pre_logits.Dispose();
+        pre_logits = null;
+        Config = Config with { RepresentationSize = null };
+        ResetClassifier(Config.NumClasses);
+    }
+
+    public override void ResetClassifier(int numClasses)
+    {
+        if (numClasses < 0) throw new ArgumentOutOfRangeException(nameof(numClasses), numClasses, "Class count cannot be negative.");
+        if (head is not null)
+        {
+            register_module("head", null!);
+            head.Dispose();
+        }
+        head = null;
+        if (numClasses > 0)
+        {
+            head = nn.Linear(FeatureDim, numClasses);
+            using (no_grad())
+            {
+                nn.init.trunc_normal_(head.weight, std: 0.02);
+                nn.init.zeros_(head.bias);
+            }
+            register_module("head", head);
+        }
+        Config = Config with { NumClasses = numClasses };
+    }
+
+    public override bool IsHeadParameter(string parameterName) => parameterName.StartsWith("head.", StringComparison.Ordinal);
+
+    public override IReadOnlyList<AdapterSite> AdapterSites(AdapterPlacement placement)
+    {
+        var sites = new List<AdapterSite>();
+        for (int i = 0; i < blocks.Count; i++)
+        {
+            sites.Add(new AdapterSite($"blocks.{i}.attn.qkv", blocks[i].Attn.Qkv));
+            if (placement == AdapterPlacement.Block) sites.Add(new AdapterSite($"blocks.{i}.mlp.fc1", blocks[i].Mlp.Fc1));
+        }
+        return sites;
+    }
+
+    /// <summary>Token sequence after the final norm, [B, 1 + patches, D].</summary>
+    public Tensor ForwardTokens(Tensor images)
+    {
+        using var scope = NewDisposeScope();
+        CheckInput(images);
+        Tensor x = patch_embed.forward(images);
+        x = cat([cls_token.expand(x.shape[0], -1, -1), x], 1) + pos_embed;
+        foreach (var block in blocks) x = block.forward(x);
+        return norm.forward(x).MoveToOuterDisposeScope();
+    }
+
+    public override Tensor ForwardFeatures(Tensor images)
+    {
+        using var scope = NewDisposeScope();
+        Tensor cls = ForwardTokens(images).select(1, 0);
+        if (pre_logits is not null) cls = pre_logits.forward(cls);
+        return cls.MoveToOuterDisposeScope();
+    }
+
+    public override Tensor ForwardFeatureMap(Tensor images)
+    {
+        using var scope = NewDisposeScope();
+        Tensor patches = ForwardTokens(images).narrow(1, 1, Config.NumPatches);
+        int g = Config.GridSize;
+        return patches.transpose(1, 2).reshape(images.shape[0], Config.EmbedDim, g, g).MoveToOuterDisposeScope();
+    }
+
+    public override Tensor ForwardHead(Tensor features) => head is null ? features.alias() : head.forward(features);
+
+    /// <summary>
+    /// Resamples position embeddings [1, prefix + h*w, D] to a new grid the way timm does (bicubic, no antialias,
+    /// align_corners false); prefix tokens (class token) are kept as they are.
+    /// </summary>
+    public static Tensor ResamplePositionEmbedding(Tensor posEmbed, int newGrid, int prefixTokens = 1)
+    {
+        using var scope = NewDisposeScope();
+        long total = posEmbed.shape[1] - prefixTokens;
+        int oldGrid = (int)Math.Round(Math.Sqrt(total));
+        if (oldGrid * oldGrid != total)
+            throw new ArgumentException($"Position embedding with {total} patch positions is not a square grid.");
+        if (oldGrid == newGrid) return posEmbed.clone().MoveToOuterDisposeScope();
+        long d = posEmbed.shape[2];
+        Tensor prefix = posEmbed.narrow(1, 0, prefixTokens);
+        Tensor grid = posEmbed.narrow(1, prefixTokens, total).reshape(1, oldGrid, oldGrid, d).permute(0, 3, 1, 2);
+        grid = nn.functional.interpolate(grid.to(float32), [newGrid, newGrid], mode: InterpolationMode.Bicubic, align_corners: false);
+        grid = grid.permute(0, 2, 3, 1).reshape(1, newGrid * newGrid, d).to(posEmbed.dtype);
+        return cat([prefix, grid], 1).MoveToOuterDisposeScope();
+    }
+
+    private void CheckInput(Tensor images)
+    {
+        if (images.dim() != 4 || images.shape[1] != 3 || images.shape[2] != Config.ImageSize || images.shape[3] != Config.ImageSize)
+            throw new ArgumentException(
+                $"{Architecture} expects images [B, 3, {Config.ImageSize}, {Config.ImageSize}], got [{string.Join(", ", images.shape)}].");
+    }
+
+    private void InitWeights()
+    {
+        // timm's default ("jax"-free) init: truncated normal 0.02 for embeddings and linears, zero biases.
+        using var _ = no_grad();
+        nn.init.trunc_normal_(pos_embed, std: 0.02);
+        nn.init.normal_(cls_token, std: 1e-6);
+        foreach (var (name, module) in named_modules())
+        {
+            if (module is Linear linear)
+            {
+                nn.init.trunc_normal_(linear.weight, std: 0.02);
+                if (linear.bias is not null) nn.init.zeros_(linear.bias);
+            }
+            else if (module is AdaptableLinear adaptable)
+            {
+                nn.init.trunc_normal_(adaptable.weight, std: 0.02);
+                if (adaptable.bias is not null) nn.init.zeros_(adaptable.bias);
+            }
+        }
+    }
+
+    /// <summary>Non-overlapping patches to tokens: conv with kernel = stride = patch, then [B, patches, D].</summary>
+    public sealed class PatchEmbed : nn.Module<Tensor, Tensor>
+    {
+        private readonly Conv2d proj;
+
+        public PatchEmbed(int patchSize, int embedDim) : base(nameof(PatchEmbed))
+        {
+            proj = nn.Conv2d(3, embedDim, patchSize, stride: patchSize);
+            RegisterComponents();
+        }
+
+        public override Tensor forward(Tensor images)
+        {
+            using var scope = NewDisposeScope();
+            return proj.forward(images).flatten(2).transpose(1, 2).MoveToOuterDisposeScope();
+        }
+    }
+
+    /// <summary>Multi-head self-attention with a fused qkv projection.</summary>
+    public sealed class Attention : nn.Module<Tensor, Tensor>
+    {
+        private readonly AdaptableLinear qkv;
+        private readonly Linear proj;
+        private readonly int _heads;
+
+        public Attention(int dim, int heads, bool qkvBias) : base(nameof(Attention))
+        {
+            _heads = heads;
+            qkv = new AdaptableLinear(dim, dim * 3, qkvBias);
+            proj = nn.Linear(dim, dim);
+            RegisterComponents();
+        }
+
+        public AdaptableLinear Qkv => qkv;
+
+        public override Tensor forward(Tensor x)
+        {
+            using var scope = NewDisposeScope();
+            long b = x.shape[0], n = x.shape[1], c = x.shape[2];
+            Tensor[] qkvParts = qkv.forward(x).reshape(b, n, 3, _heads, c / _heads).permute(2, 0, 3, 1, 4).unbind(0);
+            Tensor attended = nn.functional.scaled_dot_product_attention(qkvParts[0], qkvParts[1], qkvParts[2]);
+            return proj.forward(attended.transpose(1, 2).reshape(b, n, c)).MoveToOuterDisposeScope();
+        }
+    }
+
+    /// <summary>Two-layer GELU MLP.</summary>
+    public sealed class Mlp : nn.Module<Tensor, Tensor>
+    {
+        private readonly AdaptableLinear fc1;
+        private readonly GELU act;
+        private readonly Linear fc2;
+
+        public Mlp(int dim, int hidden) : base(nameof(Mlp))
+        {
+            fc1 = new AdaptableLinear(dim, hidden);
+            act = nn.GELU();
+            fc2 = nn.Linear(hidden, dim);
+            RegisterComponents();
+        }
+
+        public AdaptableLinear Fc1 => fc1;
+
+        public override Tensor forward(Tensor x)
+        {
+            using var scope = NewDisposeScope();
+            return fc2.forward(act.forward(fc1.forward(x))).MoveToOuterDisposeScope();
+        }
+    }
+
+    /// <summary>Pre-norm transformer block: x + attn(norm1 x), then x + mlp(norm2 x), each behind drop path.</summary>
+    public sealed class Block : nn.Module<Tensor, Tensor>
+    {
+        private readonly LayerNorm norm1;
+        private readonly Attention attn;
+        private readonly DropPath drop_path1;
+        private readonly LayerNorm norm2;
+        private readonly Mlp mlp;
+        private readonly DropPath drop_path2;
+
+        public Block(VisionTransformerConfig config, double dropPath) : base(nameof(Block))
+        {
+            norm1 = nn.LayerNorm(config.EmbedDim, config.LayerNormEps);
+            attn = new Attention(config.EmbedDim, config.NumHeads, config.QkvBias);
+            drop_path1 = new DropPath(dropPath);
+            norm2 = nn.LayerNorm(config.EmbedDim, config.LayerNormEps);
+            mlp = new Mlp(config.EmbedDim, config.MlpHidden);
+            drop_path2 = new DropPath(dropPath);
+            RegisterComponents();
+        }
+
+        public Attention Attn => attn;
+        public Mlp Mlp => mlp;
+
+        public override Tensor forward(Tensor x)
+        {
+            using var scope = NewDisposeScope();
+            x = x + drop_path1.forward(attn.forward(norm1.forward(x)));
+            x = x + drop_path2.forward(mlp.forward(norm2.forward(x)));
+            return x.MoveToOuterDisposeScope();
+        }
+    }
+
+    /// <summary>Old timm / Google in21k pre-logits: tanh(fc(x)). Frozen with the backbone.</summary>
+    public sealed class PreLogits : nn.Module<Tensor, Tensor>
+    {
+        private readonly Linear fc;
+
+        public PreLogits(int dim, int representation) : base(nameof(PreLogits))
+        {
+            fc = nn.Linear(dim, representation);
+            RegisterComponents();
+        }
+
+        public override Tensor forward(Tensor x)
+        {
+            using var scope = NewDisposeScope();
+            return fc.forward(x).tanh().MoveToOuterDisposeScope();
+        }
+    }
+}
