@@ -19,6 +19,9 @@ public abstract class Backbone : nn.Module<Tensor, Tensor>
     /// <summary>Input size and normalisation the backbone was pretrained with.</summary>
     public abstract ImageInputSpec Input { get; }
 
+    /// <summary>The architecture and config, enough to rebuild this backbone's modules.</summary>
+    public abstract BackboneDescriptor Describe();
+
     /// <summary>Width of <see cref="ForwardFeatures"/>' output.</summary>
     public abstract int FeatureDim { get; }
 
@@ -76,6 +79,15 @@ public sealed record ImageInputSpec(int ImageSize, float[] Mean, float[] Std, fl
     public static ImageInputSpec Inception(int imageSize) => new(imageSize, [0.5f, 0.5f, 0.5f], [0.5f, 0.5f, 0.5f]);
 
     public ImageInputSpec WithImageSize(int imageSize) => this with { ImageSize = imageSize };
+
+    /// <summary>uint8 pixels [B, 3, S, S] (already in <see cref="Order"/>) to the normalised float input.</summary>
+    public Tensor Normalize(Tensor pixels)
+    {
+        using var scope = NewDisposeScope();
+        var mean = tensor(Mean, device: pixels.device).view(1, 3, 1, 1);
+        var std = tensor(Std, device: pixels.device).view(1, 3, 1, 1);
+        return pixels.to(float32).mul(PixelScale).sub(mean).div(std).MoveToOuterDisposeScope();
+    }
 
     public bool Equals(ImageInputSpec? other) =>
         other is not null && ImageSize == other.ImageSize && Mean.SequenceEqual(other.Mean) && Std.SequenceEqual(other.Std)

@@ -97,6 +97,8 @@ public sealed class ResNet : Backbone
 
     public override ImageInputSpec Input => _input;
 
+    public override BackboneDescriptor Describe() => new(Architecture, Input, ResNet: Config);
+
     public override int FeatureDim => Config.FeatureDim;
 
     public override int NumClasses => Config.NumClasses;

@@ -66,12 +66,15 @@ public sealed class VisionTransformer : Backbone
     private readonly LayerNorm norm;
     private PreLogits? pre_logits;
     private Linear? head;
+    private readonly ImageInputSpec _input;
 
-    public VisionTransformer(VisionTransformerConfig config, string architecture = "vit") : base(nameof(VisionTransformer))
+    public VisionTransformer(VisionTransformerConfig config, string architecture = "vit", ImageInputSpec? input = null)
+        : base(nameof(VisionTransformer))
     {
         config.Validate();
         Config = config;
         Architecture = architecture;
+        _input = input ?? ImageInputSpec.ImageNet(config.ImageSize);
         int d = config.EmbedDim;
         patch_embed = new PatchEmbed(config.PatchSize, d);
         cls_token = new Parameter(zeros(1, 1, d));
@@ -90,7 +93,9 @@ public sealed class VisionTransformer : Backbone
 
     public override string Architecture { get; }
 
-    public override ImageInputSpec Input => ImageInputSpec.ImageNet(Config.ImageSize);
+    public override ImageInputSpec Input => _input;
+
+    public override BackboneDescriptor Describe() => new(Architecture, Input, VisionTransformer: Config);
 
     public override int FeatureDim => Config.RepresentationSize ?? Config.EmbedDim;
 

@@ -1,0 +1,315 @@
+using Microsoft.ML.Data;
+using Microsoft.ML.RepAdapter.Adapters;
+using Microsoft.ML.RepAdapter.Backbones;
+using Microsoft.ML.RepAdapter.MLNet;
+using Microsoft.ML.RepAdapter.Training;
+using Microsoft.ML.Runtime;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.RepAdapter.Classification;
+
+/// <summary>
+/// Fine-tunes a pretrained vision backbone for image classification with RepAdapter (or a baseline policy), then
+/// merges the adapters so that the returned transformer runs the plain backbone at no extra cost.
+/// Input: an image column (MLImage from LoadImages, or encoded bytes from LoadRawImageBytes) and a key label column
+/// (MapValueToKey). Output: Score (class probabilities) and PredictedLabel (key).
+/// </summary>
+public sealed class RepAdapterImageClassificationTrainer : IEstimator<RepAdapterImageClassificationTransformer>
+{
+    /// <summary>Options of <see cref="RepAdapterImageClassificationTrainer"/>. Defaults follow the paper's VTAB-1k recipe.</summary>
+    public sealed class Options
+    {
+        public string LabelColumnName = DefaultColumnNames.Label;
+        public string ImageColumnName = "Image";
+        public string ScoreColumnName = DefaultColumnNames.Score;
+        public string PredictedLabelColumnName = DefaultColumnNames.PredictedLabel;
+
+        /// <summary>Backbone preset (see <see cref="BackbonePresets"/>), used when <see cref="Backbone"/> is null.</summary>
+        public string Architecture = "vit_base_patch16_224";
+
+        /// <summary>Pretrained weights for <see cref="Architecture"/> (.npz, .safetensors, .pth, ONNX). Null: random init.</summary>
+        public string? CheckpointPath;
+
+        /// <summary>An already-built (and loaded) backbone; the trainer copies its weights and leaves it untouched.</summary>
+        public Backbone? Backbone;
+
+        /// <summary>Input resolution; null uses the backbone's.</summary>
+        public int? ImageSize;
+
+        /// <summary>Per-channel mean and std override (on the backbone's pixel scale); null uses the backbone's.</summary>
+        public float[]? Mean, Std;
+
+        /// <summary>Keep the pre-logits layer of Google's ImageNet-21k checkpoints (old timm behaviour).</summary>
+        public bool KeepPreLogits;
+
+        public AdaptationMethod Method = AdaptationMethod.RepAdapter;
+        public AdapterPlacement Placement = AdapterPlacement.Block;
+        public TrainableParameters Trainable = TrainableParameters.AdaptersAndHead;
+        public int AdapterHidden = 8;
+        public int AdapterGroups = 2;
+        public float AdapterScale = 1f;
+        public double AdapterDropout = 0.1;
+
+        /// <summary>Choose the adapter scale from <see cref="ScaleCandidates"/> by validation accuracy.</summary>
+        public bool SearchScale;
+        public float[] ScaleCandidates = [.. AdapterConfig.ScaleGrid];
+
+        /// <summary>Fraction of the training data held out for the scale search when no <see cref="ValidationSet"/> is given.</summary>
+        public double ValidationFraction = 0.2;
+
+        /// <summary>Stochastic depth rate (ViT), linear over depth.</summary>
+        public double DropPathRate = 0.1;
+
+        public int Epochs = 100;
+        public int BatchSize = 64;
+        public double LearningRate = 1e-3;
+        public double WeightDecay = 1e-4;
+        public int WarmupEpochs = 10;
+        public double WarmupLearningRate = 1e-6;
+        public double FinalLearningRate = 1e-5;
+        public int Seed = 42;
+
+        /// <summary>Reported after each epoch; also used for the scale search when given.</summary>
+        public IDataView? ValidationSet;
+
+        /// <summary>CUDA device to train on (needs the CUDA TorchSharp backend); null trains on the CPU.</summary>
+        public int? GpuDeviceId;
+        public bool FallbackToCpu = true;
+
+        /// <summary>Torch intra-op threads; null keeps TorchSharp's default.</summary>
+        public int? NumberOfThreads;
+
+        /// <summary>Rows scored per forward pass by the transformer's batch Transform.</summary>
+        public int ScoringBatchSize = 32;
+
+        internal FineTuneSettings Settings => new(Epochs, BatchSize, LearningRate, WeightDecay, WarmupEpochs, WarmupLearningRate, FinalLearningRate, Seed);
+
+        internal AdapterConfig Adapters(float scale) => new(Method, Placement, AdapterHidden, AdapterGroups, scale, AdapterDropout);
+    }
+
+    private readonly IHost _host;
+    private readonly Options _options;
+
+    internal RepAdapterImageClassificationTrainer(IHostEnvironment env, Options options)
+    {
+        _host = Contracts.CheckRef(env, nameof(env)).Register(nameof(RepAdapterImageClassificationTrainer));
+        _host.CheckValue(options, nameof(options));
+        _host.CheckNonEmpty(options.LabelColumnName, nameof(options.LabelColumnName));
+        _host.CheckNonEmpty(options.ImageColumnName, nameof(options.ImageColumnName));
+        options.Settings.Validate();
+        _host.CheckParam(options.ValidationFraction is > 0 and < 1, nameof(options.ValidationFraction), "must be in (0, 1)");
+        _host.CheckParam(!options.SearchScale || options.ScaleCandidates.Length > 0, nameof(options.ScaleCandidates), "no scales to search");
+        _options = options;
+    }
+
+    public SchemaShape GetOutputSchema(SchemaShape inputSchema)
+    {
+        CheckInputSchema(inputSchema);
+        var columns = inputSchema.ToDictionary(c => c.Name);
+        inputSchema.TryFindColumn(_options.LabelColumnName, out var label);
+        columns[_options.ScoreColumnName] = new SchemaShape.Column(_options.ScoreColumnName, SchemaShape.Column.VectorKind.Vector,
+            NumberDataViewType.Single, false, new SchemaShape(AnnotationUtils.AnnotationsForMulticlassScoreColumn(label)));
+        columns[_options.PredictedLabelColumnName] = new SchemaShape.Column(_options.PredictedLabelColumnName, SchemaShape.Column.VectorKind.Scalar,
+            NumberDataViewType.UInt32, true, label.Annotations);
+        return new SchemaShape(columns.Values);
+    }
+
+    public RepAdapterImageClassificationTransformer Fit(IDataView input)
+    {
+        _host.CheckValue(input, nameof(input));
+        CheckInputSchema(SchemaShape.Create(input.Schema));
+        using var ch = _host.Start("Training RepAdapter image classifier");
+        if (_options.NumberOfThreads is int threads) set_num_threads(threads);
+        var device = TorchDevices.Select(_options.GpuDeviceId, _options.FallbackToCpu);
+        string[] labelNames = LabelNames(input.Schema[_options.LabelColumnName]);
+
+        using var source = CreateBackbone(ch, labelNames.Length);
+        var preprocessor = new ImagePreprocessor(source.Input);
+        using var data = ReadImages(input, preprocessor, labelNames.Length, "training data");
+        using var validation = _options.ValidationSet is null ? null : ReadImages(_options.ValidationSet, preprocessor, labelNames.Length, "validation set");
+        ch.Info($"{data.Count} training images, {labelNames.Length} classes, backbone {source.Architecture} at {source.Input.ImageSize} px, device {device}.");
+
+        var pristine = source.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.detach().clone());
+        try
+        {
+            float scale = _options.AdapterScale;
+            Dictionary<string, double>? searched = null;
+            if (_options.SearchScale && UsesAdapters) (scale, searched) = SearchScale(ch, source, pristine, data, validation, labelNames.Length, device);
+            var (model, _) = TrainOnce(ch, source, pristine, data, validation, labelNames.Length, scale, device, "final");
+            long trainable = model.CountParameters(trainableOnly: true);
+            int merged = model.MergeAdapters();
+            ch.Info($"Merged {merged} adapters into the backbone ({model.CountParameters():N0} parameters, as the plain architecture).");
+            var summary = new TrainingSummary(_options.Method.ToString(), _options.Placement.ToString(), _options.Trainable.ToString(),
+                scale, trainable, merged, searched);
+            return new RepAdapterImageClassificationTransformer(_host, model, labelNames, summary, _options.ImageColumnName,
+                _options.ScoreColumnName, _options.PredictedLabelColumnName, _options.ScoringBatchSize, device);
+        }
+        finally
+        {
+            foreach (var tensor in pristine.Values) tensor.Dispose();
+        }
+    }
+
+    private bool UsesAdapters => _options.Trainable is TrainableParameters.AdaptersAndHead or TrainableParameters.AdaptersHeadAndBiases;
+
+    /// <summary>
+    /// Picks s by validation accuracy, never on test data: on the validation set when given, otherwise on a
+    /// stratified hold-out of the training data (the final model is then retrained on all of it).
+    /// </summary>
+    private (float scale, Dictionary<string, double> accuracy) SearchScale(IChannel ch, Backbone source, Dictionary<string, Tensor> pristine,
+        LabeledImages data, LabeledImages? validation, int classes, Device device)
+    {
+        var (train, holdout) = validation is null ? data.SplitStratified(_options.ValidationFraction, _options.Seed) : (data, validation);
+        try
+        {
+            if (holdout.Count == 0) throw _host.Except("The scale search needs validation images: give a ValidationSet or more training images per class.");
+            var accuracy = new Dictionary<string, double>();
+            foreach (float candidate in _options.ScaleCandidates)
+            {
+                var (model, _) = TrainOnce(ch, source, pristine, train, null, classes, candidate, device, $"scale {candidate}");
+                using (model) accuracy[candidate.ToString("G")] = FineTuning.Accuracy(model, holdout, device, _options.BatchSize);
+                ch.Info($"Scale search: s = {candidate:G} -> validation accuracy {accuracy[candidate.ToString("G")]:P2}");
+            }
+            float best = _options.ScaleCandidates.MaxBy(s => accuracy[s.ToString("G")]);
+            ch.Info($"Scale search chose s = {best:G} ({(validation is null ? $"{holdout.Count} held-out training images" : "the validation set")}).");
+            return (best, accuracy);
+        }
+        finally
+        {
+            if (validation is null)
+            {
+                train.Dispose();
+                holdout.Dispose();
+            }
+        }
+    }
+
+    private (Backbone model, EpochReport report) TrainOnce(IChannel ch, Backbone source, Dictionary<string, Tensor> pristine,
+        LabeledImages train, LabeledImages? validation, int classes, float scale, Device device, string run)
+    {
+        var descriptor = source.Describe();
+        if (descriptor.VisionTransformer is { } vit) descriptor = descriptor with { VisionTransformer = vit with { DropPathRate = _options.DropPathRate } };
+        var model = descriptor.Build();
+        try
+        {
+            model.load_state_dict(pristine, strict: true);
+            manual_seed(_options.Seed);
+            model.ResetClassifier(classes);
+            if (UsesAdapters) model.AttachAdapters(_options.Adapters(scale));
+            model.SetTrainable(_options.Trainable);
+            model.to(device);
+            ch.Info($"Training ({run}): {model.CountParameters(trainableOnly: true):N0} trainable of {model.CountParameters():N0} parameters "
+                + $"({_options.Trainable}{(UsesAdapters ? $", {_options.Method} {_options.Placement}, s = {scale:G}" : "")}).");
+            using var pch = _host.StartProgressChannel($"RepAdapter training ({run})");
+            EpochReport? last = null;
+            pch.SetHeader(new ProgressHeader(["Loss", "Train accuracy"], ["epochs"]), e =>
+            {
+                if (last is null) return;
+                e.SetProgress(0, last.Epoch, last.Epochs);
+                e.SetMetric(0, last.Loss);
+                e.SetMetric(1, last.TrainAccuracy);
+            });
+            var report = FineTuning.Train(model, train, validation, _options.Settings, device,
+                progress: r => { last = r; ch.Info(r.ToString()); },
+                checkAlive: _host.CheckAlive);
+            return (model, report);
+        }
+        catch
+        {
+            model.Dispose();
+            throw;
+        }
+    }
+
+    private Backbone CreateBackbone(IChannel ch, int classes)
+    {
+        Backbone backbone;
+        if (_options.Backbone is { } given)
+        {
+            backbone = given.Describe().Build();
+            backbone.load_state_dict(given.state_dict(), strict: true);
+        }
+        else if (_options.CheckpointPath is { } path)
+        {
+            backbone = PretrainedBackboneLoader.Load(path, _options.Architecture, classes, _options.ImageSize, _options.KeepPreLogits);
+        }
+        else
+        {
+            ch.Warning($"No CheckpointPath: {_options.Architecture} starts from random weights. Give pretrained weights for real fine-tuning.");
+            backbone = BackbonePresets.Create(_options.Architecture, classes, imageSize: _options.ImageSize);
+        }
+        if (_options.ImageSize is int size && size != backbone.Input.ImageSize)
+            throw _host.Except($"ImageSize {size} differs from the backbone's input size {backbone.Input.ImageSize}; build the backbone at that size.");
+        if (_options.Mean is not null || _options.Std is not null)
+        {
+            var spec = backbone.Input with { Mean = _options.Mean ?? backbone.Input.Mean, Std = _options.Std ?? backbone.Input.Std };
+            if (spec.Mean.Length != 3 || spec.Std.Length != 3) throw _host.Except("Mean and Std need one value per channel (3).");
+            var rebuilt = (backbone.Describe() with { Input = spec }).Build();
+            rebuilt.load_state_dict(backbone.state_dict(), strict: true);
+            backbone.Dispose();
+            backbone = rebuilt;
+        }
+        return backbone;
+    }
+
+    /// <summary>Decodes, resizes and labels every row; errors name the column, the row and the value at fault.</summary>
+    private LabeledImages ReadImages(IDataView data, ImagePreprocessor preprocessor, int classes, string what)
+    {
+        CheckInputSchema(SchemaShape.Create(data.Schema));
+        var labelColumn = data.Schema[_options.LabelColumnName];
+        if (labelColumn.Type.GetKeyCount() != (ulong)classes)
+            throw _host.Except($"The {what}'s label column '{_options.LabelColumnName}' has {labelColumn.Type.GetKeyCount()} keys, the training data {classes}: map both with the same MapValueToKey.");
+        var pixels = new List<Tensor>();
+        var labels = new List<long>();
+        try
+        {
+            using var cursor = data.GetRowCursor([labelColumn, data.Schema[_options.ImageColumnName]]);
+            var labelGetter = cursor.GetGetter<uint>(labelColumn);
+            var readImage = ImageColumn.CreateReader(cursor, _options.ImageColumnName);
+            uint key = 0;
+            while (cursor.MoveNext())
+            {
+                _host.CheckAlive();
+                labelGetter(ref key);
+                if (key == 0)
+                    throw _host.Except($"Row {cursor.Position} of the {what}: label column '{_options.LabelColumnName}' is missing or holds a value unknown to its key mapping.");
+                var (image, owned) = readImage();
+                try { pixels.Add(preprocessor.ToPixels(image)); }
+                finally { if (owned) image.Dispose(); }
+                labels.Add(key - 1);
+            }
+            if (pixels.Count == 0) throw _host.Except($"The {what} has no rows.");
+            if (what == "training data" && labels.Distinct().Count() < 2)
+                throw _host.Except($"The training data has a single class ({labels[0] + 1} of {classes} keys): classification needs at least two.");
+            return new LabeledImages(stack(pixels), tensor(labels.ToArray()));
+        }
+        finally
+        {
+            foreach (var p in pixels) p.Dispose();
+        }
+    }
+
+    private static string[] LabelNames(DataViewSchema.Column label)
+    {
+        int count = (int)label.Type.GetKeyCount();
+        var names = default(VBuffer<ReadOnlyMemory<char>>);
+        if (label.HasKeyValues() && label.Annotations.Schema[AnnotationUtils.Kinds.KeyValues].Type is VectorDataViewType { ItemType: TextDataViewType })
+        {
+            label.GetKeyValues(ref names);
+            return [.. names.DenseValues().Select(n => n.ToString())];
+        }
+        // Keys without text values: name classes by their key value.
+        return [.. Enumerable.Range(1, count).Select(k => k.ToString())];
+    }
+
+    private void CheckInputSchema(SchemaShape schema)
+    {
+        if (!schema.TryFindColumn(_options.LabelColumnName, out var label))
+            throw _host.ExceptSchemaMismatch(nameof(schema), "label", _options.LabelColumnName);
+        if (!label.IsKey || label.Kind != SchemaShape.Column.VectorKind.Scalar)
+            throw _host.ExceptSchemaMismatch(nameof(schema), "label", _options.LabelColumnName,
+                "a key (map it with mlContext.Transforms.Conversion.MapValueToKey)", label.GetTypeString());
+        ImageColumn.Check(_host, schema, _options.ImageColumnName);
+    }
+}

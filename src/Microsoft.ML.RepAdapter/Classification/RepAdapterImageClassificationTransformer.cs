@@ -1,0 +1,248 @@
+using System.Text.Json;
+using Microsoft.ML;
+using Microsoft.ML.Data;
+using Microsoft.ML.RepAdapter.Backbones;
+using Microsoft.ML.RepAdapter.Classification;
+using Microsoft.ML.RepAdapter.MLNet;
+using Microsoft.ML.RepAdapter.Training;
+using Microsoft.ML.Runtime;
+using TorchSharp;
+using static TorchSharp.torch;
+
+[assembly: LoadableClass(typeof(RepAdapterImageClassificationTransformer), null, typeof(SignatureLoadModel),
+    RepAdapterImageClassificationTransformer.UserName, RepAdapterImageClassificationTransformer.LoaderSignature)]
+[assembly: LoadableClass(typeof(IRowMapper), typeof(RepAdapterImageClassificationTransformer), null, typeof(SignatureLoadRowMapper),
+    RepAdapterImageClassificationTransformer.UserName, RepAdapterImageClassificationTransformer.LoaderSignature)]
+
+namespace Microsoft.ML.RepAdapter.Classification;
+
+/// <summary>What the training run that produced a model did; saved with the model.</summary>
+public sealed record TrainingSummary(
+    string Method,
+    string Placement,
+    string Trainable,
+    float AdapterScale,
+    long TrainableParameters,
+    int AdaptersMerged,
+    IReadOnlyDictionary<string, double>? ScaleSearchAccuracy = null);
+
+/// <summary>
+/// Scores images with a fine-tuned backbone whose adapters are already merged: the plain architecture, no adapter
+/// modules, no extra latency. Outputs <c>Score</c> (softmax probabilities, one per class, slot names = label names)
+/// and <c>PredictedLabel</c> (a key over the training labels). <c>mlContext.Model.Save</c> stores the merged weights
+/// (one binary stream), the backbone description, preprocessing and label names.
+/// </summary>
+public sealed class RepAdapterImageClassificationTransformer : RowToRowTransformerBase, ITransformer, IDisposable
+{
+    internal const string LoaderSignature = "RepAdaptImgCls";
+    internal const string UserName = "RepAdapter Image Classification";
+    private const string WeightsStream = "TorchModel";
+
+    private readonly Backbone _model;
+    private readonly ImagePreprocessor _preprocessor;
+    private readonly Device _device;
+    private readonly string[] _labelNames;
+    private bool _disposed;
+
+    internal RepAdapterImageClassificationTransformer(IHostEnvironment env, Backbone mergedModel, string[] labelNames,
+        TrainingSummary summary, string imageColumnName, string scoreColumnName, string predictedLabelColumnName, int scoringBatchSize, Device device)
+        : base(Contracts.CheckRef(env, nameof(env)).Register(nameof(RepAdapterImageClassificationTransformer)))
+    {
+        Host.Check(mergedModel.NumClasses == labelNames.Length,
+            $"The model has {mergedModel.NumClasses} outputs but {labelNames.Length} label names were given.");
+        _model = mergedModel;
+        _model.to(device);
+        _model.eval();
+        _device = device;
+        _preprocessor = new ImagePreprocessor(mergedModel.Input);
+        _labelNames = labelNames;
+        Summary = summary;
+        ImageColumnName = imageColumnName;
+        ScoreColumnName = scoreColumnName;
+        PredictedLabelColumnName = predictedLabelColumnName;
+        ScoringBatchSize = Math.Max(1, scoringBatchSize);
+    }
+
+    /// <summary>The merged network (plain backbone + head). Shared, not copied: do not dispose it separately.</summary>
+    public Backbone Model => _model;
+
+    public int NumberOfClasses => _labelNames.Length;
+
+    /// <summary>Label names in key order (key value k is <c>LabelNames[k - 1]</c>).</summary>
+    public IReadOnlyList<string> LabelNames => _labelNames;
+
+    public TrainingSummary Summary { get; }
+
+    /// <summary>The adapter scale s the model was trained (and merged) with.</summary>
+    public float AdapterScale => Summary.AdapterScale;
+
+    /// <summary>Parameters that the training run updated (adapters + head by default).</summary>
+    public long TrainableParameterCount => Summary.TrainableParameters;
+
+    public string ImageColumnName { get; }
+    public string ScoreColumnName { get; }
+    public string PredictedLabelColumnName { get; }
+
+    /// <summary>Rows scored together by <see cref="ITransformer.Transform"/>.</summary>
+    public int ScoringBatchSize { get; }
+
+    /// <summary>Class probabilities [N, K] for <paramref name="images"/>, in one forward pass.</summary>
+    public float[][] Score(IReadOnlyList<MLImage> images)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (images.Count == 0) return [];
+        using var scope = NewDisposeScope();
+        using var inference = inference_mode();
+        var pixels = _preprocessor.ToPixels(images).to(_device);
+        var probabilities = _model.forward(_model.Input.Normalize(pixels)).softmax(1).cpu();
+        var flat = probabilities.data<float>().ToArray();
+        return [.. Enumerable.Range(0, images.Count).Select(i => flat[(i * NumberOfClasses)..((i + 1) * NumberOfClasses)])];
+    }
+
+    /// <summary>Scores in batches of <see cref="ScoringBatchSize"/> rather than row by row.</summary>
+    public new IDataView Transform(IDataView input) => BatchScoringDataView.Create(Host, input, this);
+
+    IDataView ITransformer.Transform(IDataView input) => Transform(input);
+
+    public override IRowMapper MakeRowMapper(DataViewSchema schema) => new Mapper(this, schema);
+
+    internal DataViewSchema.DetachedColumn[] OutputColumns(DataViewSchema inputSchema)
+    {
+        var labelNames = new VBuffer<ReadOnlyMemory<char>>(NumberOfClasses, [.. _labelNames.Select(n => n.AsMemory())]);
+        var namesType = new VectorDataViewType(TextDataViewType.Instance, NumberOfClasses);
+        ValueGetter<VBuffer<ReadOnlyMemory<char>>> namesGetter = (ref VBuffer<ReadOnlyMemory<char>> dst) => labelNames.CopyTo(ref dst);
+
+        uint scoreSetId = checked(inputSchema.GetMaxAnnotationKind(out _, AnnotationUtils.Kinds.ScoreColumnSetId) + 1);
+        var score = new DataViewSchema.Annotations.Builder();
+        score.Add(AnnotationUtils.Kinds.SlotNames, namesType, namesGetter);
+        score.Add(AnnotationUtils.Kinds.TrainingLabelValues, namesType, namesGetter);
+        score.Add(AnnotationUtils.Kinds.ScoreColumnSetId, AnnotationUtils.ScoreColumnSetIdType, (ref uint id) => id = scoreSetId);
+        score.Add(AnnotationUtils.Kinds.ScoreColumnKind, TextDataViewType.Instance,
+            (ref ReadOnlyMemory<char> kind) => kind = AnnotationUtils.Const.ScoreColumnKind.MulticlassClassification.AsMemory());
+        score.Add(AnnotationUtils.Kinds.ScoreValueKind, TextDataViewType.Instance,
+            (ref ReadOnlyMemory<char> kind) => kind = AnnotationUtils.Const.ScoreValueKind.Score.AsMemory());
+        var predicted = new DataViewSchema.Annotations.Builder();
+        predicted.Add(AnnotationUtils.Kinds.KeyValues, namesType, namesGetter);
+        return
+        [
+            new(ScoreColumnName, new VectorDataViewType(NumberDataViewType.Single, NumberOfClasses), score.ToAnnotations()),
+            new(PredictedLabelColumnName, new KeyDataViewType(typeof(uint), NumberOfClasses), predicted.ToAnnotations()),
+        ];
+    }
+
+    /// <summary>1-based key of the most probable class.</summary>
+    internal static uint PredictedKey(float[] probabilities)
+    {
+        int best = 0;
+        for (int k = 1; k < probabilities.Length; k++) if (probabilities[k] > probabilities[best]) best = k;
+        return (uint)best + 1;
+    }
+
+    // ML.NET plumbing below: its base members are internal in ML.NET and compiled here against publicized references
+    // (build/Publicize.targets), so overrides must be declared public; they are not part of this library's API.
+    private static VersionInfo GetVersionInfo() => new(
+        modelSignature: "RPADPCLS",
+        verWrittenCur: 0x00010001,
+        verReadableCur: 0x00010001,
+        verWeCanReadBack: 0x00010001,
+        loaderSignature: LoaderSignature,
+        loaderAssemblyName: typeof(RepAdapterImageClassificationTransformer).Assembly.FullName);
+
+    public override void SaveModel(ModelSaveContext ctx)
+    {
+        Host.CheckValue(ctx, nameof(ctx));
+        ctx.CheckAtModel();
+        ctx.SetVersionInfo(GetVersionInfo());
+        // Format: image, score, predicted-label column names; scoring batch size; backbone descriptor (JSON);
+        // training summary (JSON); label names; then the merged weights as one TorchSharp stream.
+        ctx.SaveNonEmptyString(ImageColumnName);
+        ctx.SaveNonEmptyString(ScoreColumnName);
+        ctx.SaveNonEmptyString(PredictedLabelColumnName);
+        ctx.Writer.Write(ScoringBatchSize);
+        ctx.Writer.Write(_model.Describe().ToJson());
+        ctx.Writer.Write(JsonSerializer.Serialize(Summary));
+        ctx.Writer.Write(_labelNames.Length);
+        foreach (var name in _labelNames) ctx.Writer.Write(name);
+        ctx.SaveBinaryStream(WeightsStream, writer => _model.save(writer));
+    }
+
+    // Factory for SignatureLoadModel.
+    private static RepAdapterImageClassificationTransformer Create(IHostEnvironment env, ModelLoadContext ctx)
+    {
+        Contracts.CheckValue(env, nameof(env));
+        env.CheckValue(ctx, nameof(ctx));
+        ctx.CheckAtModel(GetVersionInfo());
+        string image = ctx.LoadNonEmptyString(), score = ctx.LoadNonEmptyString(), predicted = ctx.LoadNonEmptyString();
+        int batchSize = ctx.Reader.ReadInt32();
+        var descriptor = BackboneDescriptor.FromJson(ctx.Reader.ReadString());
+        var summary = JsonSerializer.Deserialize<TrainingSummary>(ctx.Reader.ReadString())
+            ?? throw env.ExceptDecode("Missing training summary.");
+        var labels = new string[ctx.Reader.ReadInt32()];
+        for (int i = 0; i < labels.Length; i++) labels[i] = ctx.Reader.ReadString();
+        var model = descriptor.Build();
+        if (!ctx.TryLoadBinaryStream(WeightsStream, reader => model.load(reader, strict: true)))
+            throw env.ExceptDecode($"The model has no '{WeightsStream}' weights stream.");
+        return new RepAdapterImageClassificationTransformer(env, model, labels, summary, image, score, predicted, batchSize, CPU);
+    }
+
+    // Factory for SignatureLoadRowMapper.
+    private static IRowMapper Create(IHostEnvironment env, ModelLoadContext ctx, DataViewSchema inputSchema) =>
+        Create(env, ctx).MakeRowMapper(inputSchema);
+
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        _model.Dispose();
+    }
+
+    /// <summary>Row-by-row scoring (PredictionEngine); the batch path is <see cref="BatchScoringDataView"/>.</summary>
+    private sealed class Mapper : MapperBase
+    {
+        private readonly RepAdapterImageClassificationTransformer _transformer;
+        private readonly int _imageColumnIndex;
+
+        public Mapper(RepAdapterImageClassificationTransformer parent, DataViewSchema inputSchema)
+            : base(parent.Host.Register(nameof(Mapper)), inputSchema, parent)
+        {
+            _transformer = parent;
+            ImageColumn.Check(Host, inputSchema, parent.ImageColumnName);
+            _imageColumnIndex = inputSchema[parent.ImageColumnName].Index;
+        }
+
+        public override DataViewSchema.DetachedColumn[] GetOutputColumnsCore() => _transformer.OutputColumns(InputSchema);
+
+        public override Delegate[] CreateGetters(DataViewRow input, Func<int, bool> activeOutput, out Action disposer)
+        {
+            // Score and PredictedLabel share one forward pass per row.
+            var readImage = ImageColumn.CreateReader(input, _transformer.ImageColumnName);
+            long cachedPosition = -1;
+            float[] cached = [];
+            float[] Current()
+            {
+                if (cachedPosition != input.Position)
+                {
+                    var (image, owned) = readImage();
+                    try { cached = _transformer.Score([image])[0]; }
+                    finally { if (owned) image.Dispose(); }
+                    cachedPosition = input.Position;
+                }
+                return cached;
+            }
+            disposer = null!;
+            return
+            [
+                activeOutput(0) ? (ValueGetter<VBuffer<float>>)((ref VBuffer<float> dst) => new VBuffer<float>(Current().Length, Current()).CopyTo(ref dst)) : null!,
+                activeOutput(1) ? (ValueGetter<uint>)((ref uint dst) => dst = PredictedKey(Current())) : null!,
+            ];
+        }
+
+        public override Delegate MakeGetter(DataViewRow input, int iinfo, Func<int, bool> activeOutput, out Action disposer) =>
+            throw new NotSupportedException("Getters are created together in CreateGetters.");
+
+        public override Func<int, bool> GetDependenciesCore(Func<int, bool> activeOutput) =>
+            column => column == _imageColumnIndex && (activeOutput(0) || activeOutput(1));
+
+        public override void SaveModel(ModelSaveContext ctx) => _transformer.SaveModel(ctx);
+    }
+}

@@ -1,0 +1,94 @@
+using Microsoft.ML.Data;
+using Microsoft.ML.RepAdapter.Backbones;
+using Microsoft.ML.Runtime;
+using Microsoft.ML.Transforms.Image;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.RepAdapter.MLNet;
+
+/// <summary>
+/// Reads the image column of an IDataView row, whichever of the two ML.NET image representations it holds: an
+/// <see cref="MLImage"/> (LoadImages) or encoded bytes (LoadRawImageBytes, Model Builder's <c>byte[] ImageSource</c>).
+/// </summary>
+internal static class ImageColumn
+{
+    public static bool IsImageType(DataViewType type) =>
+        type is ImageDataViewType || type is VectorDataViewType { ItemType: var item } && item == NumberDataViewType.Byte;
+
+    /// <summary>Throws a schema error naming the column when it is missing or of a type we cannot read.</summary>
+    public static void Check(IExceptionContext host, SchemaShape schema, string column)
+    {
+        if (!schema.TryFindColumn(column, out var found))
+            throw host.ExceptSchemaMismatch(nameof(schema), "image", column);
+        bool isImage = found.ItemType is ImageDataViewType && found.Kind == SchemaShape.Column.VectorKind.Scalar;
+        bool isBytes = found.ItemType == NumberDataViewType.Byte && found.Kind != SchemaShape.Column.VectorKind.Scalar;
+        if (!isImage && !isBytes)
+            throw host.ExceptSchemaMismatch(nameof(schema), "image", column, "Image (LoadImages) or Vector<Byte> (LoadRawImageBytes)", found.GetTypeString());
+    }
+
+    public static void Check(IExceptionContext host, DataViewSchema schema, string column) => Check(host, SchemaShape.Create(schema), column);
+
+    /// <summary>
+    /// A function returning the current row's image. Images decoded here from bytes are owned by the caller
+    /// (<c>owned</c> = true); images from an MLImage column belong to the upstream transform.
+    /// </summary>
+    public static Func<(MLImage image, bool owned)> CreateReader(DataViewRow row, string column)
+    {
+        var col = row.Schema[column];
+        if (col.Type is ImageDataViewType)
+        {
+            var getter = row.GetGetter<MLImage>(col);
+            return () =>
+            {
+                MLImage image = null!;
+                getter(ref image);
+                if (image is null) throw new InvalidDataException($"Image column '{column}' has no image at row {row.Position}.");
+                return (image, false);
+            };
+        }
+        var bytesGetter = row.GetGetter<VBuffer<byte>>(col);
+        var bytes = default(VBuffer<byte>);
+        return () =>
+        {
+            bytesGetter(ref bytes);
+            var dense = bytes.DenseValues().ToArray();
+            if (dense.Length == 0) throw new InvalidDataException($"Image column '{column}' is empty at row {row.Position}.");
+            try
+            {
+                return (MLImage.CreateFromStream(new MemoryStream(dense)), true);
+            }
+            catch (Exception e) when (e is not OutOfMemoryException)
+            {
+                throw new InvalidDataException($"Image column '{column}', row {row.Position}: the {dense.Length} bytes are not a decodable image ({e.Message}).", e);
+            }
+        };
+    }
+}
+
+/// <summary>Turns images into the backbone's input pixels: RGB or BGR order, resized (bicubic, antialiased) to S x S.</summary>
+internal sealed class ImagePreprocessor(ImageInputSpec spec)
+{
+    public ImageInputSpec Spec { get; } = spec;
+
+    /// <summary>uint8 [3, S, S] in the spec's channel order.</summary>
+    public Tensor ToPixels(MLImage image)
+    {
+        using var scope = NewDisposeScope();
+        if (image.Width <= 0 || image.Height <= 0)
+            throw new InvalidDataException($"Image has no pixels ({image.Width} x {image.Height}).");
+        var bgr = tensor(image.GetBGRPixels, ScalarType.Byte).view(image.Height, image.Width, 3).permute(2, 0, 1);
+        var ordered = Spec.Order == ChannelOrder.Bgr ? bgr : bgr.flip(0);
+        int size = Spec.ImageSize;
+        if (image.Height == size && image.Width == size) return ordered.contiguous().MoveToOuterDisposeScope();
+        var resized = nn.functional.interpolate(
+            ordered.unsqueeze(0).to(float32), [size, size], mode: InterpolationMode.Bicubic, align_corners: false, antialias: true);
+        return resized.squeeze(0).round().clamp(0, 255).to(ScalarType.Byte).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>uint8 [N, 3, S, S] for a list of images.</summary>
+    public Tensor ToPixels(IEnumerable<MLImage> images)
+    {
+        using var scope = NewDisposeScope();
+        return stack(images.Select(ToPixels).ToArray()).MoveToOuterDisposeScope();
+    }
+}

@@ -1,0 +1,17 @@
+namespace Microsoft.ML.RepAdapter.Training;
+
+/// <summary>
+/// Per-epoch learning rate of the paper's recipe (timm's CosineLRScheduler, stepped per epoch): linear warm-up from
+/// <paramref name="WarmupStartRate"/> over <paramref name="WarmupEpochs"/>, then cosine decay from
+/// <paramref name="BaseRate"/> towards <paramref name="FinalRate"/> over <paramref name="Epochs"/>.
+/// </summary>
+public sealed record CosineSchedule(double BaseRate, int Epochs, int WarmupEpochs = 0, double WarmupStartRate = 1e-6, double FinalRate = 1e-5)
+{
+    public double RateAt(int epoch)
+    {
+        if (epoch < WarmupEpochs)
+            return WarmupStartRate + (BaseRate - WarmupStartRate) * epoch / WarmupEpochs;
+        double progress = Epochs <= 0 ? 0 : (double)epoch / Epochs;
+        return FinalRate + 0.5 * (BaseRate - FinalRate) * (1 + Math.Cos(Math.PI * progress));
+    }
+}

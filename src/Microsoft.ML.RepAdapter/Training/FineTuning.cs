@@ -1,0 +1,148 @@
+using System.Diagnostics;
+using Microsoft.ML.RepAdapter.Backbones;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.RepAdapter.Training;
+
+/// <summary>Optimiser and schedule of one fine-tuning run (defaults: the paper's VTAB-1k recipe).</summary>
+public sealed record FineTuneSettings(
+    int Epochs = 100,
+    int BatchSize = 64,
+    double LearningRate = 1e-3,
+    double WeightDecay = 1e-4,
+    int WarmupEpochs = 10,
+    double WarmupLearningRate = 1e-6,
+    double FinalLearningRate = 1e-5,
+    int Seed = 42)
+{
+    public CosineSchedule Schedule => new(LearningRate, Epochs, WarmupEpochs, WarmupLearningRate, FinalLearningRate);
+
+    public void Validate()
+    {
+        if (Epochs <= 0) throw new ArgumentOutOfRangeException(nameof(Epochs), Epochs, "Epochs must be positive.");
+        if (BatchSize <= 0) throw new ArgumentOutOfRangeException(nameof(BatchSize), BatchSize, "Batch size must be positive.");
+        if (!(LearningRate > 0)) throw new ArgumentOutOfRangeException(nameof(LearningRate), LearningRate, "Learning rate must be positive.");
+        if (WeightDecay < 0) throw new ArgumentOutOfRangeException(nameof(WeightDecay), WeightDecay, "Weight decay cannot be negative.");
+        if (WarmupEpochs < 0) throw new ArgumentOutOfRangeException(nameof(WarmupEpochs), WarmupEpochs, "Warm-up epochs cannot be negative.");
+    }
+}
+
+/// <summary>What one epoch did; reported through the progress callback.</summary>
+public sealed record EpochReport(
+    int Epoch,
+    int Epochs,
+    double Loss,
+    double TrainAccuracy,
+    double? ValidationAccuracy,
+    double LearningRate,
+    double ImagesPerSecond,
+    TimeSpan Remaining)
+{
+    public override string ToString() =>
+        $"epoch {Epoch}/{Epochs}: loss {Loss:F4}, train acc {TrainAccuracy:P1}"
+        + (ValidationAccuracy is double v ? $", val acc {v:P1}" : "")
+        + $", lr {LearningRate:G3}, {ImagesPerSecond:F1} img/s, ETA {Remaining:hh\\:mm\\:ss}";
+}
+
+/// <summary>
+/// Supervised fine-tuning of a backbone's trainable parameters with AdamW, cross-entropy and the per-epoch cosine
+/// schedule. Plain TorchSharp: the ML.NET trainer feeds it tensors and turns its reports into log lines.
+/// </summary>
+public static class FineTuning
+{
+    /// <summary>Trains <paramref name="model"/> in place. Returns the last epoch's report.</summary>
+    /// <param name="checkAlive">Called before every step; throws to cancel (ML.NET's Host.CheckAlive).</param>
+    public static EpochReport Train(
+        Backbone model,
+        LabeledImages train,
+        LabeledImages? validation,
+        FineTuneSettings settings,
+        Device device,
+        Action<EpochReport>? progress = null,
+        Action? checkAlive = null)
+    {
+        settings.Validate();
+        if (train.Count == 0) throw new ArgumentException("No training images.", nameof(train));
+        var trainable = model.named_parameters().Where(p => p.parameter.requires_grad).ToList();
+        if (trainable.Count == 0) throw new InvalidOperationException("The model has no trainable parameters.");
+
+        // timm's rule: no weight decay on biases and norm scales (1-D parameters).
+        using var optimizer = optim.AdamW(
+            [
+                new TorchSharp.Modules.AdamW.ParamGroup(trainable.Where(p => p.parameter.dim() > 1).Select(p => p.parameter), lr: settings.LearningRate, weight_decay: settings.WeightDecay),
+                new TorchSharp.Modules.AdamW.ParamGroup(trainable.Where(p => p.parameter.dim() <= 1).Select(p => p.parameter), lr: settings.LearningRate, weight_decay: 0),
+            ],
+            lr: settings.LearningRate);
+        var random = new Random(settings.Seed);
+        var input = model.Input;
+        // Drop the last partial batch (the recipe's drop_last) unless that would leave no batch at all.
+        int batches = train.Count >= settings.BatchSize ? train.Count / settings.BatchSize : 1;
+        int batchSize = Math.Min(settings.BatchSize, train.Count);
+        var clock = Stopwatch.StartNew();
+        EpochReport? report = null;
+
+        for (int epoch = 0; epoch < settings.Epochs; epoch++)
+        {
+            double rate = settings.Schedule.RateAt(epoch);
+            foreach (var group in optimizer.ParamGroups) group.LearningRate = rate;
+            model.train();
+            long[] order = [.. Enumerable.Range(0, train.Count).Select(i => (long)i).OrderBy(_ => random.Next())];
+            double lossSum = 0;
+            long correct = 0, seen = 0;
+            var epochClock = Stopwatch.StartNew();
+            for (int b = 0; b < batches; b++)
+            {
+                checkAlive?.Invoke();
+                using var scope = NewDisposeScope();
+                var index = tensor(order[(b * batchSize)..((b + 1) * batchSize)]);
+                var images = input.Normalize(train.Pixels.index_select(0, index).to(device));
+                var labels = train.Labels.index_select(0, index).to(device);
+                optimizer.zero_grad();
+                var logits = model.forward(images);
+                var loss = nn.functional.cross_entropy(logits, labels);
+                double lossValue = loss.item<float>();
+                if (!double.IsFinite(lossValue))
+                {
+                    throw new InvalidOperationException(
+                        $"Training diverged: the loss became {lossValue} in epoch {epoch + 1}, batch {b + 1}. "
+                        + "Try a lower LearningRate or AdapterScale, or check the inputs for NaN.");
+                }
+                loss.backward();
+                optimizer.step();
+                lossSum += lossValue * batchSize;
+                correct += logits.argmax(1).eq(labels).sum().item<long>();
+                seen += batchSize;
+            }
+            double? validationAccuracy = validation is { Count: > 0 } ? Accuracy(model, validation, device, settings.BatchSize) : null;
+            double perSecond = seen / Math.Max(epochClock.Elapsed.TotalSeconds, 1e-9);
+            var remaining = TimeSpan.FromSeconds(clock.Elapsed.TotalSeconds / (epoch + 1) * (settings.Epochs - epoch - 1));
+            report = new EpochReport(epoch + 1, settings.Epochs, lossSum / seen, (double)correct / seen, validationAccuracy, rate, perSecond, remaining);
+            progress?.Invoke(report);
+        }
+        model.eval();
+        return report!;
+    }
+
+    /// <summary>Top-1 accuracy of <paramref name="model"/> (eval mode, no gradients).</summary>
+    public static double Accuracy(Backbone model, LabeledImages data, Device device, int batchSize = 64)
+    {
+        if (data.Count == 0) throw new ArgumentException("No images to evaluate.", nameof(data));
+        bool wasTraining = model.training;
+        model.eval();
+        long correct = 0;
+        using (no_grad())
+        {
+            for (int start = 0; start < data.Count; start += batchSize)
+            {
+                using var scope = NewDisposeScope();
+                long length = Math.Min(batchSize, data.Count - start);
+                var images = model.Input.Normalize(data.Pixels.narrow(0, start, length).to(device));
+                var labels = data.Labels.narrow(0, start, length).to(device);
+                correct += model.forward(images).argmax(1).eq(labels).sum().item<long>();
+            }
+        }
+        model.train(wasTraining);
+        return (double)correct / data.Count;
+    }
+}

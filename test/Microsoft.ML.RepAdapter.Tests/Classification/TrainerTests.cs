@@ -1,0 +1,149 @@
+using Microsoft.ML.Data;
+using Microsoft.ML.RepAdapter.Adapters;
+using Microsoft.ML.RepAdapter.Classification;
+
+namespace Microsoft.ML.RepAdapter.Tests.Classification;
+
+[TestClass]
+public class TrainerTests
+{
+    [TestMethod]
+    public void FitsInAnOrdinaryPipelineEvaluatesAndMapsKeysBack()
+    {
+        var mlContext = new MLContext(seed: 1);
+        var log = new List<string>();
+        mlContext.Log += (_, e) => { if (e.Source.Contains("RepAdapter")) lock (log) log.Add(e.RawMessage); };
+        var train = mlContext.Data.LoadFromEnumerable(TestData.Images("train", classes: 3, perClass: 12));
+        var test = mlContext.Data.LoadFromEnumerable(TestData.Images("test", classes: 3, perClass: 6));
+        var options = TinyTrainerOptions.Create(epochs: 6);
+
+        var pipeline = mlContext.Transforms.Conversion.MapValueToKey("Label")
+            .Append(mlContext.Transforms.LoadImages("Image", "", nameof(ImageRow.ImagePath)))
+            .Append(mlContext.MulticlassClassification.Trainers.RepAdapter(options))
+            .Append(mlContext.Transforms.Conversion.MapKeyToValue("PredictedLabelValue", "PredictedLabel"));
+        var model = pipeline.Fit(train);
+        var predictions = model.Transform(test);
+
+        var metrics = mlContext.MulticlassClassification.Evaluate(predictions);
+        Assert.AreEqual(3, metrics.ConfusionMatrix.NumberOfClasses);
+        Assert.IsTrue(metrics.MicroAccuracy is >= 0 and <= 1);
+        var labels = predictions.GetColumn<string>("PredictedLabelValue").ToList();
+        Assert.HasCount(18, labels);
+        CollectionAssert.IsSubsetOf(labels.Distinct().ToList(), new[] { "Ankle_boot", "Bag", "Coat" });
+
+        var transformer = model.OfType<RepAdapterImageClassificationTransformer>().Single();
+        Assert.AreEqual(3, transformer.NumberOfClasses);
+        CollectionAssert.AreEqual(new[] { "Ankle_boot", "Bag", "Coat" }, transformer.LabelNames.ToArray());
+        Assert.IsFalse(transformer.Model.AdaptedLayers().Any(), "the transformer holds the merged network");
+        var plain = TinyModels.Create("vit");
+        plain.ResetClassifier(3);
+        Assert.AreEqual(plain.CountParameters(), transformer.Model.CountParameters(), "same parameter count as backbone + head");
+        Assert.AreEqual(0L, transformer.Model.CountAdapterParameters());
+        Assert.IsGreaterThan(32 * 3 + 3, transformer.TrainableParameterCount, "adapters were trained besides the head");
+        Assert.AreEqual(4, transformer.Summary.AdaptersMerged, "repblock on 2 blocks");
+        Assert.AreEqual(1f, transformer.AdapterScale);
+
+        var epochs = log.Where(m => m.StartsWith("epoch ")).ToList();
+        Assert.HasCount(6, epochs);
+        StringAssert.Contains(epochs[0], "epoch 1/6: loss ");
+        StringAssert.Contains(epochs[0], "train acc");
+        StringAssert.Contains(epochs[0], "img/s");
+        StringAssert.Contains(epochs[0], "ETA");
+        double Loss(string line) => double.Parse(line.Split("loss ")[1].Split(',')[0]);
+        Assert.IsLessThan(Loss(epochs[0]), Loss(epochs[^1]), "training reduces the loss:\n" + string.Join("\n", epochs));
+    }
+
+    [TestMethod]
+    public void RawImageBytesColumnTrainsLikeModelBuilderInput()
+    {
+        var mlContext = new MLContext(seed: 1);
+        var rows = TestData.Images("train", classes: 2, perClass: 6)
+            .Select(r => new ImageBytesRow { ImageSource = File.ReadAllBytes(r.ImagePath), Label = r.Label });
+        var data = mlContext.Data.LoadFromEnumerable(rows);
+        var options = TinyTrainerOptions.Create(epochs: 2);
+        options.ImageColumnName = nameof(ImageBytesRow.ImageSource);
+        var model = mlContext.Transforms.Conversion.MapValueToKey("Label")
+            .Append(mlContext.MulticlassClassification.Trainers.RepAdapter(options))
+            .Fit(data);
+        var scores = model.Transform(data).GetColumn<float[]>("Score").ToList();
+        Assert.HasCount(12, scores);
+        Assert.IsTrue(scores.All(s => s.Length == 2 && Math.Abs(s.Sum() - 1) < 1e-5), "probabilities over 2 classes");
+    }
+
+    [TestMethod]
+    public void SameSeedSameDataGivesTheSameModelBitwise()
+    {
+        float[][] Train()
+        {
+            var mlContext = new MLContext(seed: 1);
+            var data = TestData.Prepared(mlContext, TestData.Images(classes: 2, perClass: 8));
+            var transformer = mlContext.MulticlassClassification.Trainers.RepAdapter(TinyTrainerOptions.Create(epochs: 2)).Fit(data);
+            return [.. transformer.Transform(data).GetColumn<float[]>("Score")];
+        }
+        var first = Train();
+        var second = Train();
+        for (int i = 0; i < first.Length; i++) CollectionAssert.AreEqual(first[i], second[i], $"row {i}");
+    }
+
+    [TestMethod]
+    public void ScaleSearchPicksOnHeldOutTrainingDataAndStoresTheChoice()
+    {
+        var mlContext = new MLContext(seed: 1);
+        var log = new List<string>();
+        mlContext.Log += (_, e) => { lock (log) log.Add(e.RawMessage); };
+        var data = TestData.Prepared(mlContext, TestData.Images(classes: 2, perClass: 10));
+        var options = TinyTrainerOptions.Create(epochs: 2);
+        options.SearchScale = true;
+        options.ScaleCandidates = [0.1f, 5f];
+        var transformer = mlContext.MulticlassClassification.Trainers.RepAdapter(options).Fit(data);
+
+        Assert.IsTrue(transformer.AdapterScale is 0.1f or 5f, $"chosen {transformer.AdapterScale}");
+        Assert.HasCount(2, transformer.Summary.ScaleSearchAccuracy!);
+        Assert.IsTrue(log.Any(m => m.Contains($"Scale search chose s = {transformer.AdapterScale:G}") && m.Contains("held-out training images")),
+            "the choice and where it was made are logged");
+    }
+
+    [TestMethod]
+    public void ValidationAccuracyIsReportedPerEpoch()
+    {
+        var mlContext = new MLContext(seed: 1);
+        var log = new List<string>();
+        mlContext.Log += (_, e) => { lock (log) log.Add(e.RawMessage); };
+        var mapping = mlContext.Transforms.Conversion.MapValueToKey("Label")
+            .Append(mlContext.Transforms.LoadImages("Image", "", nameof(ImageRow.ImagePath)))
+            .Fit(mlContext.Data.LoadFromEnumerable(TestData.Images(classes: 2, perClass: 6)));
+        var train = mapping.Transform(mlContext.Data.LoadFromEnumerable(TestData.Images(classes: 2, perClass: 6)));
+        var validation = mapping.Transform(mlContext.Data.LoadFromEnumerable(TestData.Images("test", classes: 2, perClass: 4)));
+        var options = TinyTrainerOptions.Create(epochs: 2);
+        options.ValidationSet = validation;
+        mlContext.MulticlassClassification.Trainers.RepAdapter(options).Fit(train);
+        Assert.AreEqual(2, log.Count(m => m.StartsWith("epoch ") && m.Contains("val acc")));
+    }
+
+    [TestMethod]
+    public void CancelExecutionStopsTrainingPromptly()
+    {
+        var mlContext = new MLContext(seed: 1);
+        int epochsSeen = 0;
+        mlContext.Log += (_, e) =>
+        {
+            if (e.RawMessage.StartsWith("epoch ") && Interlocked.Increment(ref epochsSeen) == 1) mlContext.CancelExecution();
+        };
+        var data = TestData.Prepared(mlContext, TestData.Images(classes: 2, perClass: 8));
+        var trainer = mlContext.MulticlassClassification.Trainers.RepAdapter(TinyTrainerOptions.Create(epochs: 50));
+        Assert.ThrowsExactly<OperationCanceledException>(() => trainer.Fit(data));
+        Assert.AreEqual(1, epochsSeen, "no epoch runs after the cancellation");
+    }
+
+    [TestMethod]
+    public void HeadOnlyBaselineTrainsOnlyTheHead()
+    {
+        var mlContext = new MLContext(seed: 1);
+        var data = TestData.Prepared(mlContext, TestData.Images(classes: 2, perClass: 6));
+        var options = TinyTrainerOptions.Create(epochs: 1);
+        options.Trainable = TrainableParameters.HeadOnly;
+        var transformer = mlContext.MulticlassClassification.Trainers.RepAdapter(options).Fit(data);
+        Assert.AreEqual(32L * 2 + 2, transformer.TrainableParameterCount);
+        Assert.AreEqual(0, transformer.Summary.AdaptersMerged);
+    }
+}

@@ -1,0 +1,58 @@
+using Microsoft.ML;
+
+namespace Microsoft.ML.RepAdapter.Tests;
+
+/// <summary>Paths in the repository and the committed Fashion-MNIST subset (samples/data/fashion-mnist).</summary>
+internal static class TestData
+{
+    public static string RepoRoot { get; } = FindRepoRoot();
+
+    public static string FashionMnist => Path.Combine(RepoRoot, "samples", "data", "fashion-mnist");
+
+    public static string Fixture(string name) => Path.Combine(AppContext.BaseDirectory, "Fixtures", name);
+
+    /// <summary>The build configuration this test assembly was built in (Debug/Release), from its output path.</summary>
+    public static string Configuration => new DirectoryInfo(AppContext.BaseDirectory.TrimEnd(Path.DirectorySeparatorChar)).Parent!.Name;
+
+    /// <summary>The first <paramref name="perClass"/> images of the first <paramref name="classes"/> classes (sorted by name).</summary>
+    public static List<ImageRow> Images(string split = "train", int classes = 3, int perClass = 10)
+    {
+        var rows = new List<ImageRow>();
+        foreach (var folder in Directory.GetDirectories(Path.Combine(FashionMnist, split)).Order(StringComparer.Ordinal).Take(classes))
+        {
+            foreach (var file in Directory.GetFiles(folder, "*.png").Order(StringComparer.Ordinal).Take(perClass))
+                rows.Add(new ImageRow { ImagePath = file, Label = Path.GetFileName(folder) });
+        }
+        return rows;
+    }
+
+    /// <summary>Rows with the label mapped to a key and the image loaded: what the trainer consumes.</summary>
+    public static IDataView Prepared(MLContext mlContext, IEnumerable<ImageRow> rows)
+    {
+        var data = mlContext.Data.LoadFromEnumerable(rows);
+        return mlContext.Transforms.Conversion.MapValueToKey("Label")
+            .Append(mlContext.Transforms.LoadImages("Image", "", nameof(ImageRow.ImagePath)))
+            .Fit(data).Transform(data);
+    }
+
+    private static string FindRepoRoot()
+    {
+        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
+        {
+            if (File.Exists(Path.Combine(dir.FullName, "Microsoft.ML.RepAdapter.sln"))) return dir.FullName;
+        }
+        throw new InvalidOperationException($"No Microsoft.ML.RepAdapter.sln above {AppContext.BaseDirectory}.");
+    }
+}
+
+public sealed class ImageRow
+{
+    public string ImagePath { get; set; } = "";
+    public string Label { get; set; } = "";
+}
+
+public sealed class ImageBytesRow
+{
+    public byte[] ImageSource { get; set; } = [];
+    public string Label { get; set; } = "";
+}
