@@ -86,11 +86,16 @@ public sealed class RepAdapterImageClassificationTransformer : RowToRowTransform
     /// <summary>Rows scored together by <see cref="ITransformer.Transform"/>.</summary>
     public int ScoringBatchSize { get; }
 
+    /// <summary>Number of forward passes run so far (diagnostics: shows batching at work).</summary>
+    public int ForwardPasses => _forwardPasses;
+    private int _forwardPasses;
+
     /// <summary>Class probabilities [N, K] for <paramref name="images"/>, in one forward pass.</summary>
     public float[][] Score(IReadOnlyList<MLImage> images)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         if (images.Count == 0) return [];
+        Interlocked.Increment(ref _forwardPasses);
         using var scope = NewDisposeScope();
         using var inference = inference_mode();
         var pixels = _preprocessor.ToPixels(images).to(_device);
