@@ -141,7 +141,7 @@ public static partial class AdapterCheckpoint
             : throw new CheckpointException(path, "scale", "the official RepAdapter code does not store the scale s: pass the value used in training."));
         var placement = checkpoint.Tensors.Keys.Any(k => k.Contains(".adapter_mlp.", StringComparison.Ordinal)) ? AdapterPlacement.Block : AdapterPlacement.Attention;
         var config = new AdapterConfig(AdaptationMethod.RepAdapter, placement, hidden, groups, s, dropout);
-        int numClasses = renamed.TryGetValue("head.weight", out var head) ? (int)head.shape[0] : backbone.NumClasses;
+        int? numClasses = renamed.TryGetValue("head.weight", out var head) ? (int)head.shape[0] : null;
         AttachAndLoad(backbone, config, numClasses, renamed, path);
         return config;
     }
@@ -151,9 +151,10 @@ public static partial class AdapterCheckpoint
 
     /// <summary>
     /// Builds the adapters off the backbone, checks every tensor of the file against them and the head, and only then
-    /// attaches them and replaces the head, so that a bad file leaves the backbone as it was.
+    /// attaches them and replaces the head, so that a bad file leaves the backbone as it was. A null
+    /// <paramref name="numClasses"/> means the file has no head and the backbone keeps its own.
     /// </summary>
-    private static void AttachAndLoad(Backbone backbone, AdapterConfig config, int numClasses, IReadOnlyDictionary<string, Tensor> tensors, string path)
+    private static void AttachAndLoad(Backbone backbone, AdapterConfig config, int? numClasses, IReadOnlyDictionary<string, Tensor> tensors, string path)
     {
         if (backbone.AdaptedLayers().Any())
             throw new InvalidOperationException($"{backbone.Architecture} already carries adapters; load adapters onto a plain backbone.");
@@ -180,9 +181,10 @@ public static partial class AdapterCheckpoint
             var headSources = new Dictionary<string, Tensor>();
             if (numClasses > 0)
             {
+                int classes = numClasses.Value;
                 string head = HeadModuleName(backbone);
-                Match($"{head}.weight", [numClasses, backbone.FeatureDim], source => headSources["weight"] = source);
-                Match($"{head}.bias", [numClasses], source => headSources["bias"] = source);
+                Match($"{head}.weight", [classes, backbone.FeatureDim], source => headSources["weight"] = source);
+                Match($"{head}.bias", [classes], source => headSources["bias"] = source);
             }
             foreach (var key in tensors.Keys.Where(k => !used.Contains(k))) problems.Add((key, "unexpected: neither an adapter of this placement nor the head"));
             if (problems.Count > 0)
@@ -198,7 +200,7 @@ public static partial class AdapterCheckpoint
                 adapters[i].to(sites[i].Layer.weight.device);
                 sites[i].Layer.AttachAdapter(adapters[i]);
             }
-            if (backbone.NumClasses != numClasses) ResetClassifierUnscoped(backbone, numClasses);
+            if (numClasses is int n && backbone.NumClasses != n) ResetClassifierUnscoped(backbone, n);
             if (numClasses > 0)
             {
                 var headState = backbone.named_parameters().Where(p => backbone.IsHeadParameter(p.name)).ToDictionary(p => p.name.Split('.')[^1], p => p.parameter);

@@ -101,12 +101,13 @@ public static class BackboneWeights
                 problems.Add((key, $"dtype: expected {target.dtype}, found {value.dtype}"));
             else copies.Add((key, target, value));
         }
-        foreach (var key in model.Keys.Where(k => !weights.ContainsKey(k)))
+        var loaded = copies.Select(c => c.Key).ToHashSet();
+        foreach (var key in model.Keys.Where(k => !loaded.Contains(k)))
         {
             if (backbone.IsHeadParameter(key)) unloaded[key] = "new head, freshly initialised.";
             else if (key.EndsWith(".num_batches_tracked", StringComparison.Ordinal)) unloaded[key] = "BatchNorm batch counter; not used in inference.";
             else if (BackboneAdapters.IsAdapterParameter(key)) unloaded[key] = "adapter parameter: not part of a backbone checkpoint, kept as it is.";
-            else problems.Add((key, "missing from the checkpoint"));
+            else if (!weights.ContainsKey(key)) problems.Add((key, "missing from the checkpoint"));
         }
         if (problems.Count > 0)
         {

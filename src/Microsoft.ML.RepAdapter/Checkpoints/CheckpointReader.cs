@@ -26,10 +26,9 @@ public static class CheckpointReader
                 + "Re-save it with a current PyTorch or convert it to safetensors; bare pickles are not read because they can run code.");
         if (head.StartsWith("version https://git-lfs"u8))
             throw new CheckpointException(path, null, "this is a Git LFS pointer file, not the checkpoint: fetch the real file (git lfs pull).");
+        // A JSON header whose announced length runs past the end of the file: a truncated safetensors file.
+        if (head.Length >= 9 && head[8] == (byte)'{') return SafeTensorsReader.Read(path);
         if (OnnxReader.Sniff(head)) return OnnxReader.Read(path);
-        // Also catches safetensors files whose header length runs past the end of the file.
-        if (head.Length >= 9 && head[8] == (byte)'{')
-            return SafeTensorsReader.Read(path);
         throw new CheckpointException(path, null,
             $"unknown checkpoint format: expected safetensors, NumPy .npz, a torch.save zip (.pth/.pt) or an ONNX model; the file starts with {Hex(head)}.");
     }
