@@ -131,12 +131,14 @@ public static partial class AdapterCheckpoint
                 : key;
             renamed.Add(name, tensor);
         }
+        // Conv1d weights: conv_A [hidden, D, 1], conv_B [D, hidden / groups, 1].
         var convA = checkpoint["blocks.0.adapter_attn.conv_A.weight"];
         var convB = checkpoint["blocks.0.adapter_attn.conv_B.weight"];
-        int hidden = (int)convA.shape[0];
+        int hidden = convA.dim() == 3 ? (int)convA.shape[0]
+            : throw new CheckpointException(path, "blocks.0.adapter_attn.conv_A.weight", $"expected [hidden, D, 1], found {Describe.ShapeOf(convA)}.");
         int groups = convB.dim() == 3 && convB.shape[1] > 0 && hidden % convB.shape[1] == 0 ? hidden / (int)convB.shape[1]
             : throw new CheckpointException(path, "blocks.0.adapter_attn.conv_B.weight", $"expected [D, hidden / groups, 1] with hidden {hidden}, found {Describe.ShapeOf(convB)}.");
-        float s = scale ?? (checkpoint.Metadata.TryGetValue("scale", out var text)
+        float s = scale ?? (checkpoint.Metadata.ContainsKey("scale")
             ? Field(path, checkpoint.Metadata, "scale", v => float.Parse(v, CultureInfo.InvariantCulture))
             : throw new CheckpointException(path, "scale", "the official RepAdapter code does not store the scale s: pass the value used in training."));
         var placement = checkpoint.Tensors.Keys.Any(k => k.Contains(".adapter_mlp.", StringComparison.Ordinal)) ? AdapterPlacement.Block : AdapterPlacement.Attention;

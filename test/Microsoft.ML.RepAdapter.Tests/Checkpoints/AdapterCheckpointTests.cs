@@ -139,11 +139,13 @@ public class AdapterCheckpointTests
     }
 
     [TestMethod]
-    public void AdapterCheckpointReplacesTheHeadWithTheTasksHead()
+    [DataRow(AdaptationMethod.RepAdapter)]
+    [DataRow(AdaptationMethod.LoRA)]
+    public void AdapterCheckpointReplacesTheHeadWithTheTasksHead(AdaptationMethod method)
     {
         var trained = TinyViT();
         trained.ResetClassifier(3);
-        var config = new AdapterConfig(Placement: AdapterPlacement.Attention, Scale: 2f);
+        var config = new AdapterConfig(method, AdapterPlacement.Attention, Hidden: 4, Scale: 2f);
         trained.AttachAdapters(config);
         RandomizeAdaptersAndHead(trained, seed: 4);
         string path = Path.Combine(CheckpointFiles.TempDirectory(), "task3.safetensors");
@@ -151,7 +153,7 @@ public class AdapterCheckpointTests
 
         var fresh = TinyViT();
         Assert.AreEqual(5, fresh.NumClasses);
-        AdapterCheckpoint.Load(fresh, path);
+        Assert.AreEqual(config, AdapterCheckpoint.Load(fresh, path));
         Assert.AreEqual(3, fresh.NumClasses);
         Assert.AreEqual(0f, TinyModels.MaxAbsDiff(Logits(trained), Logits(fresh)));
     }

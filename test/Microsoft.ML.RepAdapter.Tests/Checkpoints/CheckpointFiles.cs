@@ -25,10 +25,20 @@ internal static class CheckpointFiles
     public static bool Identical(Tensor a, Tensor b) =>
         a.dtype == b.dtype && a.shape.SequenceEqual(b.shape) && (a.NumberOfElements == 0 || a.eq(b).all().item<bool>());
 
-    /// <summary>A fresh empty folder under the system temp folder for one test's files.</summary>
+    private static readonly Lazy<string> TempRoot = new(() =>
+    {
+        string root = Path.Combine(Path.GetTempPath(), $"repadapter-checkpoint-tests-{Environment.ProcessId}");
+        AppDomain.CurrentDomain.ProcessExit += (_, _) =>
+        {
+            if (Directory.Exists(root)) Directory.Delete(root, recursive: true);
+        };
+        return root;
+    });
+
+    /// <summary>A fresh empty folder for one test's files, deleted when the test process exits.</summary>
     public static string TempDirectory()
     {
-        string directory = Path.Combine(Path.GetTempPath(), "repadapter-tests", Guid.NewGuid().ToString("N"));
+        string directory = Path.Combine(TempRoot.Value, Guid.NewGuid().ToString("N"));
         Directory.CreateDirectory(directory);
         return directory;
     }

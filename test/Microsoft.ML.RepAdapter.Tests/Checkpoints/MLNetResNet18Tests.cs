@@ -70,6 +70,39 @@ public class MLNetResNet18Tests
         Assert.IsGreaterThan(1e-3f * scale, channelMeansOnly, "the comparison is sharp enough to see the mean image");
     }
 
+    [TestMethod]
+    public void TheGenericLoaderPointsOnnxFilesToLoadMLNetResNet18()
+    {
+        string onnx = Path.Combine(AppContext.BaseDirectory, "DnnImageModels", "ResNet18Onnx", "ResNet18.onnx");
+        var error = Assert.ThrowsExactly<CheckpointException>(() => PretrainedBackbones.Load(onnx));
+        StringAssert.Contains(error.Message, "LoadMLNetResNet18");
+    }
+
+    [TestMethod]
+    public void AMissingModelFolderIsNamedWithThePackageToReference()
+    {
+        string missing = Path.Combine(CheckpointFiles.TempDirectory(), "DnnImageModels");
+        var error = Assert.ThrowsExactly<FileNotFoundException>(() => PretrainedBackbones.LoadMLNetResNet18(modelDirectory: missing));
+        StringAssert.Contains(error.Message, missing);
+        StringAssert.Contains(error.Message, "Microsoft.ML.DnnImageFeaturizer.ResNet18");
+    }
+
+    [TestMethod]
+    public void AGraphThatIsNotTheExpectedResNetIsRefusedByNode()
+    {
+        // The preprocessing graph in place of the network: a valid ONNX model, but no ResNet stem.
+        string directory = CheckpointFiles.TempDirectory();
+        string source = Path.Combine(AppContext.BaseDirectory, "DnnImageModels");
+        Directory.CreateDirectory(Path.Combine(directory, "ResNet18Onnx"));
+        Directory.CreateDirectory(Path.Combine(directory, "ResNetPrepOnnx"));
+        string prep = Path.Combine(source, "ResNetPrepOnnx", "ResNetPreprocess.onnx");
+        File.Copy(prep, Path.Combine(directory, "ResNet18Onnx", "ResNet18.onnx"));
+        File.Copy(prep, Path.Combine(directory, "ResNetPrepOnnx", "ResNetPreprocess.onnx"));
+        var error = Assert.ThrowsExactly<CheckpointException>(() => PretrainedBackbones.LoadMLNetResNet18(modelDirectory: directory));
+        StringAssert.Contains(error.Message, "ResNet18.onnx");
+        StringAssert.Contains(error.Message, "expected one Conv node reading this value, found [Split");
+    }
+
     /// <summary>224x224 RGB planes: four Fashion-MNIST items as gray images and two colour composites of three items each.</summary>
     private static List<byte[][]> TestImages()
     {
