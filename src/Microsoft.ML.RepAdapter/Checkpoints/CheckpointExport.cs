@@ -10,7 +10,8 @@ public static class CheckpointExport
     /// Writes the merged backbone's state dict as .safetensors. Parameter names are timm's (ViT) or torchvision's
     /// (ResNet), so PyTorch users load the file into the reference model unchanged
     /// (<c>model.load_state_dict(safetensors.torch.load_file(path))</c>). Adapters must be merged first
-    /// (<see cref="BackboneAdapters.MergeAdapters"/>): the file then holds the plain architecture.
+    /// (<see cref="BackboneAdapters.MergeAdapters"/>): the file then holds the plain architecture. (ML.NET's ResNet-18
+    /// also writes its <c>input_offset</c> buffer, which torchvision's ResNet does not have.)
     /// </summary>
     public static void SaveMergedSafeTensors(Backbone backbone, string path)
     {

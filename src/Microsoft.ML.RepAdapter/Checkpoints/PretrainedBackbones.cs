@@ -18,7 +18,8 @@ public static class PretrainedBackbones
     /// size (from the position embeddings) come from the shapes. The number of attention heads is not in the shapes:
     /// it is <paramref name="numHeads"/>, else the <paramref name="preset"/>'s, else width / 64 (the rule of ViT-Ti/S/B/L,
     /// not ViT-H), and an error when the width is not a multiple of 64. ResNet block type, stage depths and widths come
-    /// from the shapes. With a <paramref name="preset"/> the preset's architecture is used and the shapes must match it.</para>
+    /// from the shapes. With a <paramref name="preset"/> the preset's architecture is used and the shapes must match it.
+    /// The backbone's <see cref="Backbone.Architecture"/> is the preset name that matches the architecture, if any.</para>
     /// </summary>
     /// <param name="checkpointPath">The checkpoint file; its format is recognised from the content.</param>
     /// <param name="preset">A <see cref="VisionTransformerConfig.Presets"/> or <see cref="ResNetConfig.Presets"/> name, or null to infer the architecture.</param>
@@ -160,7 +161,8 @@ public static class PretrainedBackbones
         };
         if (keepPreLogits && !hasPreLogits)
             throw new CheckpointException(path, "pre_logits.fc.weight", "keepPreLogits: expected a pre-logits layer in the checkpoint, found none.");
-        return new VisionTransformer(config, preset ?? $"vit_patch{patchSize}_dim{embedDim}_depth{config.Depth}");
+        string? matchingPreset = VisionTransformerConfig.Presets.FirstOrDefault(p => p.Value with { NumClasses = config.NumClasses } == config).Key;
+        return new VisionTransformer(config, preset ?? matchingPreset ?? $"vit_patch{patchSize}_dim{embedDim}_depth{config.Depth}");
     }
 
     private static int DefaultHeads(string path, int embedDim) =>
@@ -190,7 +192,8 @@ public static class PretrainedBackbones
             config = new ResNetConfig(block, layers, widths);
         }
         config = config with { NumClasses = numClasses ?? checkpointClasses, ImageSize = imageSize ?? config.ImageSize };
-        return new ResNet(config, preset ?? $"resnet_{config.Block.ToString().ToLowerInvariant()}_{string.Join("-", config.Layers)}");
+        string? matchingPreset = ResNetConfig.Presets.FirstOrDefault(p => p.Value with { NumClasses = config.NumClasses, ImageSize = config.ImageSize } == config).Key;
+        return new ResNet(config, preset ?? matchingPreset ?? $"resnet_{config.Block.ToString().ToLowerInvariant()}_{string.Join("-", config.Layers)}");
     }
 
     private static Tensor Require(string path, IReadOnlyDictionary<string, Tensor> w, string key, int rank)

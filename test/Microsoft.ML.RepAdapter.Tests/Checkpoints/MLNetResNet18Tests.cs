@@ -25,6 +25,7 @@ public class MLNetResNet18Tests
     {
         var (backbone, report) = PretrainedBackbones.LoadMLNetResNet18();
         var resnet = (ResNet)backbone;
+        Assert.AreEqual("mlnet_resnet18", backbone.Architecture);
         Assert.AreEqual(new ResNetConfig(ResNetBlock.Basic, [2, 2, 2, 3], [64, 128, 256, 512], NumClasses: 0, ImageSize: 224, HasInputOffset: true), resnet.Config);
         Assert.AreEqual(CheckpointLayout.MLNetResNet18Onnx, report.Layout);
         Assert.HasCount(110 + 1, report.LoadedKeys, "every ONNX initializer, plus the input offset");

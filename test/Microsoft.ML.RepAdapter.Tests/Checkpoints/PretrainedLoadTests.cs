@@ -117,11 +117,23 @@ public class PretrainedLoadTests
         var (loaded, _) = PretrainedBackbones.Load(path);
         var config = ((VisionTransformer)loaded).Config;
         Assert.AreEqual(2, config.NumHeads, "128 / 64");
+        Assert.AreEqual("vit_patch8_dim128_depth1", loaded.Architecture, "no preset has this shape");
         Assert.AreEqual(2.0, config.MlpRatio);
         Assert.AreEqual(32, config.ImageSize);
         var input = TinyModels.Images(original);
         Assert.IsLessThanOrEqualTo(1e-5f, TinyModels.MaxAbsDiff(Logits(original, input), Logits(loaded, input)));
         Assert.AreEqual(4, ((VisionTransformer)PretrainedBackbones.Load(path, numHeads: 4).Backbone).Config.NumHeads, "numHeads overrides the rule");
+    }
+
+    [TestMethod]
+    public void AnInferredArchitectureThatIsAPresetCarriesItsName()
+    {
+        var original = BackbonePresets.Create("vit_tiny_patch16_224", numClasses: 0);
+        string path = Path.Combine(CheckpointFiles.TempDirectory(), "vit_tiny.safetensors");
+        CheckpointExport.SaveMergedSafeTensors(original, path);
+        var (loaded, _) = PretrainedBackbones.Load(path);
+        Assert.AreEqual("vit_tiny_patch16_224", loaded.Architecture);
+        Assert.AreEqual(VisionTransformerConfig.Presets["vit_tiny_patch16_224"] with { NumClasses = 0 }, ((VisionTransformer)loaded).Config, "192 / 64 = 3 heads");
     }
 
     [TestMethod]
