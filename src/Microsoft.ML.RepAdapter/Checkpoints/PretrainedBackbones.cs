@@ -129,7 +129,11 @@ public static class PretrainedBackbones
         if (grid * grid != pos.shape[1] - 1)
             throw new CheckpointException(path, "pos_embed", $"expected 1 class token + a square grid of positions, found {Describe.ShapeOf(pos)}.");
         bool hasPreLogits = w.ContainsKey("pre_logits.fc.weight");
-        int checkpointClasses = w.TryGetValue("head.weight", out var head) && !(hasPreLogits && !keepPreLogits) ? (int)head.shape[0] : 0;
+        if (keepPreLogits && !hasPreLogits)
+            throw new CheckpointException(path, "pre_logits.fc.weight", "keepPreLogits: expected a pre-logits layer in the checkpoint, found none.");
+        int? representation = keepPreLogits ? (int)Require(path, w, "pre_logits.fc.weight", rank: 2).shape[0] : null;
+        // A head trained on the pre-logits output is useless without them (BackboneWeights ignores it then).
+        int checkpointClasses = w.TryGetValue("head.weight", out var head) && (keepPreLogits || !hasPreLogits) ? (int)head.shape[0] : 0;
 
         VisionTransformerConfig config;
         if (preset is not null)
@@ -150,17 +154,14 @@ public static class PretrainedBackbones
                 Depth: depth,
                 NumHeads: numHeads ?? DefaultHeads(path, embedDim),
                 MlpRatio: (double)fc1.shape[0] / embedDim,
-                QkvBias: w.ContainsKey("blocks.0.attn.qkv.bias"),
-                RepresentationSize: hasPreLogits ? (int)w["pre_logits.fc.weight"].shape[0] : null);
+                QkvBias: w.ContainsKey("blocks.0.attn.qkv.bias"));
         }
         config = config with
         {
             ImageSize = imageSize ?? config.ImageSize,
-            RepresentationSize = keepPreLogits && hasPreLogits ? config.RepresentationSize ?? (int)w["pre_logits.fc.weight"].shape[0] : null,
+            RepresentationSize = representation,
             NumClasses = numClasses ?? checkpointClasses,
         };
-        if (keepPreLogits && !hasPreLogits)
-            throw new CheckpointException(path, "pre_logits.fc.weight", "keepPreLogits: expected a pre-logits layer in the checkpoint, found none.");
         string? matchingPreset = VisionTransformerConfig.Presets.FirstOrDefault(p => p.Value with { NumClasses = config.NumClasses } == config).Key;
         return new VisionTransformer(config, preset ?? matchingPreset ?? $"vit_patch{patchSize}_dim{embedDim}_depth{config.Depth}");
     }
