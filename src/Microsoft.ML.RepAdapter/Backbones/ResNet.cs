@@ -11,13 +11,17 @@ public enum ResNetBlock { Basic, Bottleneck }
 /// <summary>
 /// Configuration of a <see cref="ResNet"/> in torchvision's layout. <paramref name="Widths"/> are the stage widths
 /// (64, 128, 256, 512 for the ImageNet models); smaller widths build the tiny test networks with the same code.
+/// <paramref name="HasInputOffset"/> adds a fixed per-pixel input offset (buffer <c>input_offset</c>,
+/// [1, 3, ImageSize, ImageSize]) added to the normalised images: ML.NET's ResNet-18 subtracts a mean <i>image</i>, of
+/// which <see cref="ImageInputSpec"/> can only express the per-channel averages.
 /// </summary>
 public sealed record ResNetConfig(
     ResNetBlock Block,
     int[] Layers,
     int[]? Widths = null,
     int NumClasses = 1000,
-    int ImageSize = 224)
+    int ImageSize = 224,
+    bool HasInputOffset = false)
 {
     public int[] StageWidths => Widths ?? [64, 128, 256, 512];
     public int Expansion => Block == ResNetBlock.Basic ? 1 : 4;
@@ -38,9 +42,9 @@ public sealed record ResNetConfig(
 
     public bool Equals(ResNetConfig? other) =>
         other is not null && Block == other.Block && Layers.SequenceEqual(other.Layers) && StageWidths.SequenceEqual(other.StageWidths)
-        && NumClasses == other.NumClasses && ImageSize == other.ImageSize;
+        && NumClasses == other.NumClasses && ImageSize == other.ImageSize && HasInputOffset == other.HasInputOffset;
 
-    public override int GetHashCode() => HashCode.Combine(Block, Layers.Sum(), StageWidths.Sum(), NumClasses, ImageSize);
+    public override int GetHashCode() => HashCode.Combine(Block, Layers.Sum(), StageWidths.Sum(), NumClasses, ImageSize, HasInputOffset);
 }
 
 /// <summary>
@@ -57,6 +61,7 @@ public sealed class ResNet : Backbone
     private readonly MaxPool2d maxpool;
     private readonly Sequential layer1, layer2, layer3, layer4;
     private Linear? fc;
+    private readonly Tensor? input_offset;
     private readonly ImageInputSpec _input;
 
     public ResNet(ResNetConfig config, string architecture = "resnet", ImageInputSpec? input = null) : base(nameof(ResNet))
@@ -87,6 +92,7 @@ public sealed class ResNet : Backbone
             stages[s] = nn.Sequential(stageBlocks);
         }
         (layer1, layer2, layer3, layer4) = (stages[0], stages[1], stages[2], stages[3]);
+        if (config.HasInputOffset) input_offset = zeros(1, 3, config.ImageSize, config.ImageSize);
         RegisterComponents();
         ResetClassifier(config.NumClasses);
     }
@@ -145,6 +151,7 @@ public sealed class ResNet : Backbone
     {
         using var scope = NewDisposeScope();
         CheckInput(images);
+        if (input_offset is not null) images = images + input_offset;
         Tensor x = maxpool.forward(relu.forward(bn1.forward(conv1.forward(images))));
         x = layer4.forward(layer3.forward(layer2.forward(layer1.forward(x))));
         return x.MoveToOuterDisposeScope();
@@ -158,10 +165,13 @@ public sealed class ResNet : Backbone
 
     public override Tensor ForwardHead(Tensor features) => fc is null ? features.alias() : fc.forward(features);
 
-    private static void CheckInput(Tensor images)
+    private void CheckInput(Tensor images)
     {
         if (images.dim() != 4 || images.shape[1] != 3)
             throw new ArgumentException($"ResNet expects images [B, 3, H, W], got [{string.Join(", ", images.shape)}].");
+        if (input_offset is not null && (images.shape[2] != Config.ImageSize || images.shape[3] != Config.ImageSize))
+            throw new ArgumentException(
+                $"{Architecture} adds a fixed {Config.ImageSize}x{Config.ImageSize} input offset: expects images [B, 3, {Config.ImageSize}, {Config.ImageSize}], got [{string.Join(", ", images.shape)}].");
     }
 
     /// <summary>A residual block whose first conv is an adapter site.</summary>
