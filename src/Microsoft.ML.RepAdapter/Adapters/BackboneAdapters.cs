@@ -16,7 +16,7 @@ public static class BackboneAdapters
         var sites = backbone.AdapterSites(config.Placement);
         foreach (var site in sites)
         {
-            var adapter = ProjectionAdapter.Create(config, site.Layer, site.Name);
+            var adapter = ModuleScopes.Unscoped(() => ProjectionAdapter.Create(config, site.Layer, site.Name));
             adapter.to(site.Layer.weight.device);
             site.Layer.AttachAdapter(adapter);
         }

@@ -21,12 +21,12 @@ public sealed record BackboneDescriptor(
     };
 
     /// <summary>Builds the (randomly initialised) backbone this descriptor describes.</summary>
-    public Backbone Build() => (VisionTransformer, ResNet) switch
+    public Backbone Build() => ModuleScopes.Unscoped<Backbone>(() => (VisionTransformer, ResNet) switch
     {
         ({ } vit, null) => new VisionTransformer(vit, Architecture, Input),
         (null, { } resnet) => new ResNet(resnet, Architecture, Input),
         _ => throw new InvalidDataException($"Backbone descriptor for '{Architecture}' must name exactly one architecture family."),
-    };
+    });
 
     public string ToJson() => JsonSerializer.Serialize(this, Json);
 

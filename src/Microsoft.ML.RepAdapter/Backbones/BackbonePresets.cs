@@ -10,7 +10,10 @@ public static class BackbonePresets
     /// Creates <paramref name="preset"/>; <paramref name="numClasses"/> overrides the preset's head (0: none),
     /// <paramref name="imageSize"/> its input resolution.
     /// </summary>
-    public static Backbone Create(string preset, int? numClasses = null, double dropPathRate = 0, int? imageSize = null)
+    public static Backbone Create(string preset, int? numClasses = null, double dropPathRate = 0, int? imageSize = null) =>
+        ModuleScopes.Unscoped(() => CreateInScope(preset, numClasses, dropPathRate, imageSize));
+
+    private static Backbone CreateInScope(string preset, int? numClasses, double dropPathRate, int? imageSize)
     {
         if (VisionTransformerConfig.Presets.TryGetValue(preset, out var vit))
         {

@@ -109,7 +109,9 @@ public sealed class ResNet : Backbone
 
     public override int NumClasses => Config.NumClasses;
 
-    public override void ResetClassifier(int numClasses)
+    public override void ResetClassifier(int numClasses) => ModuleScopes.Unscoped(() => ReplaceHead(numClasses));
+
+    private void ReplaceHead(int numClasses)
     {
         if (numClasses < 0) throw new ArgumentOutOfRangeException(nameof(numClasses), numClasses, "Class count cannot be negative.");
         if (fc is not null)

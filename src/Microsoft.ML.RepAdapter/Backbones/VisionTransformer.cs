@@ -114,7 +114,9 @@ public sealed class VisionTransformer : Backbone
         ResetClassifier(Config.NumClasses);
     }
 
-    public override void ResetClassifier(int numClasses)
+    public override void ResetClassifier(int numClasses) => ModuleScopes.Unscoped(() => ReplaceHead(numClasses));
+
+    private void ReplaceHead(int numClasses)
     {
         if (numClasses < 0) throw new ArgumentOutOfRangeException(nameof(numClasses), numClasses, "Class count cannot be negative.");
         if (head is not null)

@@ -161,7 +161,7 @@ public static partial class AdapterCheckpoint
         if (backbone.AdaptedLayers().Any())
             throw new InvalidOperationException($"{backbone.Architecture} already carries adapters; load adapters onto a plain backbone.");
         var sites = backbone.AdapterSites(config.Placement);
-        var adapters = PretrainedBackbones.Unscoped(() => sites.Select(site => ProjectionAdapter.Create(config, site.Layer, site.Name)).ToList());
+        var adapters = ModuleScopes.Unscoped(() => sites.Select(site => ProjectionAdapter.Create(config, site.Layer, site.Name)).ToList());
         try
         {
             var copies = new List<(Tensor Target, Tensor Source)>();
@@ -202,7 +202,7 @@ public static partial class AdapterCheckpoint
                 adapters[i].to(sites[i].Layer.weight.device);
                 sites[i].Layer.AttachAdapter(adapters[i]);
             }
-            if (numClasses is int n && backbone.NumClasses != n) ResetClassifierUnscoped(backbone, n);
+            if (numClasses is int n && backbone.NumClasses != n) backbone.ResetClassifier(n);
             if (numClasses > 0)
             {
                 var headState = backbone.named_parameters().Where(p => backbone.IsHeadParameter(p.name)).ToDictionary(p => p.name.Split('.')[^1], p => p.parameter);
@@ -223,12 +223,6 @@ public static partial class AdapterCheckpoint
     private static string HeadModuleName(Backbone backbone) =>
         new[] { "head", "fc" }.FirstOrDefault(name => backbone.IsHeadParameter($"{name}.weight"))
         ?? throw new NotSupportedException($"{backbone.Architecture} names its head neither 'head' nor 'fc'.");
-
-    private static void ResetClassifierUnscoped(Backbone backbone, int numClasses) => PretrainedBackbones.Unscoped(() =>
-    {
-        backbone.ResetClassifier(numClasses);
-        return backbone;
-    });
 
     private static T Field<T>(string path, IReadOnlyDictionary<string, string> metadata, string key, Func<string, T> parse)
     {

@@ -12,6 +12,9 @@ public sealed record LoadedBackbone(Backbone Backbone, LoadReport Report);
 /// </summary>
 public static class PretrainedBackbones
 {
+    /// <summary>Architecture name of ML.NET's ResNet-18 (<see cref="LoadMLNetResNet18"/>); trainers accept it without a checkpoint.</summary>
+    public const string MLNetResNet18 = "mlnet_resnet18";
+
     /// <summary>
     /// Loads a ViT (timm, Google .npz or Hugging Face layout) or a torchvision ResNet from any supported file format.
     /// <para>Architecture: ViT embedding width, depth, MLP ratio, patch size, qkv bias, pre-logits and the checkpoint's image
@@ -38,8 +41,8 @@ public static class PretrainedBackbones
         var converted = CheckpointLayouts.Convert(checkpoint);
         var weights = converted.Weights;
         Backbone backbone = converted.Layout == CheckpointLayout.TorchvisionResNet
-            ? Unscoped(() => CreateResNet(checkpoint.Path, weights, preset, numClasses, imageSize))
-            : Unscoped(() => CreateVisionTransformer(checkpoint.Path, weights, preset, numClasses, imageSize, keepPreLogits, numHeads));
+            ? ModuleScopes.Unscoped(() => CreateResNet(checkpoint.Path, weights, preset, numClasses, imageSize))
+            : ModuleScopes.Unscoped(() => CreateVisionTransformer(checkpoint.Path, weights, preset, numClasses, imageSize, keepPreLogits, numHeads));
         try
         {
             return new LoadedBackbone(backbone, BackboneWeights.Apply(backbone, checkpoint.Path, checkpoint.Format, converted));
@@ -79,7 +82,7 @@ public static class PretrainedBackbones
         float[] means = channelMeans.data<float>().ToArray();
         var input = new ImageInputSpec(graph.ImageSize, means, [1f, 1f, 1f], PixelScale: 1f, Order: ChannelOrder.Bgr);
         var config = new ResNetConfig(ResNetBlock.Basic, graph.Layers, graph.Widths, numClasses, graph.ImageSize, HasInputOffset: true);
-        var backbone = Unscoped(() => new ResNet(config, "mlnet_resnet18", input));
+        var backbone = ModuleScopes.Unscoped(() => new ResNet(config, MLNetResNet18, input));
         try
         {
             var converted = new ConvertedCheckpoint(CheckpointLayout.MLNetResNet18Onnx, graph.Weights, new Dictionary<string, string>());
@@ -202,17 +205,5 @@ public static class PretrainedBackbones
         if (!w.TryGetValue(key, out var tensor)) throw new CheckpointException(path, key, "missing from the checkpoint.");
         if (tensor.dim() != rank) throw new CheckpointException(path, key, $"rank: expected a {rank}-D tensor, found {Describe.ShapeOf(tensor)}.");
         return tensor;
-    }
-
-    /// <summary>
-    /// Builds a module so that no enclosing dispose scope owns its tensors: a scope would otherwise dispose parameters
-    /// created in constructors when it ends, leaving the returned backbone unusable.
-    /// </summary>
-    internal static T Unscoped<T>(Func<T> create)
-    {
-        using var scope = NewDisposeScope();
-        var module = create();
-        scope.Detach(scope.DisposablesView.ToList());
-        return module;
     }
 }

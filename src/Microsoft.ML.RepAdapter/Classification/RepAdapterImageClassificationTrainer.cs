@@ -1,6 +1,7 @@
 using Microsoft.ML.Data;
 using Microsoft.ML.RepAdapter.Adapters;
 using Microsoft.ML.RepAdapter.Backbones;
+using Microsoft.ML.RepAdapter.Checkpoints;
 using Microsoft.ML.RepAdapter.MLNet;
 using Microsoft.ML.RepAdapter.Training;
 using Microsoft.ML.Runtime;
@@ -25,10 +26,14 @@ public sealed class RepAdapterImageClassificationTrainer : IEstimator<RepAdapter
         public string ScoreColumnName = DefaultColumnNames.Score;
         public string PredictedLabelColumnName = DefaultColumnNames.PredictedLabel;
 
-        /// <summary>Backbone preset (see <see cref="BackbonePresets"/>), used when <see cref="Backbone"/> is null.</summary>
-        public string Architecture = "vit_base_patch16_224";
+        /// <summary>
+        /// Backbone preset (see <see cref="BackbonePresets"/>) or <see cref="PretrainedBackbones.MLNetResNet18"/>. With a
+        /// <see cref="CheckpointPath"/> it is optional (null: the architecture is read from the checkpoint); without one,
+        /// null means <c>vit_base_patch16_224</c> from random weights.
+        /// </summary>
+        public string? Architecture;
 
-        /// <summary>Pretrained weights for <see cref="Architecture"/> (.npz, .safetensors, .pth, ONNX). Null: random init.</summary>
+        /// <summary>Pretrained weights (Google .npz, timm / Hugging Face .safetensors, PyTorch .pth); format read from the content.</summary>
         public string? CheckpointPath;
 
         /// <summary>An already-built (and loaded) backbone; the trainer copies its weights and leaves it untouched.</summary>
@@ -232,12 +237,21 @@ public sealed class RepAdapterImageClassificationTrainer : IEstimator<RepAdapter
         }
         else if (_options.CheckpointPath is { } path)
         {
-            backbone = PretrainedBackboneLoader.Load(path, _options.Architecture, classes, _options.ImageSize, _options.KeepPreLogits);
+            var loaded = PretrainedBackbones.Load(path, _options.Architecture, classes, _options.ImageSize, _options.KeepPreLogits);
+            ch.Info(loaded.Report.ToString());
+            backbone = loaded.Backbone;
+        }
+        else if (_options.Architecture == PretrainedBackbones.MLNetResNet18)
+        {
+            var loaded = PretrainedBackbones.LoadMLNetResNet18(classes);
+            ch.Info(loaded.Report.ToString());
+            backbone = loaded.Backbone;
         }
         else
         {
-            ch.Warning($"No CheckpointPath: {_options.Architecture} starts from random weights. Give pretrained weights for real fine-tuning.");
-            backbone = BackbonePresets.Create(_options.Architecture, classes, imageSize: _options.ImageSize);
+            string preset = _options.Architecture ?? "vit_base_patch16_224";
+            ch.Warning($"No CheckpointPath: {preset} starts from random weights. Give pretrained weights for real fine-tuning.");
+            backbone = BackbonePresets.Create(preset, classes, imageSize: _options.ImageSize);
         }
         if (_options.ImageSize is int size && size != backbone.Input.ImageSize)
             throw _host.Except($"ImageSize {size} differs from the backbone's input size {backbone.Input.ImageSize}; build the backbone at that size.");

@@ -11,14 +11,14 @@ public static class RepAdapterCatalog
     /// </summary>
     /// <param name="labelColumnName">A key column (MapValueToKey).</param>
     /// <param name="imageColumnName">An image column (LoadImages) or encoded image bytes (LoadRawImageBytes).</param>
-    /// <param name="architecture">Backbone preset, e.g. <c>vit_base_patch16_224</c> or <c>resnet18</c>.</param>
-    /// <param name="checkpointPath">Pretrained weights for the backbone (.npz, .safetensors, .pth, ONNX).</param>
+    /// <param name="checkpointPath">Pretrained weights (.npz, .safetensors, .pth); the architecture is read from them.</param>
+    /// <param name="architecture">Backbone preset when it cannot be inferred, or <c>mlnet_resnet18</c> (ML.NET's own ResNet-18).</param>
     public static RepAdapterImageClassificationTrainer RepAdapter(
         this MulticlassClassificationCatalog.MulticlassClassificationTrainers catalog,
         string labelColumnName = DefaultColumnNames.Label,
         string imageColumnName = "Image",
-        string architecture = "vit_base_patch16_224",
         string? checkpointPath = null,
+        string? architecture = null,
         int epochs = 100,
         int batchSize = 64,
         double learningRate = 1e-3,

@@ -1,4 +1,3 @@
-using System.IO.Compression;
 using Microsoft.ML;
 using Microsoft.ML.Data;
 using Microsoft.ML.RepAdapter.Backbones;
@@ -15,7 +14,6 @@ namespace Microsoft.ML.RepAdapter.Tests.Checkpoints;
 [TestClass]
 public class MLNetResNet18Tests
 {
-    private const string FashionMnistImages = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz";
     private const int Size = 224;
 
     public TestContext TestContext { get; set; } = null!;
@@ -115,25 +113,24 @@ public class MLNetResNet18Tests
         return images;
     }
 
-    /// <summary>The first <paramref name="count"/> test images, upscaled 28 -> 224 by repeating each pixel 8x8 (no resampling filter to disagree on).</summary>
+    /// <summary>
+    /// The first <paramref name="count"/> Fashion-MNIST test images committed in samples/data (real data, no install),
+    /// upscaled 28 -> 224 by repeating each pixel 8x8 (no resampling filter to disagree on).
+    /// </summary>
     private static List<byte[]> ReadFashionMnist(int count)
     {
-        if (!File.Exists(FashionMnistImages))
-            Assert.Fail($"Fashion-MNIST is not installed: {FashionMnistImages} is missing. Install the Debian package dataset-fashion-mnist (apt-get install -y dataset-fashion-mnist).");
-        using var gzip = new GZipStream(File.OpenRead(FashionMnistImages), CompressionMode.Decompress);
-        using var reader = new BinaryReader(gzip);
-        int BigEndian() => System.Buffers.Binary.BinaryPrimitives.ReverseEndianness(reader.ReadInt32());
-        Assert.AreEqual(2051, BigEndian(), "IDX image file magic");
-        int total = BigEndian(), rows = BigEndian(), cols = BigEndian();
-        Assert.IsTrue(total >= count && rows == 28 && cols == 28, $"unexpected IDX shape {total}x{rows}x{cols}");
+        var files = TestData.Images("test", classes: 10, perClass: 1).Select(r => r.ImagePath).Take(count).ToList();
+        Assert.HasCount(count, files, $"Fashion-MNIST images under {TestData.FashionMnist}");
         var images = new List<byte[]>();
-        for (int n = 0; n < count; n++)
+        foreach (string file in files)
         {
-            byte[] small = reader.ReadBytes(rows * cols);
+            using var image = MLImage.CreateFromFile(file);
+            Assert.IsTrue(image.Width == 28 && image.Height == 28, $"{file} is {image.Width}x{image.Height}");
+            byte[] bgr = image.GetBGRPixels;
             var large = new byte[Size * Size];
             for (int y = 0; y < Size; y++)
                 for (int x = 0; x < Size; x++)
-                    large[y * Size + x] = small[(y / 8) * cols + x / 8];
+                    large[y * Size + x] = bgr[3 * ((y / 8) * 28 + x / 8)];
             images.Add(large);
         }
         return images;

@@ -1,0 +1,175 @@
+// RepAdapter image classification, end to end: train, evaluate next to a head-only baseline, save, reload, predict.
+//
+//   dotnet run --project samples/RepAdapterImageClassification
+//       Fashion-MNIST images committed in samples/data/fashion-mnist, ML.NET's pretrained ResNet-18. No download.
+//   dotnet run --project samples/RepAdapterImageClassification -- --fashion-mnist /usr/share/datasets/fashion-mnist --per-class 100
+//       draws a larger balanced sample from the full set (Debian package dataset-fashion-mnist).
+//   dotnet run --project samples/RepAdapterImageClassification -- --train <folder> --test <folder>
+//       [--architecture vit_base_patch16_224 --checkpoint ViT-B_16.npz] [--epochs 8] [--batch-size 16] [--scale 1]
+//       any folder of images, one sub-folder per label.
+using System.Diagnostics;
+using System.IO.Compression;
+using Microsoft.ML;
+using Microsoft.ML.Data;
+using Microsoft.ML.RepAdapter.Adapters;
+using Microsoft.ML.RepAdapter.Backbones;
+using Microsoft.ML.RepAdapter.Checkpoints;
+using Microsoft.ML.RepAdapter.Classification;
+using RepAdapterImageClassification;
+
+var arguments = Arguments.Parse(args);
+var mlContext = new MLContext(seed: 42);
+mlContext.Log += (_, e) =>
+{
+    if (e.Kind == Microsoft.ML.Runtime.ChannelMessageKind.Info && e.Source.Contains("RepAdapter")) Console.WriteLine($"  {e.RawMessage}");
+};
+
+var (trainRows, testRows, dataName) = arguments.LoadData();
+Console.WriteLine($"Data: {dataName}: {trainRows.Count} training and {testRows.Count} test images, {trainRows.Select(r => r.Label).Distinct().Count()} labels.");
+var trainData = mlContext.Data.LoadFromEnumerable(trainRows);
+var testData = mlContext.Data.LoadFromEnumerable(testRows);
+
+using var backbone = arguments.LoadBackbone();
+Console.WriteLine($"Backbone: {backbone.Architecture}, {backbone.CountParameters():N0} parameters, input {backbone.Input.ImageSize} px.");
+
+var settings = new MLModel.TrainingSettings(arguments.Epochs, arguments.BatchSize, AdapterScale: arguments.Scale);
+var results = new List<(string name, MulticlassClassificationMetrics metrics, TimeSpan time, long trainable)>();
+ITransformer? repAdapterModel = null;
+foreach (var (name, trainable) in new[] { ("RepAdapter", TrainableParameters.AdaptersAndHead), ("Head only (linear probe)", TrainableParameters.HeadOnly) })
+{
+    Console.WriteLine($"\nTraining: {name}");
+    var clock = Stopwatch.StartNew();
+    var model = MLModel.RetrainPipeline(mlContext, trainData, backbone, settings with { Trainable = trainable });
+    clock.Stop();
+    var metrics = mlContext.MulticlassClassification.Evaluate(model.Transform(testData));
+    var transformer = ((IEnumerable<ITransformer>)model).OfType<RepAdapterImageClassificationTransformer>().Single();
+    results.Add((name, metrics, clock.Elapsed, transformer.TrainableParameterCount));
+    if (trainable == TrainableParameters.AdaptersAndHead) repAdapterModel = model;
+}
+
+Console.WriteLine("\nEvaluation on the test images");
+Console.WriteLine($"{"method",-26} {"trainable params",17} {"accuracy",9} {"macro acc",10} {"log-loss",9} {"train time",11}");
+foreach (var (name, m, time, trainable) in results)
+    Console.WriteLine($"{name,-26} {trainable,17:N0} {m.MicroAccuracy,9:P1} {m.MacroAccuracy,10:P1} {m.LogLoss,9:F3} {time,11:mm\\:ss}");
+
+var best = results[0].metrics;
+var labels = trainRows.Select(r => r.Label).Distinct().Order(StringComparer.Ordinal).ToList();
+Console.WriteLine("\nRepAdapter per class");
+Console.WriteLine($"{"label",-14} {"precision",10} {"recall",8} {"log-loss",9}");
+for (int k = 0; k < best.ConfusionMatrix.NumberOfClasses; k++)
+    Console.WriteLine($"{labels[k],-14} {best.ConfusionMatrix.PerClassPrecision[k],10:P1} {best.ConfusionMatrix.PerClassRecall[k],8:P1} {best.PerClassLogLoss[k],9:F3}");
+
+mlContext.Model.Save(repAdapterModel!, trainData.Schema, MLModel.MLNetModelPath);
+Console.WriteLine($"\nSaved {MLModel.MLNetModelPath} ({new FileInfo(MLModel.MLNetModelPath).Length / 1048576.0:F1} MB, merged weights).");
+
+Console.WriteLine("Reloaded it and predicted a few test images:");
+foreach (var row in testRows.Where((_, i) => i % Math.Max(1, testRows.Count / 5) == 0).Take(5))
+{
+    var input = new MLModel.ModelInput { ImageSource = row.ImageSource };
+    var top = MLModel.PredictAllLabels(input).Take(3).Select(kv => $"{kv.Key} {kv.Value:P0}");
+    Console.WriteLine($"  true {row.Label,-12} predicted {MLModel.Predict(input).PredictedLabel,-12} top 3: {string.Join(", ", top)}");
+}
+return 0;
+
+internal sealed record Arguments(string? Train, string? Test, string? FashionMnist, int PerClass, string? Architecture, string? Checkpoint,
+    int Epochs, int BatchSize, float Scale, int? ImageSize)
+{
+    private static readonly string[] FashionLabels = ["T-shirt_top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle_boot"];
+
+    public static Arguments Parse(string[] args)
+    {
+        var a = new Arguments(null, null, null, 100, null, null, 8, 16, 1f, null);
+        for (int i = 0; i < args.Length; i++)
+        {
+            string value = i + 1 < args.Length ? args[i + 1] : throw new ArgumentException($"{args[i]} needs a value.");
+            a = args[i++] switch
+            {
+                "--train" => a with { Train = value },
+                "--test" => a with { Test = value },
+                "--fashion-mnist" => a with { FashionMnist = value },
+                "--per-class" => a with { PerClass = int.Parse(value) },
+                "--architecture" => a with { Architecture = value },
+                "--checkpoint" => a with { Checkpoint = value },
+                "--epochs" => a with { Epochs = int.Parse(value) },
+                "--batch-size" => a with { BatchSize = int.Parse(value) },
+                "--scale" => a with { Scale = float.Parse(value) },
+                "--image-size" => a with { ImageSize = int.Parse(value) },
+                var unknown => throw new ArgumentException($"Unknown option {unknown}."),
+            };
+        }
+        return a;
+    }
+
+    public Backbone LoadBackbone()
+    {
+        if (Checkpoint is not null) return PretrainedBackbones.Load(Checkpoint, Architecture, imageSize: ImageSize).Backbone;
+        if (Architecture is not null) throw new ArgumentException("--architecture needs --checkpoint: fine-tuning needs pretrained weights.");
+        return PretrainedBackbones.LoadMLNetResNet18().Backbone;
+    }
+
+    public (List<MLModel.ModelInput> train, List<MLModel.ModelInput> test, string name) LoadData()
+    {
+        if (Train is not null)
+        {
+            var train = FromFolder(Train);
+            var test = Test is not null ? FromFolder(Test) : [];
+            if (test.Count == 0) throw new ArgumentException("--train needs --test <folder> with the same label sub-folders.");
+            return (train, test, Train);
+        }
+        if (FashionMnist is not null)
+            return (FromIdx(FashionMnist, "train", PerClass), FromIdx(FashionMnist, "t10k", Math.Max(1, PerClass / 2)), $"Fashion-MNIST ({FashionMnist})");
+        string subset = Path.Combine(FindRepoRoot(), "samples", "data", "fashion-mnist");
+        return (FromFolder(Path.Combine(subset, "train")), FromFolder(Path.Combine(subset, "test")), "Fashion-MNIST subset (samples/data)");
+    }
+
+    private static List<MLModel.ModelInput> FromFolder(string folder) =>
+        [.. Directory.GetDirectories(folder).Order(StringComparer.Ordinal)
+            .SelectMany(labelFolder => Directory.GetFiles(labelFolder).Order(StringComparer.Ordinal)
+                .Select(file => new MLModel.ModelInput { Label = Path.GetFileName(labelFolder), ImageSource = File.ReadAllBytes(file) }))];
+
+    /// <summary>The first <paramref name="perClass"/> items of each class of an IDX split, encoded as PNG.</summary>
+    private static List<MLModel.ModelInput> FromIdx(string folder, string split, int perClass)
+    {
+        byte[] images = ReadGzip(Path.Combine(folder, $"{split}-images-idx3-ubyte.gz"));
+        byte[] labels = ReadGzip(Path.Combine(folder, $"{split}-labels-idx1-ubyte.gz"));
+        const int Side = 28, Header = 16;
+        var rows = new List<MLModel.ModelInput>();
+        var taken = new int[10];
+        for (int i = 0; i < labels.Length - 8 && rows.Count < perClass * 10; i++)
+        {
+            int label = labels[8 + i];
+            if (taken[label]++ >= perClass) continue;
+            var bgra = new byte[Side * Side * 4];
+            for (int p = 0; p < Side * Side; p++)
+            {
+                byte v = images[Header + i * Side * Side + p];
+                (bgra[4 * p], bgra[4 * p + 1], bgra[4 * p + 2], bgra[4 * p + 3]) = (v, v, v, 255);
+            }
+            using var image = MLImage.CreateFromPixels(Side, Side, MLPixelFormat.Bgra32, bgra);
+            string png = Path.Combine(Path.GetTempPath(), $"fashion-{Guid.NewGuid():N}.png");
+            image.Save(png);
+            rows.Add(new MLModel.ModelInput { Label = FashionLabels[label], ImageSource = File.ReadAllBytes(png) });
+            File.Delete(png);
+        }
+        return rows;
+    }
+
+    private static byte[] ReadGzip(string path)
+    {
+        if (!File.Exists(path)) throw new FileNotFoundException($"{path} not found (apt-get install dataset-fashion-mnist).", path);
+        using var gzip = new GZipStream(File.OpenRead(path), CompressionMode.Decompress);
+        using var memory = new MemoryStream();
+        gzip.CopyTo(memory);
+        return memory.ToArray();
+    }
+
+    private static string FindRepoRoot()
+    {
+        foreach (var start in new[] { Directory.GetCurrentDirectory(), AppContext.BaseDirectory })
+        {
+            for (var dir = new DirectoryInfo(start); dir is not null; dir = dir.Parent)
+                if (Directory.Exists(Path.Combine(dir.FullName, "samples", "data", "fashion-mnist"))) return dir.FullName;
+        }
+        throw new DirectoryNotFoundException("samples/data/fashion-mnist not found: run from the repository, or pass --train/--test.");
+    }
+}
