@@ -1,5 +1,6 @@
 using Microsoft.ML.RepAdapter.Adapters;
 using TorchSharp;
+using TorchSharp.Modules;
 using static TorchSharp.torch;
 
 namespace Microsoft.ML.RepAdapter.Backbones;
@@ -46,8 +47,33 @@ public abstract class Backbone : nn.Module<Tensor, Tensor>
     /// <summary>Replaces the head by a freshly initialised one for <paramref name="numClasses"/> classes (0 removes it).</summary>
     public abstract void ResetClassifier(int numClasses);
 
+    /// <summary>Module name of the classification head in checkpoints: timm's <c>head</c>, torchvision's <c>fc</c>.</summary>
+    public abstract string HeadName { get; }
+
     /// <summary>Whether the named parameter belongs to the task head (trained in every policy).</summary>
-    public abstract bool IsHeadParameter(string parameterName);
+    public bool IsHeadParameter(string parameterName) => parameterName.StartsWith(HeadName + ".", StringComparison.Ordinal);
+
+    /// <summary>
+    /// Swaps the head module <paramref name="current"/> for a new Linear(FeatureDim, <paramref name="numClasses"/>) under
+    /// <see cref="HeadName"/> (none for 0), built outside any caller's dispose scope.
+    /// </summary>
+    protected Linear? ReplaceHead(Linear? current, int numClasses, Action<Linear>? initialize = null) => ModuleScopes.Unscoped(() =>
+    {
+        if (numClasses < 0) throw new ArgumentOutOfRangeException(nameof(numClasses), numClasses, "Class count cannot be negative.");
+        if (current is not null)
+        {
+            register_module(HeadName, null!);
+            current.Dispose();
+        }
+        if (numClasses == 0) return null;
+        var head = nn.Linear(FeatureDim, numClasses);
+        if (initialize is not null)
+        {
+            using (no_grad()) initialize(head);
+        }
+        register_module(HeadName, head);
+        return head;
+    });
 
     /// <summary>The mergeable projections for <paramref name="placement"/>, named by their module path.</summary>
     public abstract IReadOnlyList<AdapterSite> AdapterSites(AdapterPlacement placement);

@@ -109,22 +109,13 @@ public sealed class ResNet : Backbone
 
     public override int NumClasses => Config.NumClasses;
 
-    public override void ResetClassifier(int numClasses) => ModuleScopes.Unscoped(() => ReplaceHead(numClasses));
+    public override string HeadName => "fc";
 
-    private void ReplaceHead(int numClasses)
+    public override void ResetClassifier(int numClasses)
     {
-        if (numClasses < 0) throw new ArgumentOutOfRangeException(nameof(numClasses), numClasses, "Class count cannot be negative.");
-        if (fc is not null)
-        {
-            register_module("fc", null!);
-            fc.Dispose();
-        }
-        fc = numClasses > 0 ? nn.Linear(FeatureDim, numClasses) : null;
-        if (fc is not null) register_module("fc", fc);
+        fc = ReplaceHead(fc, numClasses);
         Config = Config with { NumClasses = numClasses };
     }
-
-    public override bool IsHeadParameter(string parameterName) => parameterName.StartsWith("fc.", StringComparison.Ordinal);
 
     public override IReadOnlyList<AdapterSite> AdapterSites(AdapterPlacement placement)
     {

@@ -114,31 +114,17 @@ public sealed class VisionTransformer : Backbone
         ResetClassifier(Config.NumClasses);
     }
 
-    public override void ResetClassifier(int numClasses) => ModuleScopes.Unscoped(() => ReplaceHead(numClasses));
+    public override string HeadName => "head";
 
-    private void ReplaceHead(int numClasses)
+    public override void ResetClassifier(int numClasses)
     {
-        if (numClasses < 0) throw new ArgumentOutOfRangeException(nameof(numClasses), numClasses, "Class count cannot be negative.");
-        if (head is not null)
+        head = ReplaceHead(head, numClasses, linear =>
         {
-            register_module("head", null!);
-            head.Dispose();
-        }
-        head = null;
-        if (numClasses > 0)
-        {
-            head = nn.Linear(FeatureDim, numClasses);
-            using (no_grad())
-            {
-                nn.init.trunc_normal_(head.weight, std: 0.02);
-                nn.init.zeros_(head.bias);
-            }
-            register_module("head", head);
-        }
+            nn.init.trunc_normal_(linear.weight, std: 0.02);
+            nn.init.zeros_(linear.bias);
+        });
         Config = Config with { NumClasses = numClasses };
     }
-
-    public override bool IsHeadParameter(string parameterName) => parameterName.StartsWith("head.", StringComparison.Ordinal);
 
     public override IReadOnlyList<AdapterSite> AdapterSites(AdapterPlacement placement)
     {

@@ -184,7 +184,7 @@ public static partial class AdapterCheckpoint
             if (numClasses > 0)
             {
                 int classes = numClasses.Value;
-                string head = HeadModuleName(backbone);
+                string head = backbone.HeadName;
                 Match($"{head}.weight", [classes, backbone.FeatureDim], source => headSources["weight"] = source);
                 Match($"{head}.bias", [classes], source => headSources["bias"] = source);
             }
@@ -218,11 +218,6 @@ public static partial class AdapterCheckpoint
             throw;
         }
     }
-
-    /// <summary>timm names the classifier "head", torchvision "fc".</summary>
-    private static string HeadModuleName(Backbone backbone) =>
-        new[] { "head", "fc" }.FirstOrDefault(name => backbone.IsHeadParameter($"{name}.weight"))
-        ?? throw new NotSupportedException($"{backbone.Architecture} names its head neither 'head' nor 'fc'.");
 
     private static T Field<T>(string path, IReadOnlyDictionary<string, string> metadata, string key, Func<string, T> parse)
     {
