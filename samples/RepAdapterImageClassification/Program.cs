@@ -34,6 +34,7 @@ Console.WriteLine($"Backbone: {backbone.Architecture}, {backbone.CountParameters
 
 var settings = new MLModel.TrainingSettings(arguments.Epochs, arguments.BatchSize, AdapterScale: arguments.Scale);
 var results = new List<(string name, MulticlassClassificationMetrics metrics, TimeSpan time, long trainable)>();
+IReadOnlyList<string> labels = [];
 ITransformer? repAdapterModel = null;
 foreach (var (name, trainable) in new[] { ("RepAdapter", TrainableParameters.AdaptersAndHead), ("Head only (linear probe)", TrainableParameters.HeadOnly) })
 {
@@ -44,7 +45,7 @@ foreach (var (name, trainable) in new[] { ("RepAdapter", TrainableParameters.Ada
     var metrics = mlContext.MulticlassClassification.Evaluate(model.Transform(testData));
     var transformer = ((IEnumerable<ITransformer>)model).OfType<RepAdapterImageClassificationTransformer>().Single();
     results.Add((name, metrics, clock.Elapsed, transformer.TrainableParameterCount));
-    if (trainable == TrainableParameters.AdaptersAndHead) repAdapterModel = model;
+    if (trainable == TrainableParameters.AdaptersAndHead) (repAdapterModel, labels) = (model, transformer.LabelNames);
 }
 
 Console.WriteLine("\nEvaluation on the test images");
@@ -53,7 +54,6 @@ foreach (var (name, m, time, trainable) in results)
     Console.WriteLine($"{name,-26} {trainable,17:N0} {m.MicroAccuracy,9:P1} {m.MacroAccuracy,10:P1} {m.LogLoss,9:F3} {time,11:mm\\:ss}");
 
 var best = results[0].metrics;
-var labels = trainRows.Select(r => r.Label).Distinct().Order(StringComparer.Ordinal).ToList();
 Console.WriteLine("\nRepAdapter per class");
 Console.WriteLine($"{"label",-14} {"precision",10} {"recall",8} {"log-loss",9}");
 for (int k = 0; k < best.ConfusionMatrix.NumberOfClasses; k++)

@@ -51,6 +51,12 @@ public sealed class ImageRow
     public string Label { get; set; } = "";
 }
 
+public sealed class NumericLabelRow
+{
+    public string ImagePath { get; set; } = "";
+    public int Label { get; set; }
+}
+
 public sealed class ImageBytesRow
 {
     public byte[] ImageSource { get; set; } = [];

@@ -127,27 +127,27 @@ public sealed class RepAdapterImageClassificationTrainer : IEstimator<RepAdapter
         using var ch = _host.Start("Training RepAdapter image classifier");
         if (_options.NumberOfThreads is int threads) set_num_threads(threads);
         var device = TorchDevices.Select(_options.GpuDeviceId, _options.FallbackToCpu);
-        string[] labelNames = LabelNames(input.Schema[_options.LabelColumnName]);
+        var labels = LabelKeyValues.FromColumn(input.Schema[_options.LabelColumnName]);
 
-        using var source = CreateBackbone(ch, labelNames.Length);
+        using var source = CreateBackbone(ch, labels.Count);
         var preprocessor = new ImagePreprocessor(source.Input);
-        using var data = ReadImages(input, preprocessor, labelNames.Length, "training data");
-        using var validation = _options.ValidationSet is null ? null : ReadImages(_options.ValidationSet, preprocessor, labelNames.Length, "validation set");
-        ch.Info($"{data.Count} training images, {labelNames.Length} classes, backbone {source.Architecture} at {source.Input.ImageSize} px, device {device}.");
+        using var data = ReadImages(input, preprocessor, labels.Count, "training data");
+        using var validation = _options.ValidationSet is null ? null : ReadImages(_options.ValidationSet, preprocessor, labels.Count, "validation set");
+        ch.Info($"{data.Count} training images, {labels.Count} classes, backbone {source.Architecture} at {source.Input.ImageSize} px, device {device}.");
 
         var pristine = source.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.detach().clone());
         try
         {
             float scale = _options.AdapterScale;
             Dictionary<string, double>? searched = null;
-            if (_options.SearchScale && UsesAdapters) (scale, searched) = SearchScale(ch, source, pristine, data, validation, labelNames.Length, device);
-            var (model, _) = TrainOnce(ch, source, pristine, data, validation, labelNames.Length, scale, device, "final");
+            if (_options.SearchScale && UsesAdapters) (scale, searched) = SearchScale(ch, source, pristine, data, validation, labels.Count, device);
+            var (model, _) = TrainOnce(ch, source, pristine, data, validation, labels.Count, scale, device, "final");
             long trainable = model.CountParameters(trainableOnly: true);
             int merged = model.MergeAdapters();
             ch.Info($"Merged {merged} adapters into the backbone ({model.CountParameters():N0} parameters, as the plain architecture).");
             var summary = new TrainingSummary(_options.Method.ToString(), _options.Placement.ToString(), _options.Trainable.ToString(),
                 scale, trainable, merged, searched);
-            return new RepAdapterImageClassificationTransformer(_host, model, labelNames, summary, _options.ImageColumnName,
+            return new RepAdapterImageClassificationTransformer(_host, model, labels, summary, _options.ImageColumnName,
                 _options.ScoreColumnName, _options.PredictedLabelColumnName, _options.ScoringBatchSize, device);
         }
         finally
@@ -280,7 +280,7 @@ public sealed class RepAdapterImageClassificationTrainer : IEstimator<RepAdapter
         {
             using var cursor = data.GetRowCursor([labelColumn, data.Schema[_options.ImageColumnName]]);
             var labelGetter = cursor.GetGetter<uint>(labelColumn);
-            var readImage = ImageColumn.CreateReader(cursor, _options.ImageColumnName);
+            var readPixels = ImageColumn.CreatePixelReader(cursor, _options.ImageColumnName, preprocessor);
             uint key = 0;
             while (cursor.MoveNext())
             {
@@ -288,9 +288,7 @@ public sealed class RepAdapterImageClassificationTrainer : IEstimator<RepAdapter
                 labelGetter(ref key);
                 if (key == 0)
                     throw _host.Except($"Row {cursor.Position} of the {what}: label column '{_options.LabelColumnName}' is missing or holds a value unknown to its key mapping.");
-                var (image, owned) = readImage();
-                try { pixels.Add(preprocessor.ToPixels(image)); }
-                finally { if (owned) image.Dispose(); }
+                pixels.Add(readPixels());
                 labels.Add(key - 1);
             }
             if (pixels.Count == 0) throw _host.Except($"The {what} has no rows.");
@@ -304,24 +302,11 @@ public sealed class RepAdapterImageClassificationTrainer : IEstimator<RepAdapter
         }
     }
 
-    private static string[] LabelNames(DataViewSchema.Column label)
-    {
-        int count = (int)label.Type.GetKeyCount();
-        var names = default(VBuffer<ReadOnlyMemory<char>>);
-        if (label.HasKeyValues() && label.Annotations.Schema[AnnotationUtils.Kinds.KeyValues].Type is VectorDataViewType { ItemType: TextDataViewType })
-        {
-            label.GetKeyValues(ref names);
-            return [.. names.DenseValues().Select(n => n.ToString())];
-        }
-        // Keys without text values: name classes by their key value.
-        return [.. Enumerable.Range(1, count).Select(k => k.ToString())];
-    }
-
     private void CheckInputSchema(SchemaShape schema)
     {
         if (!schema.TryFindColumn(_options.LabelColumnName, out var label))
             throw _host.ExceptSchemaMismatch(nameof(schema), "label", _options.LabelColumnName);
-        if (!label.IsKey || label.Kind != SchemaShape.Column.VectorKind.Scalar)
+        if (!label.IsKey || label.Kind != SchemaShape.Column.VectorKind.Scalar || label.ItemType.RawType != typeof(uint))
             throw _host.ExceptSchemaMismatch(nameof(schema), "label", _options.LabelColumnName,
                 "a key (map it with mlContext.Transforms.Conversion.MapValueToKey)", label.GetTypeString());
         ImageColumn.Check(_host, schema, _options.ImageColumnName);

@@ -41,21 +41,21 @@ public sealed class RepAdapterImageClassificationTransformer : RowToRowTransform
     private readonly Backbone _model;
     private readonly ImagePreprocessor _preprocessor;
     private readonly Device _device;
-    private readonly string[] _labelNames;
+    private readonly LabelKeyValues _labels;
     private bool _disposed;
 
-    internal RepAdapterImageClassificationTransformer(IHostEnvironment env, Backbone mergedModel, string[] labelNames,
+    internal RepAdapterImageClassificationTransformer(IHostEnvironment env, Backbone mergedModel, LabelKeyValues labels,
         TrainingSummary summary, string imageColumnName, string scoreColumnName, string predictedLabelColumnName, int scoringBatchSize, Device device)
         : base(Contracts.CheckRef(env, nameof(env)).Register(nameof(RepAdapterImageClassificationTransformer)))
     {
-        Host.Check(mergedModel.NumClasses == labelNames.Length,
-            $"The model has {mergedModel.NumClasses} outputs but {labelNames.Length} label names were given.");
+        Host.Check(mergedModel.NumClasses == labels.Count,
+            $"The model has {mergedModel.NumClasses} outputs but {labels.Count} label values were given.");
         _model = mergedModel;
         _model.to(device);
         _model.eval();
         _device = device;
         _preprocessor = new ImagePreprocessor(mergedModel.Input);
-        _labelNames = labelNames;
+        _labels = labels;
         Summary = summary;
         ImageColumnName = imageColumnName;
         ScoreColumnName = scoreColumnName;
@@ -66,10 +66,10 @@ public sealed class RepAdapterImageClassificationTransformer : RowToRowTransform
     /// <summary>The merged network (plain backbone + head). Shared, not copied: do not dispose it separately.</summary>
     public Backbone Model => _model;
 
-    public int NumberOfClasses => _labelNames.Length;
+    public int NumberOfClasses => _labels.Count;
 
-    /// <summary>Label names in key order (key value k is <c>LabelNames[k - 1]</c>).</summary>
-    public IReadOnlyList<string> LabelNames => _labelNames;
+    /// <summary>Label values as text, in key order (key k is <c>LabelNames[k - 1]</c>).</summary>
+    public IReadOnlyList<string> LabelNames => _labels.Names;
 
     public TrainingSummary Summary { get; }
 
@@ -86,23 +86,32 @@ public sealed class RepAdapterImageClassificationTransformer : RowToRowTransform
     /// <summary>Rows scored together by <see cref="ITransformer.Transform"/>.</summary>
     public int ScoringBatchSize { get; }
 
-    /// <summary>Number of forward passes run so far (diagnostics: shows batching at work).</summary>
-    public int ForwardPasses => _forwardPasses;
+    /// <summary>Number of forward passes run so far (lets tests see batching at work).</summary>
+    internal int ForwardPasses => _forwardPasses;
     private int _forwardPasses;
 
     /// <summary>Class probabilities [N, K] for <paramref name="images"/>, in one forward pass.</summary>
     public float[][] Score(IReadOnlyList<MLImage> images)
     {
-        ObjectDisposedException.ThrowIf(_disposed, this);
         if (images.Count == 0) return [];
+        using var scope = NewDisposeScope();
+        return Score(_preprocessor.ToPixels(images));
+    }
+
+    /// <summary>Class probabilities for uint8 input pixels [N, 3, S, S] (see <see cref="ImagePreprocessor"/>).</summary>
+    internal float[][] Score(Tensor pixels)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
         Interlocked.Increment(ref _forwardPasses);
         using var scope = NewDisposeScope();
         using var inference = inference_mode();
-        var pixels = _preprocessor.ToPixels(images).to(_device);
-        var probabilities = _model.forward(_model.Input.Normalize(pixels)).softmax(1).cpu();
+        var probabilities = _model.forward(_model.Input.Normalize(pixels.to(_device))).softmax(1).cpu();
         var flat = probabilities.data<float>().ToArray();
-        return [.. Enumerable.Range(0, images.Count).Select(i => flat[(i * NumberOfClasses)..((i + 1) * NumberOfClasses)])];
+        int rows = (int)pixels.shape[0];
+        return [.. Enumerable.Range(0, rows).Select(i => flat[(i * NumberOfClasses)..((i + 1) * NumberOfClasses)])];
     }
+
+    internal ImagePreprocessor Preprocessor => _preprocessor;
 
     /// <summary>Scores in batches of <see cref="ScoringBatchSize"/> rather than row by row.</summary>
     public new IDataView Transform(IDataView input) => BatchScoringDataView.Create(Host, input, this);
@@ -113,21 +122,19 @@ public sealed class RepAdapterImageClassificationTransformer : RowToRowTransform
 
     internal DataViewSchema.DetachedColumn[] OutputColumns(DataViewSchema inputSchema)
     {
-        var labelNames = new VBuffer<ReadOnlyMemory<char>>(NumberOfClasses, [.. _labelNames.Select(n => n.AsMemory())]);
-        var namesType = new VectorDataViewType(TextDataViewType.Instance, NumberOfClasses);
-        ValueGetter<VBuffer<ReadOnlyMemory<char>>> namesGetter = (ref VBuffer<ReadOnlyMemory<char>> dst) => labelNames.CopyTo(ref dst);
+        var names = LabelKeyValues.FromNames(_labels.Names);
 
         uint scoreSetId = checked(inputSchema.GetMaxAnnotationKind(out _, AnnotationUtils.Kinds.ScoreColumnSetId) + 1);
         var score = new DataViewSchema.Annotations.Builder();
-        score.Add(AnnotationUtils.Kinds.SlotNames, namesType, namesGetter);
-        score.Add(AnnotationUtils.Kinds.TrainingLabelValues, namesType, namesGetter);
+        score.Add(AnnotationUtils.Kinds.SlotNames, names.Type, names.Getter());
+        score.Add(AnnotationUtils.Kinds.TrainingLabelValues, _labels.Type, _labels.Getter());
         score.Add(AnnotationUtils.Kinds.ScoreColumnSetId, AnnotationUtils.ScoreColumnSetIdType, (ref uint id) => id = scoreSetId);
         score.Add(AnnotationUtils.Kinds.ScoreColumnKind, TextDataViewType.Instance,
             (ref ReadOnlyMemory<char> kind) => kind = AnnotationUtils.Const.ScoreColumnKind.MulticlassClassification.AsMemory());
         score.Add(AnnotationUtils.Kinds.ScoreValueKind, TextDataViewType.Instance,
             (ref ReadOnlyMemory<char> kind) => kind = AnnotationUtils.Const.ScoreValueKind.Score.AsMemory());
         var predicted = new DataViewSchema.Annotations.Builder();
-        predicted.Add(AnnotationUtils.Kinds.KeyValues, namesType, namesGetter);
+        predicted.Add(AnnotationUtils.Kinds.KeyValues, _labels.Type, _labels.Getter());
         return
         [
             new(ScoreColumnName, new VectorDataViewType(NumberDataViewType.Single, NumberOfClasses), score.ToAnnotations()),
@@ -159,15 +166,14 @@ public sealed class RepAdapterImageClassificationTransformer : RowToRowTransform
         ctx.CheckAtModel();
         ctx.SetVersionInfo(GetVersionInfo());
         // Format: image, score, predicted-label column names; scoring batch size; backbone descriptor (JSON);
-        // training summary (JSON); label names; then the merged weights as one TorchSharp stream.
+        // training summary (JSON); label key values (ML.NET's binary codec); then the merged weights as one TorchSharp stream.
         ctx.SaveNonEmptyString(ImageColumnName);
         ctx.SaveNonEmptyString(ScoreColumnName);
         ctx.SaveNonEmptyString(PredictedLabelColumnName);
         ctx.Writer.Write(ScoringBatchSize);
         ctx.Writer.Write(_model.Describe().ToJson());
         ctx.Writer.Write(JsonSerializer.Serialize(Summary));
-        ctx.Writer.Write(_labelNames.Length);
-        foreach (var name in _labelNames) ctx.Writer.Write(name);
+        _labels.Save(Host, ctx.Writer.BaseStream);
         ctx.SaveBinaryStream(WeightsStream, writer => _model.save(writer));
     }
 
@@ -182,8 +188,7 @@ public sealed class RepAdapterImageClassificationTransformer : RowToRowTransform
         var descriptor = BackboneDescriptor.FromJson(ctx.Reader.ReadString());
         var summary = JsonSerializer.Deserialize<TrainingSummary>(ctx.Reader.ReadString())
             ?? throw env.ExceptDecode("Missing training summary.");
-        var labels = new string[ctx.Reader.ReadInt32()];
-        for (int i = 0; i < labels.Length; i++) labels[i] = ctx.Reader.ReadString();
+        var labels = LabelKeyValues.Load(env, ctx.Reader.BaseStream);
         var model = descriptor.Build();
         if (!ctx.TryLoadBinaryStream(WeightsStream, reader => model.load(reader, strict: true)))
             throw env.ExceptDecode($"The model has no '{WeightsStream}' weights stream.");
@@ -220,16 +225,15 @@ public sealed class RepAdapterImageClassificationTransformer : RowToRowTransform
         public override Delegate[] CreateGetters(DataViewRow input, Func<int, bool> activeOutput, out Action disposer)
         {
             // Score and PredictedLabel share one forward pass per row.
-            var readImage = ImageColumn.CreateReader(input, _transformer.ImageColumnName);
+            var readPixels = ImageColumn.CreatePixelReader(input, _transformer.ImageColumnName, _transformer.Preprocessor);
             long cachedPosition = -1;
             float[] cached = [];
             float[] Current()
             {
                 if (cachedPosition != input.Position)
                 {
-                    var (image, owned) = readImage();
-                    try { cached = _transformer.Score([image])[0]; }
-                    finally { if (owned) image.Dispose(); }
+                    using var scope = NewDisposeScope();
+                    cached = _transformer.Score(readPixels().unsqueeze(0))[0];
                     cachedPosition = input.Position;
                 }
                 return cached;

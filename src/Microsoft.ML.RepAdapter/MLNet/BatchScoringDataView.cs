@@ -1,6 +1,7 @@
 using Microsoft.ML.Data;
 using Microsoft.ML.RepAdapter.Classification;
 using Microsoft.ML.Runtime;
+using static TorchSharp.torch;
 
 namespace Microsoft.ML.RepAdapter.MLNet;
 
@@ -59,7 +60,7 @@ internal sealed class BatchScoringDataView : IDataView
         private readonly DataViewRowCursor _rows;
         private readonly DataViewRowCursor? _images;
         private readonly HashSet<int> _active;
-        private readonly Func<(MLImage image, bool owned)>? _readImage;
+        private readonly Func<Tensor>? _readPixels;
         private readonly ValueGetter<DataViewRowId> _rowId;
         private readonly ValueGetter<DataViewRowId>? _imageRowId;
         private readonly List<float[]> _batch = [];
@@ -74,7 +75,7 @@ internal sealed class BatchScoringDataView : IDataView
             _rowId = rows.GetIdGetter();
             if (images is not null)
             {
-                _readImage = ImageColumn.CreateReader(images, parent._scorer.ImageColumnName);
+                _readPixels = ImageColumn.CreatePixelReader(images, parent._scorer.ImageColumnName, parent._scorer.Preprocessor);
                 _imageRowId = images.GetIdGetter();
             }
         }
@@ -95,25 +96,19 @@ internal sealed class BatchScoringDataView : IDataView
             _parent._host.CheckAlive();
             _batch.Clear();
             _offset = 0;
-            var images = new List<(MLImage image, bool owned)>();
-            try
+            using var scope = NewDisposeScope();
+            var pixels = new List<Tensor>();
+            DataViewRowId first = default;
+            while (pixels.Count < _parent._scorer.ScoringBatchSize && _images!.MoveNext())
             {
-                DataViewRowId first = default;
-                while (images.Count < _parent._scorer.ScoringBatchSize && _images!.MoveNext())
-                {
-                    if (images.Count == 0) _imageRowId!(ref first);
-                    images.Add(_readImage!());
-                }
-                DataViewRowId current = default;
-                _rowId(ref current);
-                if (images.Count == 0 || !current.Equals(first))
-                    throw _parent._host.Except("The input data view returned rows in a different order to two cursors; batch scoring needs a deterministic order.");
-                _batch.AddRange(_parent._scorer.Score([.. images.Select(i => i.image)]));
+                if (pixels.Count == 0) _imageRowId!(ref first);
+                pixels.Add(_readPixels!());
             }
-            finally
-            {
-                foreach (var (image, owned) in images) if (owned) image.Dispose();
-            }
+            DataViewRowId current = default;
+            _rowId(ref current);
+            if (pixels.Count == 0 || !current.Equals(first))
+                throw _parent._host.Except("The input data view returned rows in a different order to two cursors; batch scoring needs a deterministic order.");
+            _batch.AddRange(_parent._scorer.Score(stack(pixels)));
         }
 
         public override bool IsColumnActive(DataViewSchema.Column column) => _active.Contains(column.Index);

@@ -29,21 +29,22 @@ internal static class ImageColumn
     public static void Check(IExceptionContext host, DataViewSchema schema, string column) => Check(host, SchemaShape.Create(schema), column);
 
     /// <summary>
-    /// A function returning the current row's image. Images decoded here from bytes are owned by the caller
-    /// (<c>owned</c> = true); images from an MLImage column belong to the upstream transform.
+    /// A function returning the current row's image as the backbone's uint8 input pixels [3, S, S]. Each image is
+    /// converted as soon as it is read: an image decoded here from bytes is disposed at once, and an MLImage from
+    /// LoadImages is handed back to its getter on the next row, which disposes it (so nothing waits for a finalizer).
     /// </summary>
-    public static Func<(MLImage image, bool owned)> CreateReader(DataViewRow row, string column)
+    public static Func<Tensor> CreatePixelReader(DataViewRow row, string column, ImagePreprocessor preprocessor)
     {
         var col = row.Schema[column];
         if (col.Type is ImageDataViewType)
         {
             var getter = row.GetGetter<MLImage>(col);
+            MLImage image = null!;
             return () =>
             {
-                MLImage image = null!;
                 getter(ref image);
                 if (image is null) throw new InvalidDataException($"Image column '{column}' has no image at row {row.Position}.");
-                return (image, false);
+                return preprocessor.ToPixels(image);
             };
         }
         var bytesGetter = row.GetGetter<VBuffer<byte>>(col);
@@ -53,14 +54,16 @@ internal static class ImageColumn
             bytesGetter(ref bytes);
             var dense = bytes.DenseValues().ToArray();
             if (dense.Length == 0) throw new InvalidDataException($"Image column '{column}' is empty at row {row.Position}.");
+            MLImage decoded;
             try
             {
-                return (MLImage.CreateFromStream(new MemoryStream(dense)), true);
+                decoded = MLImage.CreateFromStream(new MemoryStream(dense));
             }
             catch (Exception e) when (e is not OutOfMemoryException)
             {
                 throw new InvalidDataException($"Image column '{column}', row {row.Position}: the {dense.Length} bytes are not a decodable image ({e.Message}).", e);
             }
+            using (decoded) return preprocessor.ToPixels(decoded);
         };
     }
 }

@@ -54,6 +54,26 @@ public class TrainerTests
     }
 
     [TestMethod]
+    public void NumericLabelsMapBackToTheirOwnValuesAndType()
+    {
+        var mlContext = new MLContext(seed: 1);
+        int[] classIds = [7, 3];
+        var rows = TestData.Images(classes: 2, perClass: 5)
+            .Select(r => new NumericLabelRow { ImagePath = r.ImagePath, Label = r.Label == "Ankle_boot" ? classIds[0] : classIds[1] }).ToList();
+        var data = mlContext.Data.LoadFromEnumerable(rows);
+        var model = mlContext.Transforms.Conversion.MapValueToKey("Label")
+            .Append(mlContext.Transforms.LoadImages("Image", "", nameof(NumericLabelRow.ImagePath)))
+            .Append(mlContext.MulticlassClassification.Trainers.RepAdapter(TinyTrainerOptions.Create(epochs: 1)))
+            .Append(mlContext.Transforms.Conversion.MapKeyToValue("PredictedLabelValue", "PredictedLabel"))
+            .Fit(data);
+        var scored = model.Transform(data);
+        Assert.AreEqual(NumberDataViewType.Int32, scored.Schema["PredictedLabelValue"].Type);
+        CollectionAssert.IsSubsetOf(scored.GetColumn<int>("PredictedLabelValue").Distinct().ToList(), classIds);
+        var transformer = model.OfType<RepAdapterImageClassificationTransformer>().Single();
+        CollectionAssert.AreEqual(new[] { "7", "3" }, transformer.LabelNames.ToArray(), "key order is first occurrence");
+    }
+
+    [TestMethod]
     public void RawImageBytesColumnTrainsLikeModelBuilderInput()
     {
         var mlContext = new MLContext(seed: 1);
