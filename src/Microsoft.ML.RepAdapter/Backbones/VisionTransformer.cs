@@ -167,10 +167,11 @@ public sealed class VisionTransformer : Backbone
     public override Tensor ForwardHead(Tensor features) => head is null ? features.alias() : head.forward(features);
 
     /// <summary>
-    /// Resamples position embeddings [1, prefix + h*w, D] to a new grid the way timm does (bicubic, no antialias,
-    /// align_corners false); prefix tokens (class token) are kept as they are.
+    /// Resamples position embeddings [1, prefix + h*w, D] to a new grid as timm's <c>resample_abs_pos_embed</c> does by
+    /// default (bicubic, antialiased, align_corners false); prefix tokens (class token) are kept as they are. Older timm
+    /// (<c>resize_pos_embed</c>) did not antialias: pass <paramref name="antialias"/> false to reproduce it.
     /// </summary>
-    public static Tensor ResamplePositionEmbedding(Tensor posEmbed, int newGrid, int prefixTokens = 1)
+    public static Tensor ResamplePositionEmbedding(Tensor posEmbed, int newGrid, int prefixTokens = 1, bool antialias = true)
     {
         using var scope = NewDisposeScope();
         long total = posEmbed.shape[1] - prefixTokens;
@@ -181,7 +182,7 @@ public sealed class VisionTransformer : Backbone
         long d = posEmbed.shape[2];
         Tensor prefix = posEmbed.narrow(1, 0, prefixTokens);
         Tensor grid = posEmbed.narrow(1, prefixTokens, total).reshape(1, oldGrid, oldGrid, d).permute(0, 3, 1, 2);
-        grid = nn.functional.interpolate(grid.to(float32), [newGrid, newGrid], mode: InterpolationMode.Bicubic, align_corners: false);
+        grid = nn.functional.interpolate(grid.to(float32), [newGrid, newGrid], mode: InterpolationMode.Bicubic, align_corners: false, antialias: antialias);
         grid = grid.permute(0, 2, 3, 1).reshape(1, newGrid * newGrid, d).to(posEmbed.dtype);
         return cat([prefix, grid], 1).MoveToOuterDisposeScope();
     }
