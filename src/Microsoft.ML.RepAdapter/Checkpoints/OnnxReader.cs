@@ -243,18 +243,20 @@ internal static class OnnxReader
             Int64 => (ScalarType.Int64, 8),
             _ => throw new BadInitializer(name, $"unsupported initializer data_type: expected FLOAT, DOUBLE, INT32 or INT64, found {dataType}."),
         };
+        if (dims.Any(d => d < 0)) throw new BadInitializer(name, $"initializer dims: expected non-negative sizes, found {Describe.Shape(dims)}.");
         long count = dims.Aggregate(1L, (a, b) => checked(a * b));
+        // Sizes come from the file: check them against the data present before allocating anything.
+        long found = raw is { } r ? r.Remaining / size : type switch
+        {
+            ScalarType.Float32 => floats.Count,
+            ScalarType.Float64 => doubles.Count,
+            _ => longs.Count,
+        };
+        if (found != count || (raw is { } rr && rr.Remaining % size != 0))
+            throw new BadInitializer(name, $"initializer data: expected {count} elements for {Describe.Shape(dims)}, found {found}.");
         var tensor = empty(dims.ToArray(), type);
         try
         {
-            long found = raw is { } r ? r.Remaining / size : type switch
-            {
-                ScalarType.Float32 => floats.Count,
-                ScalarType.Float64 => doubles.Count,
-                _ => longs.Count,
-            };
-            if (found != count || (raw is { } rr && rr.Remaining % size != 0))
-                throw new BadInitializer(name, $"initializer data: expected {count} elements for {Describe.Shape(dims)}, found {found}.");
             if (count == 0) return (name, tensor);
             var target = tensor.bytes;
             if (raw is { } bytes) bytes.Rest.CopyTo(target);

@@ -78,17 +78,24 @@ internal static class PyTorchZipReader
             if (_loaded.TryGetValue(key, out var cached)) return cached;
             string entryName = $"{prefix}data/{key}";
             var entry = archive.GetEntry(entryName) ?? throw new CheckpointException(path, entryName, "storage referenced by the pickle is missing from the archive (truncated file?).");
+            // Sizes come from the file: check them before allocating anything.
+            long expected = count < 0 ? -1 : checked(count * ElementSize(type));
+            if (count < 0 || entry.Length < expected)
+                throw new CheckpointException(path, entryName, $"storage data: expected {expected} bytes ({count} x {type}), found {entry.Length}.");
             var storage = empty([count], type);
             _loaded.Add(key, storage);
-            long expected = storage.NumberOfElements * storage.ElementSize;
-            if (entry.Length < expected)
-                throw new CheckpointException(path, entryName, $"storage data: expected {expected} bytes ({count} x {type}), found {entry.Length}.");
             if (count > 0)
             {
                 using var stream = entry.Open();
                 stream.ReadExactly(storage.bytes);
             }
             return storage;
+        }
+
+        private static long ElementSize(ScalarType type)
+        {
+            using var probe = empty([0], type);
+            return probe.ElementSize;
         }
 
         public void Dispose()

@@ -108,4 +108,23 @@ public class CheckpointReaderTests
         var stem = graph.Nodes.First(n => n.OpType == "Conv");
         CollectionAssert.AreEqual(new long[] { 3, 3, 2, 2 }, stem.Ints("pads").ToArray(), "CNTK's asymmetric 'same' padding");
     }
+
+    [TestMethod]
+    public void StorageSizeClaimedByAPickleIsCheckedBeforeAnythingIsAllocated()
+    {
+        // A pickle claiming 2^50 floats for a 16-byte storage must be refused, not passed on to libtorch.
+        using var memory = new MemoryStream();
+        using (var zip = new System.IO.Compression.ZipArchive(memory, System.IO.Compression.ZipArchiveMode.Create, leaveOpen: true))
+        {
+            using var entry = zip.CreateEntry("archive/data/0").Open();
+            entry.Write(new byte[16]);
+        }
+        memory.Position = 0;
+        using var archive = new System.IO.Compression.ZipArchive(memory);
+        using var loader = new PyTorchZipReader.StorageLoader("claims.pth", archive, "archive/");
+        var error = Assert.ThrowsExactly<CheckpointException>(() => loader.Load("0", ScalarType.Float32, 1L << 50));
+        StringAssert.Contains(error.Message, "claims.pth");
+        StringAssert.Contains(error.Message, "archive/data/0");
+        StringAssert.Contains(error.Message, "found 16");
+    }
 }
