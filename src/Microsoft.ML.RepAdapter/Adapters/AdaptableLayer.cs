@@ -58,7 +58,9 @@ public abstract class AdaptableLayer : nn.Module<Tensor, Tensor>
     public bool MergeAdapter()
     {
         if (Adapter is null) return false;
-        using (no_grad()) Adapter.MergeInto(this);
+        using (var scope = NewDisposeScope())
+        using (no_grad())
+            Adapter.MergeInto(this);
         var adapter = _adapter!;
         register_module("adapter", null!);
         _adapter = null;

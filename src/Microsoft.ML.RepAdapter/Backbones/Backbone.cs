@@ -101,8 +101,6 @@ public sealed record ImageInputSpec(int ImageSize, float[] Mean, float[] Std, fl
     public static ImageInputSpec ImageNet(int imageSize) =>
         new(imageSize, [0.485f, 0.456f, 0.406f], [0.229f, 0.224f, 0.225f]);
 
-    /// <summary>Inception-style 0.5/0.5 normalisation of Google's original ViT checkpoints.</summary>
-    public static ImageInputSpec Inception(int imageSize) => new(imageSize, [0.5f, 0.5f, 0.5f], [0.5f, 0.5f, 0.5f]);
 
     public ImageInputSpec WithImageSize(int imageSize) => this with { ImageSize = imageSize };
 

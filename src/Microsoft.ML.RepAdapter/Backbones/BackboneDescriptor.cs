@@ -28,6 +28,10 @@ public sealed record BackboneDescriptor(
         _ => throw new InvalidDataException($"Backbone descriptor for '{Architecture}' must name exactly one architecture family."),
     });
 
+    /// <summary>The same backbone with stochastic depth <paramref name="rate"/> (only Vision Transformers have it).</summary>
+    public BackboneDescriptor WithDropPathRate(double rate) =>
+        VisionTransformer is { } vit ? this with { VisionTransformer = vit with { DropPathRate = rate } } : this;
+
     public string ToJson() => JsonSerializer.Serialize(this, Json);
 
     public static BackboneDescriptor FromJson(string json) =>

@@ -80,7 +80,7 @@ public sealed class VisionTransformer : Backbone
         cls_token = new Parameter(zeros(1, 1, d));
         pos_embed = new Parameter(zeros(1, config.NumPatches + 1, d));
         // Stochastic depth grows linearly with depth (timm's rule).
-        var dropPath = linspace(0, config.DropPathRate, config.Depth).data<float>().ToArray();
+        var dropPath = Enumerable.Range(0, config.Depth).Select(i => config.Depth == 1 ? 0 : config.DropPathRate * i / (config.Depth - 1)).ToArray();
         blocks = new ModuleList<Block>(Enumerable.Range(0, config.Depth).Select(i => new Block(config, dropPath[i])).ToArray());
         norm = nn.LayerNorm(d, config.LayerNormEps);
         if (config.RepresentationSize is int representation) pre_logits = new PreLogits(d, representation);
@@ -102,17 +102,6 @@ public sealed class VisionTransformer : Backbone
     public override int NumClasses => Config.NumClasses;
 
     public IReadOnlyList<Block> Blocks => [.. blocks];
-
-    /// <summary>Drops the pre-logits layer (newer timm does; fine-tuning from Google's in21k checkpoint may prefer it).</summary>
-    public void RemovePreLogits()
-    {
-        if (pre_logits is null) return;
-        register_module("pre_logits", null!);
-        pre_logits.Dispose();
-        pre_logits = null;
-        Config = Config with { RepresentationSize = null };
-        ResetClassifier(Config.NumClasses);
-    }
 
     public override string HeadName => "head";
 

@@ -145,8 +145,7 @@ public sealed class RepAdapterImageClassificationTrainer : IEstimator<RepAdapter
             long trainable = model.CountParameters(trainableOnly: true);
             int merged = model.MergeAdapters();
             ch.Info($"Merged {merged} adapters into the backbone ({model.CountParameters():N0} parameters, as the plain architecture).");
-            var summary = new TrainingSummary(_options.Method.ToString(), _options.Placement.ToString(), _options.Trainable.ToString(),
-                scale, trainable, merged, searched);
+            var summary = new TrainingSummary(_options.Method, _options.Placement, _options.Trainable, scale, trainable, merged, searched);
             return new RepAdapterImageClassificationTransformer(_host, model, labels, summary, _options.ImageColumnName,
                 _options.ScoreColumnName, _options.PredictedLabelColumnName, _options.ScoringBatchSize, device);
         }
@@ -173,10 +172,10 @@ public sealed class RepAdapterImageClassificationTrainer : IEstimator<RepAdapter
             foreach (float candidate in _options.ScaleCandidates)
             {
                 var (model, _) = TrainOnce(ch, source, pristine, train, null, classes, candidate, device, $"scale {candidate}");
-                using (model) accuracy[candidate.ToString("G")] = FineTuning.Accuracy(model, holdout, device, _options.BatchSize);
-                ch.Info($"Scale search: s = {candidate:G} -> validation accuracy {accuracy[candidate.ToString("G")]:P2}");
+                using (model) accuracy[Key(candidate)] = FineTuning.Accuracy(model, holdout, device, _options.BatchSize);
+                ch.Info($"Scale search: s = {Key(candidate)} -> validation accuracy {accuracy[Key(candidate)]:P2}");
             }
-            float best = _options.ScaleCandidates.MaxBy(s => accuracy[s.ToString("G")]);
+            float best = _options.ScaleCandidates.MaxBy(s => accuracy[Key(s)]);
             ch.Info($"Scale search chose s = {best:G} ({(validation is null ? $"{holdout.Count} held-out training images" : "the validation set")}).");
             return (best, accuracy);
         }
@@ -190,12 +189,12 @@ public sealed class RepAdapterImageClassificationTrainer : IEstimator<RepAdapter
         }
     }
 
+    private static string Key(float scale) => scale.ToString("G", System.Globalization.CultureInfo.InvariantCulture);
+
     private (Backbone model, EpochReport report) TrainOnce(IChannel ch, Backbone source, Dictionary<string, Tensor> pristine,
         LabeledImages train, LabeledImages? validation, int classes, float scale, Device device, string run)
     {
-        var descriptor = source.Describe();
-        if (descriptor.VisionTransformer is { } vit) descriptor = descriptor with { VisionTransformer = vit with { DropPathRate = _options.DropPathRate } };
-        var model = descriptor.Build();
+        var model = source.Describe().WithDropPathRate(_options.DropPathRate).Build();
         try
         {
             model.load_state_dict(pristine, strict: true);

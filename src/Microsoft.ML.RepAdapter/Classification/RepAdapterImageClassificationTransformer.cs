@@ -1,6 +1,8 @@
 using System.Text.Json;
+using System.Text.Json.Serialization;
 using Microsoft.ML;
 using Microsoft.ML.Data;
+using Microsoft.ML.RepAdapter.Adapters;
 using Microsoft.ML.RepAdapter.Backbones;
 using Microsoft.ML.RepAdapter.Classification;
 using Microsoft.ML.RepAdapter.MLNet;
@@ -18,9 +20,9 @@ namespace Microsoft.ML.RepAdapter.Classification;
 
 /// <summary>What the training run that produced a model did; saved with the model.</summary>
 public sealed record TrainingSummary(
-    string Method,
-    string Placement,
-    string Trainable,
+    AdaptationMethod Method,
+    AdapterPlacement Placement,
+    TrainableParameters Trainable,
     float AdapterScale,
     long TrainableParameters,
     int AdaptersMerged,
@@ -37,6 +39,7 @@ public sealed class RepAdapterImageClassificationTransformer : RowToRowTransform
     internal const string LoaderSignature = "RepAdaptImgCls";
     internal const string UserName = "RepAdapter Image Classification";
     private const string WeightsStream = "TorchModel";
+    private static readonly JsonSerializerOptions SummaryJson = new() { Converters = { new JsonStringEnumConverter() } };
 
     private readonly Backbone _model;
     private readonly ImagePreprocessor _preprocessor;
@@ -172,7 +175,7 @@ public sealed class RepAdapterImageClassificationTransformer : RowToRowTransform
         ctx.SaveNonEmptyString(PredictedLabelColumnName);
         ctx.Writer.Write(ScoringBatchSize);
         ctx.Writer.Write(_model.Describe().ToJson());
-        ctx.Writer.Write(JsonSerializer.Serialize(Summary));
+        ctx.Writer.Write(JsonSerializer.Serialize(Summary, SummaryJson));
         _labels.Save(Host, ctx.Writer.BaseStream);
         ctx.SaveBinaryStream(WeightsStream, writer => _model.save(writer));
     }
@@ -186,7 +189,7 @@ public sealed class RepAdapterImageClassificationTransformer : RowToRowTransform
         string image = ctx.LoadNonEmptyString(), score = ctx.LoadNonEmptyString(), predicted = ctx.LoadNonEmptyString();
         int batchSize = ctx.Reader.ReadInt32();
         var descriptor = BackboneDescriptor.FromJson(ctx.Reader.ReadString());
-        var summary = JsonSerializer.Deserialize<TrainingSummary>(ctx.Reader.ReadString())
+        var summary = JsonSerializer.Deserialize<TrainingSummary>(ctx.Reader.ReadString(), SummaryJson)
             ?? throw env.ExceptDecode("Missing training summary.");
         var labels = LabelKeyValues.Load(env, ctx.Reader.BaseStream);
         var model = descriptor.Build();

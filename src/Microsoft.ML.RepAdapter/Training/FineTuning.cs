@@ -67,13 +67,8 @@ public static class FineTuning
         var trainable = model.named_parameters().Where(p => p.parameter.requires_grad).ToList();
         if (trainable.Count == 0) throw new InvalidOperationException("The model has no trainable parameters.");
 
-        // timm's rule: no weight decay on biases and norm scales (1-D parameters).
-        using var optimizer = optim.AdamW(
-            [
-                new TorchSharp.Modules.AdamW.ParamGroup(trainable.Where(p => p.parameter.dim() > 1).Select(p => p.parameter), lr: settings.LearningRate, weight_decay: settings.WeightDecay),
-                new TorchSharp.Modules.AdamW.ParamGroup(trainable.Where(p => p.parameter.dim() <= 1).Select(p => p.parameter), lr: settings.LearningRate, weight_decay: 0),
-            ],
-            lr: settings.LearningRate);
+        // As the official train.py: one AdamW group, weight decay on every trainable parameter.
+        using var optimizer = optim.AdamW(trainable.Select(p => p.parameter), lr: settings.LearningRate, weight_decay: settings.WeightDecay);
         var random = new Random(settings.Seed);
         var input = model.Input;
         // Drop the last partial batch (the recipe's drop_last) unless that would leave no batch at all.

@@ -29,6 +29,11 @@ public class PackageConsumerTests
         finally
         {
             if (Directory.Exists(work)) Directory.Delete(work, recursive: true);
+            // Restore copied this one-off version into the global package cache: remove it again.
+            string packages = Environment.GetEnvironmentVariable("NUGET_PACKAGES")
+                ?? Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".nuget", "packages");
+            string cached = Path.Combine(packages, "microsoft.ml.repadapter", version);
+            if (Directory.Exists(cached)) Directory.Delete(cached, recursive: true);
         }
     }
 
