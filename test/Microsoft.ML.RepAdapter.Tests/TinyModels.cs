@@ -25,11 +25,11 @@ internal static class TinyModels
         };
     }
 
-    public static Tensor Images(Backbone backbone, int batch = 2, int seed = 1)
+    public static Tensor Images(Backbone backbone, int batch = 2, int seed = 1, int? size = null)
     {
         var generator = new Generator((ulong)seed);
-        int size = backbone.Input.ImageSize;
-        return randn([batch, 3, size, size], generator: generator);
+        size ??= backbone.Input.ImageSize;
+        return randn([batch, 3, size.Value, size.Value], generator: generator);
     }
 
     /// <summary>

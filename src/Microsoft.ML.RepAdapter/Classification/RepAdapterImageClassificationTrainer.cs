@@ -82,7 +82,7 @@ public sealed class RepAdapterImageClassificationTrainer : IEstimator<RepAdapter
         public int? GpuDeviceId;
         public bool FallbackToCpu = true;
 
-        /// <summary>Torch intra-op threads; null keeps TorchSharp's default.</summary>
+        /// <summary>Torch intra-op threads; null keeps TorchSharp's default. Like the seed, this is a process-wide torch setting.</summary>
         public int? NumberOfThreads;
 
         /// <summary>Rows scored per forward pass by the transformer's batch Transform.</summary>

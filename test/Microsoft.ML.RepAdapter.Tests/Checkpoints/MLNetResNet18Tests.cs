@@ -2,6 +2,7 @@ using Microsoft.ML;
 using Microsoft.ML.Data;
 using Microsoft.ML.RepAdapter.Backbones;
 using Microsoft.ML.RepAdapter.Checkpoints;
+using Microsoft.ML.RepAdapter.MLNet;
 using Microsoft.ML.Transforms.Image;
 using static TorchSharp.torch;
 
@@ -136,25 +137,24 @@ public class MLNetResNet18Tests
         return images;
     }
 
-    /// <summary>Images to the backbone's input: channels in <see cref="ImageInputSpec.Order"/>, (pixel * scale - mean) / std.</summary>
+    /// <summary>Images to the backbone's input through the library's own preprocessing (channel order, scale, mean, std).</summary>
     private static Tensor ToTensor(ImageInputSpec spec, List<byte[][]> rgbImages)
     {
-        var values = new float[rgbImages.Count * 3 * Size * Size];
-        int[] planeOf = spec.Order == ChannelOrder.Bgr ? [2, 1, 0] : [0, 1, 2];
-        for (int n = 0; n < rgbImages.Count; n++)
-            for (int c = 0; c < 3; c++)
-            {
-                byte[] plane = rgbImages[n][planeOf[c]];
-                int offset = (n * 3 + c) * Size * Size;
-                for (int i = 0; i < plane.Length; i++) values[offset + i] = (plane[i] * spec.PixelScale - spec.Mean[c]) / spec.Std[c];
-            }
-        return tensor(values).reshape(rgbImages.Count, 3, Size, Size);
+        var images = ToMLImages(rgbImages);
+        try
+        {
+            return spec.Normalize(new ImagePreprocessor(spec).ToPixels(images));
+        }
+        finally
+        {
+            foreach (var image in images) image.Dispose();
+        }
     }
 
-    private static float[][] MLNetFeatures(List<byte[][]> rgbImages)
-    {
-        var ml = new MLContext(seed: 1);
-        var rows = rgbImages.Select(planes =>
+    /// <summary>Planar RGB 0..255 to MLImages (BGRA), the form both ML.NET and the library read.</summary>
+    private static List<MLImage> ToMLImages(List<byte[][]> rgbImages) =>
+    [
+        .. rgbImages.Select(planes =>
         {
             var bgra = new byte[Size * Size * 4];
             for (int i = 0; i < Size * Size; i++)
@@ -164,8 +164,14 @@ public class MLNetResNet18Tests
                 bgra[4 * i + 2] = planes[0][i];
                 bgra[4 * i + 3] = 255;
             }
-            return new ImageRow { Image = MLImage.CreateFromPixels(Size, Size, MLPixelFormat.Bgra32, bgra) };
-        }).ToList();
+            return MLImage.CreateFromPixels(Size, Size, MLPixelFormat.Bgra32, bgra);
+        }),
+    ];
+
+    private static float[][] MLNetFeatures(List<byte[][]> rgbImages)
+    {
+        var ml = new MLContext(seed: 1);
+        var rows = ToMLImages(rgbImages).Select(image => new ImageRow { Image = image }).ToList();
         var data = ml.Data.LoadFromEnumerable(rows);
         // ML.NET's documented ResNet-18 pipeline: pixels as planar RGB 0..255, then the featurizer (BGR, mean image, network).
         var pipeline = ml.Transforms.ExtractPixels("Pixels", nameof(ImageRow.Image))

@@ -48,6 +48,33 @@ public class PretrainedLoadTests
     }
 
     [TestMethod]
+    public void HuggingFaceViTModelWithoutPrefixOrHeadLoadsTheSameFeatures()
+    {
+        // ViTModel (no "vit." prefix, no classifier, a pooler) from the ViTForImageClassification fixture's tensors.
+        string path = CheckpointFiles.EditedCopy("tiny_vit_hf.safetensors", tensors =>
+        {
+            foreach (var key in tensors.Keys.ToList())
+            {
+                var value = tensors[key];
+                tensors.Remove(key);
+                if (key.StartsWith("vit.")) tensors[key["vit.".Length..]] = value;
+            }
+            tensors["pooler.dense.weight"] = randn(32, 32);
+            tensors["pooler.dense.bias"] = randn(32);
+        }, "vit_model.safetensors");
+        var (model, report) = PretrainedBackbones.Load(path, numHeads: 2);
+        var (timm, _) = PretrainedBackbones.Load(CheckpointFiles.Fixture("tiny_vit.safetensors"), numHeads: 2);
+        Assert.AreEqual(CheckpointLayout.HuggingFaceViT, report.Layout);
+        Assert.AreEqual(0, model.NumClasses, "ViTModel has no classifier");
+        CollectionAssert.AreEquivalent(new[] { "pooler.dense.weight", "pooler.dense.bias" }, report.IgnoredCheckpointKeys.Keys.ToList(), report.ToString());
+        var input = CheckpointFiles.ViTExpected("input");
+        model.eval();
+        timm.eval();
+        using var _ = no_grad();
+        Assert.IsLessThanOrEqualTo(1e-6f, TinyModels.MaxAbsDiff(timm.ForwardFeatures(input), model.ForwardFeatures(input)));
+    }
+
+    [TestMethod]
     public void GoogleNpzWithPreLogitsKeptMatchesPyTorch()
     {
         var (backbone, report) = PretrainedBackbones.Load(CheckpointFiles.Fixture("tiny_vit_prelogits_google.npz"), numHeads: 2, keepPreLogits: true);
