@@ -135,24 +135,17 @@ public sealed class RepAdapterImageClassificationTrainer : IEstimator<RepAdapter
         using var validation = _options.ValidationSet is null ? null : ReadImages(_options.ValidationSet, preprocessor, labels.Count, "validation set");
         ch.Info($"{data.Count} training images, {labels.Count} classes, backbone {source.Architecture} at {source.Input.ImageSize} px, device {device}.");
 
-        var pristine = source.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.detach().clone());
-        try
-        {
-            float scale = _options.AdapterScale;
-            Dictionary<string, double>? searched = null;
-            if (_options.SearchScale && UsesAdapters) (scale, searched) = SearchScale(ch, source, pristine, data, validation, labels.Count, device);
-            var (model, _) = TrainOnce(ch, source, pristine, data, validation, labels.Count, scale, device, "final");
-            long trainable = model.CountParameters(trainableOnly: true);
-            int merged = model.MergeAdapters();
-            ch.Info($"Merged {merged} adapters into the backbone ({model.CountParameters():N0} parameters, as the plain architecture).");
-            var summary = new TrainingSummary(_options.Method, _options.Placement, _options.Trainable, scale, trainable, merged, searched);
-            return new RepAdapterImageClassificationTransformer(_host, model, labels, summary, _options.ImageColumnName,
-                _options.ScoreColumnName, _options.PredictedLabelColumnName, _options.ScoringBatchSize, device);
-        }
-        finally
-        {
-            foreach (var tensor in pristine.Values) tensor.Dispose();
-        }
+        // Every run (each scale candidate, then the final one) starts from a fresh copy of the untouched source.
+        float scale = _options.AdapterScale;
+        Dictionary<string, double>? searched = null;
+        if (_options.SearchScale && UsesAdapters) (scale, searched) = SearchScale(ch, source, data, validation, labels.Count, device);
+        var (model, _) = TrainOnce(ch, source, data, validation, labels.Count, scale, device, "final");
+        long trainable = model.CountParameters(trainableOnly: true);
+        int merged = model.MergeAdapters();
+        ch.Info($"Merged {merged} adapters into the backbone ({model.CountParameters():N0} parameters, as the plain architecture).");
+        var summary = new TrainingSummary(_options.Method, _options.Placement, _options.Trainable, scale, trainable, merged, searched);
+        return new RepAdapterImageClassificationTransformer(_host, model, labels, summary, _options.ImageColumnName,
+            _options.ScoreColumnName, _options.PredictedLabelColumnName, _options.ScoringBatchSize, device);
     }
 
     private bool UsesAdapters => _options.Trainable is TrainableParameters.AdaptersAndHead or TrainableParameters.AdaptersHeadAndBiases;
@@ -161,7 +154,7 @@ public sealed class RepAdapterImageClassificationTrainer : IEstimator<RepAdapter
     /// Picks s by validation accuracy, never on test data: on the validation set when given, otherwise on a
     /// stratified hold-out of the training data (the final model is then retrained on all of it).
     /// </summary>
-    private (float scale, Dictionary<string, double> accuracy) SearchScale(IChannel ch, Backbone source, Dictionary<string, Tensor> pristine,
+    private (float scale, Dictionary<string, double> accuracy) SearchScale(IChannel ch, Backbone source,
         LabeledImages data, LabeledImages? validation, int classes, Device device)
     {
         var (train, holdout) = validation is null ? data.SplitStratified(_options.ValidationFraction, _options.Seed) : (data, validation);
@@ -171,12 +164,12 @@ public sealed class RepAdapterImageClassificationTrainer : IEstimator<RepAdapter
             var accuracy = new Dictionary<string, double>();
             foreach (float candidate in _options.ScaleCandidates)
             {
-                var (model, _) = TrainOnce(ch, source, pristine, train, null, classes, candidate, device, $"scale {candidate}");
+                var (model, _) = TrainOnce(ch, source, train, null, classes, candidate, device, $"scale {Key(candidate)}");
                 using (model) accuracy[Key(candidate)] = FineTuning.Accuracy(model, holdout, device, _options.BatchSize);
                 ch.Info($"Scale search: s = {Key(candidate)} -> validation accuracy {accuracy[Key(candidate)]:P2}");
             }
             float best = _options.ScaleCandidates.MaxBy(s => accuracy[Key(s)]);
-            ch.Info($"Scale search chose s = {best:G} ({(validation is null ? $"{holdout.Count} held-out training images" : "the validation set")}).");
+            ch.Info($"Scale search chose s = {Key(best)} ({(validation is null ? $"{holdout.Count} held-out training images" : "the validation set")}).");
             return (best, accuracy);
         }
         finally
@@ -191,13 +184,13 @@ public sealed class RepAdapterImageClassificationTrainer : IEstimator<RepAdapter
 
     private static string Key(float scale) => scale.ToString("G", System.Globalization.CultureInfo.InvariantCulture);
 
-    private (Backbone model, EpochReport report) TrainOnce(IChannel ch, Backbone source, Dictionary<string, Tensor> pristine,
+    private (Backbone model, EpochReport report) TrainOnce(IChannel ch, Backbone source,
         LabeledImages train, LabeledImages? validation, int classes, float scale, Device device, string run)
     {
         var model = source.Describe().WithDropPathRate(_options.DropPathRate).Build();
         try
         {
-            model.load_state_dict(pristine, strict: true);
+            model.load_state_dict(source.state_dict(), strict: true);
             manual_seed(_options.Seed);
             model.ResetClassifier(classes);
             if (UsesAdapters) model.AttachAdapters(_options.Adapters(scale));
