@@ -1,6 +1,7 @@
 using TorchSharp;
 using TorchSharp.Modules;
 using TorchSharp.Utils;
+using Microsoft.ML.RepAdapter.Backbones;
 using static TorchSharp.torch;
 
 namespace Microsoft.ML.RepAdapter.Adapters;
@@ -134,7 +135,7 @@ public sealed class AdaptableConv2d : AdaptableLayer
     [ComponentName(Name = "weight")]
     private readonly Parameter _weight;
     [ComponentName(Name = "bias")]
-    private readonly Parameter? _bias;
+    private Parameter? _bias;
     private readonly long _stride;
     private readonly long _padding;
 
@@ -173,4 +174,17 @@ public sealed class AdaptableConv2d : AdaptableLayer
 
     internal override void AddWeightDelta(Tensor delta) =>
         throw new NotSupportedException("Low-rank weight updates are only defined for linear layers.");
+
+    /// <summary>Sets new weight values and a bias (added if the conv had none), e.g. after folding a BatchNorm into it.</summary>
+    internal void SetWeightAndBias(Tensor weight, Tensor bias)
+    {
+        using (no_grad()) Assign(_weight, weight);
+        if (_bias is not null)
+        {
+            using (no_grad()) Assign(_bias, bias);
+            return;
+        }
+        _bias = ModuleScopes.Unscoped(() => new Parameter(bias.detach().clone(), _weight.requires_grad));
+        ConditionallyRegisterParameter("bias", _bias);
+    }
 }

@@ -11,6 +11,8 @@ public enum ResNetBlock { Basic, Bottleneck }
 /// <summary>
 /// Configuration of a <see cref="ResNet"/> in torchvision's layout. <paramref name="Widths"/> are the stage widths
 /// (64, 128, 256, 512 for the ImageNet models); smaller widths build the tiny test networks with the same code.
+/// <paramref name="BatchNormFolded"/> builds the deployment form made by <see cref="ResNet.FoldBatchNorm"/>: convs with
+/// biases and no BatchNorm layers.
 /// <paramref name="HasInputOffset"/> adds a fixed per-pixel input offset (buffer <c>input_offset</c>,
 /// [1, 3, ImageSize, ImageSize]) added to the normalised images: ML.NET's ResNet-18 subtracts a mean <i>image</i>, of
 /// which <see cref="ImageInputSpec"/> can only express the per-channel averages.
@@ -21,7 +23,8 @@ public sealed record ResNetConfig(
     int[]? Widths = null,
     int NumClasses = 1000,
     int ImageSize = 224,
-    bool HasInputOffset = false)
+    bool HasInputOffset = false,
+    bool BatchNormFolded = false)
 {
     public int[] StageWidths => Widths ?? [64, 128, 256, 512];
     public int Expansion => Block == ResNetBlock.Basic ? 1 : 4;
@@ -42,9 +45,10 @@ public sealed record ResNetConfig(
 
     public bool Equals(ResNetConfig? other) =>
         other is not null && Block == other.Block && Layers.SequenceEqual(other.Layers) && StageWidths.SequenceEqual(other.StageWidths)
-        && NumClasses == other.NumClasses && ImageSize == other.ImageSize && HasInputOffset == other.HasInputOffset;
+        && NumClasses == other.NumClasses && ImageSize == other.ImageSize && HasInputOffset == other.HasInputOffset
+        && BatchNormFolded == other.BatchNormFolded;
 
-    public override int GetHashCode() => HashCode.Combine(Block, Layers.Sum(), StageWidths.Sum(), NumClasses, ImageSize, HasInputOffset);
+    public override int GetHashCode() => HashCode.Combine(Block, Layers.Sum(), StageWidths.Sum(), NumClasses, ImageSize, HasInputOffset, BatchNormFolded);
 }
 
 /// <summary>
@@ -56,7 +60,7 @@ public sealed record ResNetConfig(
 public sealed class ResNet : Backbone
 {
     private readonly Conv2d conv1;
-    private readonly BatchNorm2d bn1;
+    private nn.Module<Tensor, Tensor> bn1;
     private readonly ReLU relu;
     private readonly MaxPool2d maxpool;
     private readonly Sequential layer1, layer2, layer3, layer4;
@@ -72,8 +76,9 @@ public sealed class ResNet : Backbone
         _input = input ?? ImageInputSpec.ImageNet(config.ImageSize);
         int[] widths = config.StageWidths;
         int inplanes = widths[0];
-        conv1 = nn.Conv2d(3, inplanes, 7, stride: 2, padding: 3, bias: false);
-        bn1 = nn.BatchNorm2d(inplanes);
+        bool folded = config.BatchNormFolded;
+        conv1 = nn.Conv2d(3, inplanes, 7, stride: 2, padding: 3, bias: folded);
+        bn1 = Norm(inplanes, folded);
         relu = nn.ReLU();
         maxpool = nn.MaxPool2d(3, stride: 2, padding: 1);
         var stages = new Sequential[4];
@@ -84,8 +89,8 @@ public sealed class ResNet : Backbone
             {
                 int stride = s > 0 && i == 0 ? 2 : 1;
                 ResidualBlock block = config.Block == ResNetBlock.Basic
-                    ? new BasicBlock(inplanes, widths[s], stride)
-                    : new Bottleneck(inplanes, widths[s], stride);
+                    ? new BasicBlock(inplanes, widths[s], stride, folded)
+                    : new Bottleneck(inplanes, widths[s], stride, folded);
                 inplanes = widths[s] * config.Expansion;
                 stageBlocks.Add((i.ToString(), block));
             }
@@ -140,6 +145,68 @@ public sealed class ResNet : Backbone
         }
     }
 
+    /// <summary>
+    /// Folds every eval-mode BatchNorm into the conv before it (W' = W g / s, b' = (b - mean) g / s + beta, with
+    /// s = sqrt(running_var + eps)) and removes it: the deployment form, one conv per conv+BN pair, same outputs in eval
+    /// mode. Adapters merge into the folded convs as before. Use it on a trained, frozen model: without BatchNorm the
+    /// network no longer normalises batches in training.
+    /// </summary>
+    public void FoldBatchNorm()
+    {
+        if (Config.BatchNormFolded) return;
+        bn1 = FoldInto(this, "bn1", bn1, conv1);
+        foreach (var stage in new[] { layer1, layer2, layer3, layer4 })
+        {
+            foreach (var (_, block) in stage.named_children()) ((ResidualBlock)block).FoldBatchNorm();
+        }
+        Config = Config with { BatchNormFolded = true };
+    }
+
+    private static nn.Module<Tensor, Tensor> Norm(int channels, bool folded) => folded ? nn.Identity() : nn.BatchNorm2d(channels);
+
+    /// <summary>
+    /// Folds <paramref name="norm"/>, registered as <paramref name="name"/> on <paramref name="owner"/>, into
+    /// <paramref name="conv"/> and registers an identity in its place, which it returns.
+    /// </summary>
+    private static nn.Module<Tensor, Tensor> FoldInto(nn.Module owner, string name, nn.Module<Tensor, Tensor> norm, nn.Module conv)
+    {
+        if (norm is not BatchNorm2d bn) return norm;
+        FoldIntoConv(bn, conv);
+        var identity = ModuleScopes.Unscoped(() => nn.Identity());
+        owner.register_module(name, null!);
+        owner.register_module(name, identity);
+        return identity;
+    }
+
+    private static void FoldIntoConv(BatchNorm2d bn, nn.Module conv)
+    {
+        (Parameter weight, Parameter? bias) = conv switch
+        {
+            Conv2d c => (c.weight, c.bias),
+            AdaptableConv2d a => (a.weight, a.bias),
+            _ => throw new InvalidOperationException($"Cannot fold a BatchNorm into a {conv.GetType().Name}."),
+        };
+        using (var scope = NewDisposeScope())
+        using (no_grad())
+        {
+            var scale = bn.weight! / (bn.running_var! + bn.eps).sqrt();
+            var foldedWeight = weight * scale.view(-1, 1, 1, 1);
+            var foldedBias = ((bias is null ? zeros_like(scale) : bias) - bn.running_mean!) * scale + bn.bias!;
+            switch (conv)
+            {
+                case Conv2d c:
+                    c.weight.copy_(foldedWeight);
+                    if (c.bias is null) c.bias = ModuleScopes.Unscoped(() => new Parameter(foldedBias.clone(), c.weight.requires_grad));
+                    else c.bias.copy_(foldedBias);
+                    break;
+                case AdaptableConv2d a:
+                    a.SetWeightAndBias(foldedWeight, foldedBias);
+                    break;
+            }
+        }
+        bn.Dispose();
+    }
+
     public override Tensor ForwardFeatureMap(Tensor images)
     {
         using var scope = NewDisposeScope();
@@ -172,33 +239,56 @@ public sealed class ResNet : Backbone
     {
         public abstract AdaptableConv2d FirstConv { get; }
 
-        protected static Sequential? Downsample(int inplanes, int outplanes, int stride) =>
+        internal abstract void FoldBatchNorm();
+
+        protected static Sequential? Downsample(int inplanes, int outplanes, int stride, bool folded) =>
             stride == 1 && inplanes == outplanes
                 ? null
-                : nn.Sequential(("0", nn.Conv2d(inplanes, outplanes, 1, stride: stride, bias: false)), ("1", nn.BatchNorm2d(outplanes)));
+                : nn.Sequential(("0", nn.Conv2d(inplanes, outplanes, 1, stride: stride, bias: folded)), ("1", Norm(outplanes, folded)));
+
+        /// <summary>The shortcut's conv + BN folded into one conv (rebuilt, since a Sequential's layers are fixed).</summary>
+        protected Sequential? FoldDownsample(Sequential? downsample)
+        {
+            if (downsample is null) return null;
+            var layers = downsample.named_children().ToDictionary(c => c.name, c => c.module);
+            var conv = (Conv2d)layers["0"];
+            if (layers["1"] is not BatchNorm2d bn) return downsample;
+            FoldIntoConv(bn, conv);
+            var folded = ModuleScopes.Unscoped(() => nn.Sequential(("0", conv), ("1", nn.Identity())));
+            register_module("downsample", null!);
+            register_module("downsample", folded);
+            return folded;
+        }
     }
 
     public sealed class BasicBlock : ResidualBlock
     {
         private readonly AdaptableConv2d conv1;
-        private readonly BatchNorm2d bn1;
+        private nn.Module<Tensor, Tensor> bn1;
         private readonly Conv2d conv2;
-        private readonly BatchNorm2d bn2;
+        private nn.Module<Tensor, Tensor> bn2;
         private readonly ReLU relu;
-        private readonly Sequential? downsample;
+        private Sequential? downsample;
 
-        public BasicBlock(int inplanes, int planes, int stride) : base(nameof(BasicBlock))
+        public BasicBlock(int inplanes, int planes, int stride, bool folded = false) : base(nameof(BasicBlock))
         {
-            conv1 = new AdaptableConv2d(inplanes, planes, 3, stride, padding: 1);
-            bn1 = nn.BatchNorm2d(planes);
-            conv2 = nn.Conv2d(planes, planes, 3, padding: 1, bias: false);
-            bn2 = nn.BatchNorm2d(planes);
+            conv1 = new AdaptableConv2d(inplanes, planes, 3, stride, padding: 1, hasBias: folded);
+            bn1 = Norm(planes, folded);
+            conv2 = nn.Conv2d(planes, planes, 3, padding: 1, bias: folded);
+            bn2 = Norm(planes, folded);
             relu = nn.ReLU();
-            downsample = Downsample(inplanes, planes, stride);
+            downsample = Downsample(inplanes, planes, stride, folded);
             RegisterComponents();
         }
 
         public override AdaptableConv2d FirstConv => conv1;
+
+        internal override void FoldBatchNorm()
+        {
+            bn1 = FoldInto(this, "bn1", bn1, conv1);
+            bn2 = FoldInto(this, "bn2", bn2, conv2);
+            downsample = FoldDownsample(downsample);
+        }
 
         public override Tensor forward(Tensor x)
         {
@@ -213,28 +303,36 @@ public sealed class ResNet : Backbone
     public sealed class Bottleneck : ResidualBlock
     {
         private readonly AdaptableConv2d conv1;
-        private readonly BatchNorm2d bn1;
+        private nn.Module<Tensor, Tensor> bn1;
         private readonly Conv2d conv2;
-        private readonly BatchNorm2d bn2;
+        private nn.Module<Tensor, Tensor> bn2;
         private readonly Conv2d conv3;
-        private readonly BatchNorm2d bn3;
+        private nn.Module<Tensor, Tensor> bn3;
         private readonly ReLU relu;
-        private readonly Sequential? downsample;
+        private Sequential? downsample;
 
-        public Bottleneck(int inplanes, int planes, int stride) : base(nameof(Bottleneck))
+        public Bottleneck(int inplanes, int planes, int stride, bool folded = false) : base(nameof(Bottleneck))
         {
-            conv1 = new AdaptableConv2d(inplanes, planes, 1);
-            bn1 = nn.BatchNorm2d(planes);
-            conv2 = nn.Conv2d(planes, planes, 3, stride: stride, padding: 1, bias: false);
-            bn2 = nn.BatchNorm2d(planes);
-            conv3 = nn.Conv2d(planes, planes * 4, 1, bias: false);
-            bn3 = nn.BatchNorm2d(planes * 4);
+            conv1 = new AdaptableConv2d(inplanes, planes, 1, hasBias: folded);
+            bn1 = Norm(planes, folded);
+            conv2 = nn.Conv2d(planes, planes, 3, stride: stride, padding: 1, bias: folded);
+            bn2 = Norm(planes, folded);
+            conv3 = nn.Conv2d(planes, planes * 4, 1, bias: folded);
+            bn3 = Norm(planes * 4, folded);
             relu = nn.ReLU();
-            downsample = Downsample(inplanes, planes * 4, stride);
+            downsample = Downsample(inplanes, planes * 4, stride, folded);
             RegisterComponents();
         }
 
         public override AdaptableConv2d FirstConv => conv1;
+
+        internal override void FoldBatchNorm()
+        {
+            bn1 = FoldInto(this, "bn1", bn1, conv1);
+            bn2 = FoldInto(this, "bn2", bn2, conv2);
+            bn3 = FoldInto(this, "bn3", bn3, conv3);
+            downsample = FoldDownsample(downsample);
+        }
 
         public override Tensor forward(Tensor x)
         {
