@@ -175,16 +175,11 @@ public sealed class AdaptableConv2d : AdaptableLayer
     internal override void AddWeightDelta(Tensor delta) =>
         throw new NotSupportedException("Low-rank weight updates are only defined for linear layers.");
 
-    /// <summary>Sets new weight values and a bias (added if the conv had none), e.g. after folding a BatchNorm into it.</summary>
-    internal void SetWeightAndBias(Tensor weight, Tensor bias)
+    /// <summary>Gives a bias-free conv the bias <paramref name="values"/> (e.g. a folded BatchNorm's shift).</summary>
+    internal void AddBias(Tensor values)
     {
-        using (no_grad()) Assign(_weight, weight);
-        if (_bias is not null)
-        {
-            using (no_grad()) Assign(_bias, bias);
-            return;
-        }
-        _bias = ModuleScopes.Unscoped(() => new Parameter(bias.detach().clone(), _weight.requires_grad));
+        if (_bias is not null) throw new InvalidOperationException($"Layer '{GetName()}' already has a bias.");
+        _bias = ModuleScopes.Unscoped(() => new Parameter(values.detach().clone(), _weight.requires_grad));
         ConditionallyRegisterParameter("bias", _bias);
     }
 }

@@ -180,29 +180,20 @@ public sealed class ResNet : Backbone
 
     private static void FoldIntoConv(BatchNorm2d bn, nn.Module conv)
     {
-        (Parameter weight, Parameter? bias) = conv switch
+        (Parameter weight, Parameter? bias, Action<Tensor> addBias) = conv switch
         {
-            Conv2d c => (c.weight, c.bias),
-            AdaptableConv2d a => (a.weight, a.bias),
+            Conv2d c => (c.weight, c.bias, (Action<Tensor>)(b => c.bias = ModuleScopes.Unscoped(() => new Parameter(b.clone(), c.weight.requires_grad)))),
+            AdaptableConv2d a => (a.weight, a.bias, a.AddBias),
             _ => throw new InvalidOperationException($"Cannot fold a BatchNorm into a {conv.GetType().Name}."),
         };
         using (var scope = NewDisposeScope())
         using (no_grad())
         {
             var scale = bn.weight! / (bn.running_var! + bn.eps).sqrt();
-            var foldedWeight = weight * scale.view(-1, 1, 1, 1);
             var foldedBias = ((bias is null ? zeros_like(scale) : bias) - bn.running_mean!) * scale + bn.bias!;
-            switch (conv)
-            {
-                case Conv2d c:
-                    c.weight.copy_(foldedWeight);
-                    if (c.bias is null) c.bias = ModuleScopes.Unscoped(() => new Parameter(foldedBias.clone(), c.weight.requires_grad));
-                    else c.bias.copy_(foldedBias);
-                    break;
-                case AdaptableConv2d a:
-                    a.SetWeightAndBias(foldedWeight, foldedBias);
-                    break;
-            }
+            weight.mul_(scale.view(-1, 1, 1, 1));
+            if (bias is null) addBias(foldedBias);
+            else bias.copy_(foldedBias);
         }
         bn.Dispose();
     }
