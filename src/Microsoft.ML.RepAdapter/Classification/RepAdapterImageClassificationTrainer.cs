@@ -129,17 +129,19 @@ public sealed class RepAdapterImageClassificationTrainer : IEstimator<RepAdapter
         var device = TorchDevices.Select(_options.GpuDeviceId, _options.FallbackToCpu);
         var labels = LabelKeyValues.FromColumn(input.Schema[_options.LabelColumnName]);
 
-        using var source = CreateBackbone(ch, labels.Count);
-        var preprocessor = new ImagePreprocessor(source.Input);
+        var (source, ownsSource) = CreateBackbone(ch, labels.Count);
+        using var created = ownsSource ? source : null;
+        // Every run (each scale candidate, then the final one) builds a fresh model from this and the source's weights.
+        var runs = RunDescriptor(source);
+        var preprocessor = new ImagePreprocessor(runs.Input);
         using var data = ReadImages(input, preprocessor, labels.Count, "training data");
         using var validation = _options.ValidationSet is null ? null : ReadImages(_options.ValidationSet, preprocessor, labels.Count, "validation set");
-        ch.Info($"{data.Count} training images, {labels.Count} classes, backbone {source.Architecture} at {source.Input.ImageSize} px, device {device}.");
+        ch.Info($"{data.Count} training images, {labels.Count} classes, backbone {source.Architecture} at {runs.Input.ImageSize} px, device {device}.");
 
-        // Every run (each scale candidate, then the final one) starts from a fresh copy of the untouched source.
         float scale = _options.AdapterScale;
         Dictionary<string, double>? searched = null;
-        if (_options.SearchScale && UsesAdapters) (scale, searched) = SearchScale(ch, source, data, validation, labels.Count, device);
-        var (model, _) = TrainOnce(ch, source, data, validation, labels.Count, scale, device, "final");
+        if (_options.SearchScale && UsesAdapters) (scale, searched) = SearchScale(ch, runs, source, data, validation, labels.Count, device);
+        var (model, _) = TrainOnce(ch, runs, source, data, validation, labels.Count, scale, device, "final");
         long trainable = model.CountParameters(trainableOnly: true);
         int merged = model.MergeAdapters();
         ch.Info($"Merged {merged} adapters into the backbone ({model.CountParameters():N0} parameters, as the plain architecture).");
@@ -154,7 +156,7 @@ public sealed class RepAdapterImageClassificationTrainer : IEstimator<RepAdapter
     /// Picks s by validation accuracy, never on test data: on the validation set when given, otherwise on a
     /// stratified hold-out of the training data (the final model is then retrained on all of it).
     /// </summary>
-    private (float scale, Dictionary<string, double> accuracy) SearchScale(IChannel ch, Backbone source,
+    private (float scale, Dictionary<string, double> accuracy) SearchScale(IChannel ch, BackboneDescriptor runs, Backbone source,
         LabeledImages data, LabeledImages? validation, int classes, Device device)
     {
         var (train, holdout) = validation is null ? data.SplitStratified(_options.ValidationFraction, _options.Seed) : (data, validation);
@@ -164,7 +166,7 @@ public sealed class RepAdapterImageClassificationTrainer : IEstimator<RepAdapter
             var accuracy = new Dictionary<string, double>();
             foreach (float candidate in _options.ScaleCandidates)
             {
-                var (model, _) = TrainOnce(ch, source, train, null, classes, candidate, device, $"scale {Key(candidate)}");
+                var (model, _) = TrainOnce(ch, runs, source, train, null, classes, candidate, device, $"scale {Key(candidate)}");
                 using (model) accuracy[Key(candidate)] = FineTuning.Accuracy(model, holdout, device, _options.BatchSize);
                 ch.Info($"Scale search: s = {Key(candidate)} -> validation accuracy {accuracy[Key(candidate)]:P2}");
             }
@@ -184,10 +186,10 @@ public sealed class RepAdapterImageClassificationTrainer : IEstimator<RepAdapter
 
     private static string Key(float scale) => scale.ToString("G", System.Globalization.CultureInfo.InvariantCulture);
 
-    private (Backbone model, EpochReport report) TrainOnce(IChannel ch, Backbone source,
+    private (Backbone model, EpochReport report) TrainOnce(IChannel ch, BackboneDescriptor runs, Backbone source,
         LabeledImages train, LabeledImages? validation, int classes, float scale, Device device, string run)
     {
-        var model = source.Describe().WithDropPathRate(_options.DropPathRate).Build();
+        var model = runs.Build();
         try
         {
             model.load_state_dict(source.state_dict(), strict: true);
@@ -219,15 +221,12 @@ public sealed class RepAdapterImageClassificationTrainer : IEstimator<RepAdapter
         }
     }
 
-    private Backbone CreateBackbone(IChannel ch, int classes)
+    /// <summary>The source backbone, and whether the trainer created it (and so disposes it); a given one is only read.</summary>
+    private (Backbone backbone, bool owned) CreateBackbone(IChannel ch, int classes)
     {
+        if (_options.Backbone is { } given) return (given, false);
         Backbone backbone;
-        if (_options.Backbone is { } given)
-        {
-            backbone = given.Describe().Build();
-            backbone.load_state_dict(given.state_dict(), strict: true);
-        }
-        else if (_options.CheckpointPath is { } path)
+        if (_options.CheckpointPath is { } path)
         {
             var loaded = PretrainedBackbones.Load(path, _options.Architecture, classes, _options.ImageSize, _options.KeepPreLogits);
             ch.Info(loaded.Report.ToString());
@@ -245,18 +244,17 @@ public sealed class RepAdapterImageClassificationTrainer : IEstimator<RepAdapter
             ch.Warning($"No CheckpointPath: {preset} starts from random weights. Give pretrained weights for real fine-tuning.");
             backbone = BackbonePresets.Create(preset, classes, imageSize: _options.ImageSize);
         }
-        if (_options.ImageSize is int size && size != backbone.Input.ImageSize)
-            throw _host.Except($"ImageSize {size} differs from the backbone's input size {backbone.Input.ImageSize}; build the backbone at that size.");
-        if (_options.Mean is not null || _options.Std is not null)
-        {
-            var spec = backbone.Input with { Mean = _options.Mean ?? backbone.Input.Mean, Std = _options.Std ?? backbone.Input.Std };
-            if (spec.Mean.Length != 3 || spec.Std.Length != 3) throw _host.Except("Mean and Std need one value per channel (3).");
-            var rebuilt = (backbone.Describe() with { Input = spec }).Build();
-            rebuilt.load_state_dict(backbone.state_dict(), strict: true);
-            backbone.Dispose();
-            backbone = rebuilt;
-        }
-        return backbone;
+        return (backbone, true);
+    }
+
+    /// <summary>The source's architecture with this run's drop path and normalisation overrides.</summary>
+    private BackboneDescriptor RunDescriptor(Backbone source)
+    {
+        if (_options.ImageSize is int size && size != source.Input.ImageSize)
+            throw _host.Except($"ImageSize {size} differs from the backbone's input size {source.Input.ImageSize}; build the backbone at that size.");
+        var input = source.Input with { Mean = _options.Mean ?? source.Input.Mean, Std = _options.Std ?? source.Input.Std };
+        if (input.Mean.Length != 3 || input.Std.Length != 3) throw _host.Except("Mean and Std need one value per channel (3).");
+        return source.Describe().WithDropPathRate(_options.DropPathRate) with { Input = input };
     }
 
     /// <summary>Decodes, resizes and labels every row; errors name the column, the row and the value at fault.</summary>
