@@ -47,13 +47,20 @@ public sealed class RepAdapterLayer : ProjectionAdapter
     public override bool HasInputBias => conv_A.bias is not null;
 
     /// <summary>Applies the adapter to <paramref name="x"/>, whose channels are on axis <paramref name="channelDim"/>.</summary>
+    /// <remarks>
+    /// Computed as two matrix products over the channel axis, not by the Conv1d modules that hold the weights: the same
+    /// function without convolution kernels. oneDNN picks those by CPU and thread count, and a CI machine (AMD, AVX-512)
+    /// reached NaN training a tiny ResNet only with its AVX-512 kernels on two threads, where these grouped 1x1 convs
+    /// have fewer channels per group (r / k = 4) than its 16-channel blocks.
+    /// </remarks>
     public Tensor Adapt(Tensor x, int channelDim)
     {
         using var scope = NewDisposeScope();
-        // Conv1d wants [B, C, L]: tokens [B, N, D] are transposed, feature maps [B, C, H, W] flattened.
-        Tensor sequence = channelDim == 1 ? x.flatten(2) : x.transpose(1, 2);
-        Tensor branch = conv_B.forward(dropout.forward(conv_A.forward(sequence))).mul(Scale);
-        Tensor delta = channelDim == 1 ? branch.view(x.shape) : branch.transpose(1, 2);
+        bool channelsLast = channelDim == -1;
+        Tensor z = channelsLast ? x : x.movedim([channelDim], [-1]);
+        Tensor hidden = dropout.forward(nn.functional.linear(z, conv_A.weight.squeeze(-1), conv_A.bias));
+        Tensor branch = nn.functional.linear(hidden, DenseUpProjection(), conv_B.bias).mul(Scale);
+        Tensor delta = channelsLast ? branch : branch.movedim([-1], [channelDim]).contiguous();
         return (x + delta).MoveToOuterDisposeScope();
     }
 
@@ -76,18 +83,12 @@ public sealed class RepAdapterLayer : ProjectionAdapter
         return (m, c);
     }
 
-    /// <summary>W_B ([D, r/k, 1], grouped) as the dense [D, r] matrix it multiplies by.</summary>
+    /// <summary>W_B ([D, r/k, 1], grouped) as the dense block-diagonal [D, r] matrix it multiplies by (differentiable).</summary>
     public Tensor DenseUpProjection()
     {
-        Tensor grouped = conv_B.weight.squeeze(-1);
-        int rowsPerGroup = Channels / Groups, colsPerGroup = Hidden / Groups;
-        Tensor dense = zeros(Channels, Hidden, dtype: grouped.dtype, device: grouped.device);
-        for (int g = 0; g < Groups; g++)
-        {
-            dense[TensorIndex.Slice(g * rowsPerGroup, (g + 1) * rowsPerGroup), TensorIndex.Slice(g * colsPerGroup, (g + 1) * colsPerGroup)] =
-                grouped[TensorIndex.Slice(g * rowsPerGroup, (g + 1) * rowsPerGroup)];
-        }
-        return dense;
+        using var scope = NewDisposeScope();
+        Tensor[] blocks = conv_B.weight.squeeze(-1).chunk(Groups, 0);
+        return (Groups == 1 ? blocks[0].alias() : block_diag(blocks)).MoveToOuterDisposeScope();
     }
 
     internal override void MergeInto(AdaptableLayer layer)

@@ -73,6 +73,12 @@ public sealed class RepAdapterImageClassificationTrainer : IEstimator<RepAdapter
         public int WarmupEpochs = 10;
         public double WarmupLearningRate = 1e-6;
         public double FinalLearningRate = 1e-5;
+
+        /// <summary>
+        /// Seeds shuffling, the new head, adapters, dropout and drop path. On the CPU a run is bitwise reproducible for the
+        /// same seed and data on the same machine with the same thread count; across CPUs (libtorch's and oneDNN's kernels)
+        /// or thread counts float rounding differs, so results agree only approximately.
+        /// </summary>
         public int Seed = 42;
 
         /// <summary>Reported after each epoch; also used for the scale search when given.</summary>

@@ -97,14 +97,22 @@ public static class FineTuning
                 var logits = model.forward(images);
                 var loss = nn.functional.cross_entropy(logits, labels);
                 double lossValue = loss.item<float>();
-                if (!double.IsFinite(lossValue))
+                string where = $"epoch {epoch + 1}, batch {b + 1}";
+                if (!double.IsFinite(lossValue)) throw NonFiniteLoss(model, images, lossValue, where);
+                loss.backward();
+                if (NonFinite.FirstIn(trainable.Select(p => (p.name, p.parameter.grad ?? p.parameter))) is string badGradient)
                 {
                     throw new InvalidOperationException(
-                        $"Training diverged: the loss became {lossValue} in epoch {epoch + 1}, batch {b + 1}. "
-                        + "Try a lower LearningRate or AdapterScale, or check the inputs for NaN.");
+                        $"Training diverged in {where}: the gradient of '{badGradient}' is not finite although the loss is {lossValue:G4}. "
+                        + "Try a lower LearningRate or AdapterScale.");
                 }
-                loss.backward();
                 optimizer.step();
+                if (NonFinite.FirstIn(trainable.Select(p => (p.name, (Tensor)p.parameter))) is string badWeight)
+                {
+                    throw new InvalidOperationException(
+                        $"Training diverged in {where}: the optimiser step at learning rate {rate:G3} made '{badWeight}' non-finite. "
+                        + "Try a lower LearningRate (or WeightDecay), and check that both are finite.");
+                }
                 lossSum += lossValue * batchSize;
                 correct += logits.argmax(1).eq(labels).sum().item<long>();
                 seen += batchSize;
@@ -117,6 +125,22 @@ public static class FineTuning
         }
         model.eval();
         return report!;
+    }
+
+    /// <summary>
+    /// Says why the loss of <paramref name="images"/> is not finite: non-finite weights (from the checkpoint or an earlier
+    /// step), non-finite inputs, or neither, in which case the forward pass itself overflowed or a CPU kernel misbehaved.
+    /// </summary>
+    private static InvalidOperationException NonFiniteLoss(Backbone model, Tensor images, double loss, string where)
+    {
+        string cause = NonFinite.FirstIn(model) is string weight
+            ? $"the model's '{weight}' is not finite (check the checkpoint)"
+            : NonFinite.FirstIn([("input", images)]) is not null
+                ? "the normalised input images are not finite (check Mean and Std)"
+                : "every weight and input is finite, so the forward pass overflowed (features too large for the head or "
+                  + "adapters) or a numerical kernel returned NaN (compare with DNNL_MAX_CPU_ISA=AVX2 or OMP_NUM_THREADS=1)";
+        return new InvalidOperationException(
+            $"Training diverged: the loss became {loss} in {where}: {cause}. Try a lower LearningRate or AdapterScale.");
     }
 
     /// <summary>Top-1 accuracy of <paramref name="model"/> (eval mode, no gradients).</summary>

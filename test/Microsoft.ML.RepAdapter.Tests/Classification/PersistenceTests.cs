@@ -77,6 +77,23 @@ public class PersistenceTests
         }
     }
 
+    [TestMethod]
+    [DataRow("vit")]
+    [DataRow("resnet_basic")]
+    public void ModelsSavedByTheFirstReleaseStillLoadAndScoreTheSame(string kind)
+    {
+        // Written by the library at commit 8655b23 (model format 0x00010001): the .zip and the scores it gave then.
+        string zip = TestData.Fixture(Path.Combine("saved_models", $"saved_v1_{kind}.zip"));
+        var saved = JsonSerializer.Deserialize<SavedScores>(File.ReadAllText(Path.ChangeExtension(zip, ".json")))!;
+        var mlContext = new MLContext(seed: 3);
+        var model = mlContext.Model.Load(zip, out _);
+        var rows = saved.images.Select(path => new ImageRow { ImagePath = Path.Combine(TestData.RepoRoot, path) });
+        var scores = model.Transform(mlContext.Data.LoadFromEnumerable(rows)).GetColumn<float[]>("Score").ToList();
+        AssertClose(saved.scores, scores, $"{kind} model saved by the first release");
+    }
+
+    private sealed record SavedScores(string[] images, float[][] scores);
+
     private static void AssertClose(IReadOnlyList<float[]> expected, IReadOnlyList<float[]> actual, string what)
     {
         Assert.HasCount(expected.Count, actual, what);

@@ -1,5 +1,6 @@
 using Microsoft.ML.Data;
 using Microsoft.ML.RepAdapter.Adapters;
+using Microsoft.ML.RepAdapter.Checkpoints;
 using Microsoft.ML.RepAdapter.Classification;
 
 namespace Microsoft.ML.RepAdapter.Tests.Classification;
@@ -10,14 +11,22 @@ public class TrainerTests
     [TestMethod]
     public void FitsInAnOrdinaryPipelineEvaluatesAndMapsKeysBack()
     {
+        // Built as a user builds it: ML.NET's pretrained ResNet-18, the default recipe's learning rate, default head
+        // initialisation, nothing re-initialised by the test. Pretrained features separate these three classes by a wide
+        // margin, so the assertions hold whatever the CPU kernels' rounding.
         var mlContext = new MLContext(seed: 1);
         var log = new List<string>();
         mlContext.Log += (_, e) => { if (e.Source.Contains("RepAdapter")) lock (log) log.Add(e.RawMessage); };
         var train = mlContext.Data.LoadFromEnumerable(TestData.Images("train", classes: 3, perClass: 12));
         var test = mlContext.Data.LoadFromEnumerable(TestData.Images("test", classes: 3, perClass: 6));
-        // The tiny ResNet: random convolutions are informative enough features to learn from in a few steps.
-        var options = TinyTrainerOptions.Create(epochs: 12, backbone: "resnet_basic");
-        options.LearningRate = 1e-2;
+        var options = new RepAdapterImageClassificationTrainer.Options
+        {
+            Architecture = PretrainedBackbones.MLNetResNet18,
+            Epochs = 6,
+            BatchSize = 8,
+            WarmupEpochs = 0,
+            ScoringBatchSize = 6,
+        };
 
         var pipeline = mlContext.Transforms.Conversion.MapValueToKey("Label")
             .Append(mlContext.Transforms.LoadImages("Image", "", nameof(ImageRow.ImagePath)))
@@ -28,7 +37,8 @@ public class TrainerTests
 
         var metrics = mlContext.MulticlassClassification.Evaluate(predictions);
         Assert.AreEqual(3, metrics.ConfusionMatrix.NumberOfClasses);
-        Assert.IsGreaterThan(0.5, metrics.MicroAccuracy, "well above chance (1/3) on unseen test images");
+        // Measured 16 of 18 (0.89) here; chance is 1/3.
+        Assert.IsGreaterThan(0.6, metrics.MicroAccuracy, "well above chance on unseen test images:\n" + string.Join("\n", log));
         var labels = predictions.GetColumn<string>("PredictedLabelValue").ToList();
         Assert.HasCount(18, labels);
         CollectionAssert.IsSubsetOf(labels.Distinct().ToList(), new[] { "Ankle_boot", "Bag", "Coat" });
@@ -37,21 +47,20 @@ public class TrainerTests
         Assert.AreEqual(3, transformer.NumberOfClasses);
         CollectionAssert.AreEqual(new[] { "Ankle_boot", "Bag", "Coat" }, transformer.LabelNames.ToArray());
         Assert.IsFalse(transformer.Model.AdaptedLayers().Any(), "the transformer holds the merged network");
-        var plain = TinyModels.Create("resnet_basic");
-        plain.ResetClassifier(3);
+        using var plain = PretrainedBackbones.LoadMLNetResNet18(numClasses: 3).Backbone;
         Assert.AreEqual(plain.CountParameters(), transformer.Model.CountParameters(), "same parameter count as backbone + head");
         Assert.AreEqual(0L, transformer.Model.CountAdapterParameters());
-        Assert.IsGreaterThan(64 * 3 + 3, transformer.TrainableParameterCount, "adapters were trained besides the head");
-        Assert.AreEqual(4, transformer.Summary.AdaptersMerged, "one adapter per residual block");
+        Assert.IsGreaterThan(512 * 3 + 3, transformer.TrainableParameterCount, "adapters were trained besides the head");
+        Assert.AreEqual(9, transformer.Summary.AdaptersMerged, "one adapter per residual block of stages [2, 2, 2, 3]");
         Assert.AreEqual(1f, transformer.AdapterScale);
 
         var epochs = log.Where(m => m.StartsWith("epoch ")).ToList();
-        Assert.HasCount(12, epochs);
-        StringAssert.Contains(epochs[0], "epoch 1/12: loss ");
+        Assert.HasCount(6, epochs);
+        StringAssert.Contains(epochs[0], "epoch 1/6: loss ");
         StringAssert.Contains(epochs[0], "train acc");
         StringAssert.Contains(epochs[0], "img/s");
         StringAssert.Contains(epochs[0], "ETA");
-        double Loss(string line) => double.Parse(line.Split("loss ")[1].Split(',')[0]);
+        double Loss(string line) => double.Parse(line.Split("loss ")[1].Split(',')[0], System.Globalization.CultureInfo.InvariantCulture);
         Assert.IsLessThan(Loss(epochs[0]), Loss(epochs[^1]), "training reduces the loss:\n" + string.Join("\n", epochs));
     }
 

@@ -9,18 +9,30 @@ namespace Microsoft.ML.RepAdapter.Tests.Engine;
 public class AdapterTests
 {
     [TestMethod]
-    public void GroupedUpProjectionUsesPyTorchChannelOrder()
+    [DataRow(-1)]
+    [DataRow(1)]
+    public void AdapterComputesTheOfficialGroupedConv1dFunction(int channelDim)
     {
-        // Group g reads hidden [g r/k, (g+1) r/k) and writes channels [g D/k, (g+1) D/k): compare with conv1d itself.
+        // The official adapter is conv_B(dropout(conv_A(x))) with Conv1d over [B, D, N], conv_B grouped (group g reads
+        // hidden [g r/k, (g+1) r/k) and writes channels [g D/k, (g+1) D/k)). The library computes it with matrix
+        // products: compare with conv1d itself on the same parameters, for tokens and for feature maps.
         torch.manual_seed(5);
-        var adapter = new RepAdapterLayer(8, new AdapterConfig(Hidden: 4, Groups: 2, Scale: 1f, Dropout: 0));
+        var adapter = new RepAdapterLayer(8, new AdapterConfig(Hidden: 4, Groups: 2, Scale: 0.5f, Dropout: 0));
         TinyModels.Randomize(adapter, seed: 5, adapterStd: 0.5);
         adapter.eval();
-        var tokens = randn(1, 3, 8);
+        var p = adapter.named_parameters().ToDictionary(n => n.name, n => n.parameter);
         using var _ = no_grad();
+        var x = channelDim == -1 ? randn(2, 3, 8) : randn(2, 8, 3, 5);
+        var sequence = channelDim == -1 ? x.transpose(1, 2) : x.flatten(2);
+        var hidden = nn.functional.conv1d(sequence, p["conv_A.weight"], p["conv_A.bias"]);
+        var branch = nn.functional.conv1d(hidden, p["conv_B.weight"], p["conv_B.bias"], groups: 2) * 0.5f;
+        var expected = x + (channelDim == -1 ? branch.transpose(1, 2) : branch.view(x.shape));
+        Assert.IsLessThan(1e-5f, TinyModels.MaxAbsDiff(adapter.Adapt(x, channelDim), expected));
+
         var (m, c) = adapter.Collapse();
+        var tokens = channelDim == -1 ? x : x.movedim([1], [-1]);
         var viaMatrix = tokens.matmul(m.t()) + c!;
-        Assert.IsLessThan(1e-5f, TinyModels.MaxAbsDiff(adapter.Adapt(tokens, channelDim: -1), viaMatrix));
+        Assert.IsLessThan(1e-5f, TinyModels.MaxAbsDiff(channelDim == -1 ? expected : expected.movedim([1], [-1]), viaMatrix), "the collapsed affine map");
         var dense = adapter.DenseUpProjection();
         Assert.AreEqual(0f, dense[TensorIndex.Slice(0, 4), TensorIndex.Slice(2, 4)].abs().sum().item<float>(), "off-diagonal blocks are zero");
     }
