@@ -51,6 +51,8 @@ public abstract class AdaptableLayer : nn.Module<Tensor, Tensor>
         if (Adapter is not null) throw new InvalidOperationException($"Layer '{GetName()}' already has an adapter.");
         if (adapter.HasInputBias && !InputBiasFoldsExactly)
             throw new ArgumentException($"Layer '{GetName()}' is a zero-padded convolution: only a bias-free adapter folds into it exactly.");
+        // TorchSharp starts every new module in training mode: the adapter follows its host's mode instead.
+        adapter.train(training);
         register_module("adapter", adapter);
         _adapter = adapter;
     }

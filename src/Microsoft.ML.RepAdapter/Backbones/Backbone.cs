@@ -54,10 +54,11 @@ public abstract class Backbone : nn.Module<Tensor, Tensor>
     public bool IsHeadParameter(string parameterName) => parameterName.StartsWith(HeadName + ".", StringComparison.Ordinal);
 
     /// <summary>
-    /// Swaps the head module <paramref name="current"/> for a new Linear(FeatureDim, <paramref name="numClasses"/>) under
-    /// <see cref="HeadName"/> (none for 0), built outside any caller's dispose scope.
+    /// Swaps the head module <paramref name="current"/> for a new Linear(FeatureDim, <paramref name="numClasses"/>) with
+    /// PyTorch's default init under <see cref="HeadName"/> (none for 0), built outside any caller's dispose scope and in
+    /// this backbone's training/eval mode (TorchSharp starts every new module in training mode).
     /// </summary>
-    protected Linear? ReplaceHead(Linear? current, int numClasses, Action<Linear>? initialize = null) => ModuleScopes.Unscoped(() =>
+    protected Linear? ReplaceHead(Linear? current, int numClasses) => ModuleScopes.Unscoped(() =>
     {
         if (numClasses < 0) throw new ArgumentOutOfRangeException(nameof(numClasses), numClasses, "Class count cannot be negative.");
         if (current is not null)
@@ -67,10 +68,7 @@ public abstract class Backbone : nn.Module<Tensor, Tensor>
         }
         if (numClasses == 0) return null;
         var head = nn.Linear(FeatureDim, numClasses);
-        if (initialize is not null)
-        {
-            using (no_grad()) initialize(head);
-        }
+        head.train(training);
         register_module(HeadName, head);
         return head;
     });

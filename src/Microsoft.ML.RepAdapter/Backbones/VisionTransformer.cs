@@ -105,13 +105,11 @@ public sealed class VisionTransformer : Backbone
 
     public override string HeadName => "head";
 
+    /// <inheritdoc/>
+    /// <remarks>A plain nn.Linear with PyTorch's default init, as timm's <c>reset_classifier</c> that the official RepAdapter code calls.</remarks>
     public override void ResetClassifier(int numClasses)
     {
-        head = ReplaceHead(head, numClasses, linear =>
-        {
-            nn.init.trunc_normal_(linear.weight, std: 0.02);
-            nn.init.zeros_(linear.bias);
-        });
+        head = ReplaceHead(head, numClasses);
         Config = Config with { NumClasses = numClasses };
     }
 
@@ -187,20 +185,19 @@ public sealed class VisionTransformer : Backbone
     {
         // timm's default ("jax"-free) init: truncated normal 0.02 for embeddings and linears, zero biases.
         using var _ = no_grad();
-        nn.init.trunc_normal_(pos_embed, std: 0.02);
+        TruncatedNormal.Fill(pos_embed, std: 0.02);
         nn.init.normal_(cls_token, std: 1e-6);
-        foreach (var (name, module) in named_modules())
+        foreach (var (_, module) in named_modules())
         {
-            if (module is Linear linear)
+            (Tensor? weight, Tensor? bias) = module switch
             {
-                nn.init.trunc_normal_(linear.weight, std: 0.02);
-                if (linear.bias is not null) nn.init.zeros_(linear.bias);
-            }
-            else if (module is AdaptableLinear adaptable)
-            {
-                nn.init.trunc_normal_(adaptable.weight, std: 0.02);
-                if (adaptable.bias is not null) nn.init.zeros_(adaptable.bias);
-            }
+                Linear linear => (linear.weight, linear.bias),
+                AdaptableLinear adaptable => (adaptable.weight, adaptable.bias),
+                _ => (null, null),
+            };
+            if (weight is null) continue;
+            TruncatedNormal.Fill(weight, std: 0.02);
+            if (bias is not null) nn.init.zeros_(bias);
         }
     }
 

@@ -114,7 +114,10 @@ public static partial class AdapterCheckpoint
     /// <c>blocks.{i}.adapter_attn.*</c> (in front of attn.qkv) and <c>blocks.{i}.adapter_mlp.*</c> (in front of mlp.fc1),
     /// plus <c>head.*</c> when saved. Hidden size, groups and placement come from the shapes; the scale s is not
     /// stored by the official code: it is <paramref name="scale"/>, else a "scale" metadata entry, else an error.
-    /// Such files carry no backbone fingerprint: attach them to the ViT they were trained on.
+    /// The file may hold only those (what the official <c>save</c> writes) or a whole <c>model.state_dict()</c> of the
+    /// adapted timm ViT: then its backbone tensors are loaded into <paramref name="backbone"/> too, strictly, so a backbone
+    /// built from the matching preset becomes the trained model. Such files carry no backbone fingerprint: attach
+    /// adapter-only files to the ViT they were trained on. Nothing changes unless everything fits.
     /// </summary>
     /// <returns>The adapter configuration used.</returns>
     public static AdapterConfig ImportOfficial(Backbone backbone, string path, float? scale = null, double dropout = 0.1)
@@ -122,14 +125,15 @@ public static partial class AdapterCheckpoint
         if (backbone is not VisionTransformer) throw new ArgumentException("Official RepAdapter checkpoints are for ViT backbones.", nameof(backbone));
         using var scope = NewDisposeScope();
         using var checkpoint = CheckpointReader.Read(path);
-        var renamed = new OrderedDictionary<string, Tensor>();
+        var adapterAndHead = new OrderedDictionary<string, Tensor>();
+        var backboneWeights = new OrderedDictionary<string, Tensor>();
         foreach (var (key, tensor) in checkpoint.Tensors)
         {
             var match = OfficialName().Match(key);
-            string name = match.Success
-                ? $"blocks.{match.Groups[1].Value}.{(match.Groups[2].Value == "attn" ? "attn.qkv" : "mlp.fc1")}.adapter.{match.Groups[3].Value}"
-                : key;
-            renamed.Add(name, tensor);
+            if (match.Success)
+                adapterAndHead.Add($"blocks.{match.Groups[1].Value}.{(match.Groups[2].Value == "attn" ? "attn.qkv" : "mlp.fc1")}.adapter.{match.Groups[3].Value}", tensor);
+            else if (backbone.IsHeadParameter(key)) adapterAndHead.Add(key, tensor);
+            else backboneWeights.Add(key, tensor);
         }
         // Conv1d weights: conv_A [hidden, D, 1], conv_B [D, hidden / groups, 1].
         var convA = checkpoint["blocks.0.adapter_attn.conv_A.weight"];
@@ -143,9 +147,33 @@ public static partial class AdapterCheckpoint
             : throw new CheckpointException(path, "scale", "the official RepAdapter code does not store the scale s: pass the value used in training."));
         var placement = checkpoint.Tensors.Keys.Any(k => k.Contains(".adapter_mlp.", StringComparison.Ordinal)) ? AdapterPlacement.Block : AdapterPlacement.Attention;
         var config = new AdapterConfig(AdaptationMethod.RepAdapter, placement, hidden, groups, s, dropout);
-        int? numClasses = renamed.TryGetValue("head.weight", out var head) ? (int)head.shape[0] : null;
-        AttachAndLoad(backbone, config, numClasses, renamed, path);
-        return config;
+        int? numClasses = adapterAndHead.TryGetValue($"{backbone.HeadName}.weight", out var head) ? (int)head.shape[0] : null;
+        if (backboneWeights.Count == 0)
+        {
+            AttachAndLoad(backbone, config, numClasses, adapterAndHead, path);
+            return config;
+        }
+
+        // A whole adapted model: its backbone too, all or nothing (restored if the adapters then do not fit).
+        if (backboneWeights.Keys.Any(k => k.StartsWith("pre_logits.", StringComparison.Ordinal)) && !backbone.state_dict().Keys.Any(k => k.StartsWith("pre_logits.", StringComparison.Ordinal)))
+            throw new CheckpointException(path, "pre_logits.fc.weight", "the saved model has the in21k pre-logits layer and its head was trained on it: build the backbone with keepPreLogits.");
+        var saved = backbone.state_dict().ToDictionary(p => p.Key, p => p.Value.detach().clone());
+        try
+        {
+            BackboneWeights.Apply(backbone, path, checkpoint.Format, new ConvertedCheckpoint(CheckpointLayout.TimmViT, backboneWeights, new Dictionary<string, string>()));
+            AttachAndLoad(backbone, config, numClasses, adapterAndHead, path);
+            return config;
+        }
+        catch
+        {
+            using (no_grad())
+            {
+                var current = backbone.state_dict();
+                foreach (var (key, value) in saved.Where(p => current.ContainsKey(p.Key) && current[p.Key].shape.SequenceEqual(p.Value.shape)))
+                    current[key].copy_(value);
+            }
+            throw;
+        }
     }
 
     [GeneratedRegex(@"^blocks\.(\d+)\.adapter_(attn|mlp)\.(.+)$")]
@@ -173,6 +201,7 @@ public static partial class AdapterCheckpoint
                 used.Add(key);
                 if (!source.shape.SequenceEqual(shape)) problems.Add((key, $"shape: expected {Describe.Shape(shape)}, found {Describe.ShapeOf(source)}"));
                 else if (!source.is_floating_point()) problems.Add((key, $"dtype: expected a floating-point tensor, found {source.dtype}"));
+                else if (NonFinite.FirstIn([(key, source)]) is not null) problems.Add((key, "holds non-finite values (NaN or infinity)"));
                 else assign(source);
             }
             for (int i = 0; i < sites.Count; i++)

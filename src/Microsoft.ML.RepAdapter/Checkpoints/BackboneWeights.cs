@@ -99,6 +99,8 @@ public static class BackboneWeights
                 problems.Add((key, $"shape: expected {Describe.ShapeOf(target)}, found {Describe.ShapeOf(value)}"));
             else if (value.is_floating_point() != target.is_floating_point() || value.dtype == ScalarType.Bool)
                 problems.Add((key, $"dtype: expected {target.dtype}, found {value.dtype}"));
+            else if (NonFinite.FirstIn([(key, value)]) is not null)
+                problems.Add((key, "holds non-finite values (NaN or infinity)"));
             else copies.Add((key, target, value));
         }
         var loaded = copies.Select(c => c.Key).ToHashSet();

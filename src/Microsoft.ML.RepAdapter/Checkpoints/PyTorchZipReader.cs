@@ -31,11 +31,20 @@ internal static class PyTorchZipReader
             if (order != "little") throw new CheckpointException(path, prefix + "byteorder", $"expected 'little', found '{order}'.");
         }
 
+        // A state dict's pickle holds names and shapes only (kilobytes even for ViT-L): refuse anything that expands further.
+        const int maxPickleBytes = 64 << 20;
+        if (pickles[0].Length > maxPickleBytes)
+            throw new CheckpointException(path, pickles[0].FullName, $"{pickles[0].Length} bytes: larger than the {maxPickleBytes >> 20} MB a tensor state dict's pickle could need.");
         byte[] pickle;
         using (var stream = pickles[0].Open())
         using (var buffer = new MemoryStream())
         {
-            stream.CopyTo(buffer);
+            // The declared size can lie: copy at most one byte more than the limit.
+            var limited = new byte[81920];
+            int read;
+            while ((read = stream.Read(limited, 0, (int)Math.Min(limited.Length, maxPickleBytes + 1L - buffer.Length))) > 0) buffer.Write(limited, 0, read);
+            if (buffer.Length > maxPickleBytes)
+                throw new CheckpointException(path, pickles[0].FullName, $"expands beyond the {maxPickleBytes >> 20} MB a tensor state dict's pickle could need.");
             pickle = buffer.ToArray();
         }
         using var storages = new StorageLoader(path, archive, prefix);
@@ -174,8 +183,7 @@ internal sealed class RestrictedUnpickler
         {
             object? result = Run(built);
             // Tensors not reachable from the result (none in a plain state dict) are freed here.
-            var kept = new HashSet<Tensor>(ReferenceEqualityComparer.Instance);
-            Collect(result, kept);
+            var kept = ReachableTensors(result);
             foreach (var tensor in built.Where(t => !kept.Contains(t))) tensor.Dispose();
             return result;
         }
@@ -187,15 +195,40 @@ internal sealed class RestrictedUnpickler
         }
     }
 
-    private static void Collect(object? value, HashSet<Tensor> kept)
+    /// <summary>Containers nested deeper than this are refused: a state dict nests two or three levels.</summary>
+    internal const int MaxNesting = 1000;
+
+    /// <summary>
+    /// The tensors reachable from <paramref name="root"/>, walked without recursion and visiting each container once, so
+    /// that a list that contains itself or lists nested 300,000 deep cannot overflow the stack.
+    /// </summary>
+    private HashSet<Tensor> ReachableTensors(object? root)
     {
-        switch (value)
+        var kept = new HashSet<Tensor>(ReferenceEqualityComparer.Instance);
+        var visited = new HashSet<object>(ReferenceEqualityComparer.Instance);
+        var pending = new Stack<(object? Value, int Depth)>();
+        pending.Push((root, 0));
+        while (pending.Count > 0)
         {
-            case Tensor tensor: kept.Add(tensor); break;
-            case PickleDict dict: foreach (var item in dict.Values) Collect(item, kept); break;
-            case object?[] tuple: foreach (var item in tuple) Collect(item, kept); break;
-            case List<object?> list: foreach (var item in list) Collect(item, kept); break;
+            var (value, depth) = pending.Pop();
+            if (value is Tensor tensor)
+            {
+                kept.Add(tensor);
+                continue;
+            }
+            IEnumerable<object?>? children = value switch
+            {
+                PickleDict dict => dict.Values,
+                object?[] tuple => tuple,
+                List<object?> list => list,
+                _ => null,
+            };
+            if (children is null || !visited.Add(value!)) continue;
+            if (depth >= MaxNesting)
+                throw new CheckpointException(_path, "data.pkl", $"containers nested more than {MaxNesting} levels deep: not a tensor state dict.");
+            foreach (var child in children) pending.Push((child, depth + 1));
         }
+        return kept;
     }
 
     private object? Run(List<Tensor> built)
@@ -283,11 +316,15 @@ internal sealed class RestrictedUnpickler
             case "torch._utils._rebuild_parameter":
                 return As<Tensor>(args[0]);
             case "torch._tensor._rebuild_from_type_v2":
-                // (func, type, args, state): a tensor (sub)class rebuilt by func(*args); only Tensor and Parameter are allowed.
+                // (func, type, args, state): a tensor (sub)class rebuilt by func(*args); only Tensor and Parameter are allowed,
+                // and func only as the tensor rebuilder itself (never this function again, which could nest without end).
                 var type = As<Global>(args[1]).ToString();
                 if (type is not ("torch.Tensor" or "torch.nn.parameter.Parameter"))
                     throw new CheckpointException(_path, type, "refused tensor subclass: expected torch.Tensor or torch.nn.parameter.Parameter.");
-                return Call(As<Global>(args[0]), As<object?[]>(args[2]), built);
+                var rebuild = As<Global>(args[0]);
+                if (rebuild.ToString() != "torch._utils._rebuild_tensor_v2")
+                    throw new CheckpointException(_path, rebuild.ToString(), "refused: _rebuild_from_type_v2 may only call torch._utils._rebuild_tensor_v2.");
+                return Call(rebuild, As<object?[]>(args[2]), built);
             default:
                 throw new CheckpointException(_path, function.ToString(), "this global is allowed only as a type, not called.");
         }
@@ -308,6 +345,12 @@ internal sealed class RestrictedUnpickler
             long last = offset + size.Zip(stride, (s, st) => (s - 1) * st).Sum();
             if (last >= storage.NumberOfElements)
                 throw new InvalidDataException($"tensor view {Describe.Shape(size)} at offset {offset} reaches element {last}, but its storage has {storage.NumberOfElements}.");
+            // A stride-0 or overlapping view would be materialised larger than the data in the file (a 633-byte file could
+            // ask for gigabytes): a saved parameter never has more elements than its storage.
+            long elements = size.Aggregate(1L, (n, s) => checked(n * s));
+            if (elements > storage.NumberOfElements)
+                throw new InvalidDataException(
+                    $"tensor view {Describe.Shape(size)} (stride {Describe.Shape(stride)}) has {elements} elements but its storage only {storage.NumberOfElements}: overlapping views are refused.");
         }
         using var view = storage.as_strided(size, stride, offset);
         return view.clone();

@@ -48,6 +48,12 @@ public sealed class RepAdapterImageClassificationTrainer : IEstimator<RepAdapter
         /// <summary>Keep the pre-logits layer of Google's ImageNet-21k checkpoints (old timm behaviour).</summary>
         public bool KeepPreLogits;
 
+        /// <summary>
+        /// ViT attention heads when the checkpoint's shapes do not tell them and the width / 64 rule does not hold (e.g. small
+        /// custom ViTs); null uses the preset's or that rule.
+        /// </summary>
+        public int? NumHeads;
+
         public AdaptationMethod Method = AdaptationMethod.RepAdapter;
         public AdapterPlacement Placement = AdapterPlacement.Block;
         public TrainableParameters Trainable = TrainableParameters.AdaptersAndHead;
@@ -97,6 +103,29 @@ public sealed class RepAdapterImageClassificationTrainer : IEstimator<RepAdapter
         internal FineTuneSettings Settings => new(Epochs, BatchSize, LearningRate, WeightDecay, WarmupEpochs, WarmupLearningRate, FinalLearningRate, Seed);
 
         internal AdapterConfig Adapters(float scale) => new(Method, Placement, AdapterHidden, AdapterGroups, scale, AdapterDropout);
+
+        /// <summary>Throws <see cref="ArgumentOutOfRangeException"/> naming the first option that cannot work.</summary>
+        internal void Validate()
+        {
+            Settings.Validate();
+            OptionCheck.That(ImageSize is null or > 0, nameof(ImageSize), ImageSize, "must be positive (or null for the backbone's)");
+            OptionCheck.That(Mean is null || Mean.Length == 3 && Mean.All(float.IsFinite), nameof(Mean), Mean, "needs three finite values (or null)");
+            OptionCheck.That(Std is null || Std.Length == 3 && Std.All(v => float.IsFinite(v) && v != 0), nameof(Std), Std,
+                "needs three finite, non-zero values (or null)");
+            OptionCheck.That(NumHeads is null or > 0, nameof(NumHeads), NumHeads, "must be positive (or null)");
+            OptionCheck.That(AdapterHidden > 0, nameof(AdapterHidden), AdapterHidden, "must be positive");
+            OptionCheck.That(AdapterGroups > 0 && AdapterHidden % AdapterGroups == 0, nameof(AdapterGroups), AdapterGroups,
+                $"must be positive and divide AdapterHidden ({AdapterHidden})");
+            OptionCheck.That(float.IsFinite(AdapterScale), nameof(AdapterScale), AdapterScale, "must be finite");
+            OptionCheck.That(AdapterDropout is >= 0 and < 1, nameof(AdapterDropout), AdapterDropout, "must be in [0, 1)");
+            OptionCheck.That(!SearchScale || ScaleCandidates is { Length: > 0 } && ScaleCandidates.All(float.IsFinite), nameof(ScaleCandidates),
+                ScaleCandidates, "needs at least one finite scale to search");
+            OptionCheck.That(ValidationFraction is > 0 and < 1, nameof(ValidationFraction), ValidationFraction, "must be in (0, 1)");
+            OptionCheck.That(DropPathRate is >= 0 and < 1, nameof(DropPathRate), DropPathRate, "must be in [0, 1)");
+            OptionCheck.That(GpuDeviceId is null or >= 0, nameof(GpuDeviceId), GpuDeviceId, "cannot be negative");
+            OptionCheck.That(NumberOfThreads is null or > 0, nameof(NumberOfThreads), NumberOfThreads, "must be positive (or null for TorchSharp's default)");
+            OptionCheck.That(ScoringBatchSize > 0, nameof(ScoringBatchSize), ScoringBatchSize, "must be positive");
+        }
     }
 
     private readonly IHost _host;
@@ -108,9 +137,7 @@ public sealed class RepAdapterImageClassificationTrainer : IEstimator<RepAdapter
         _host.CheckValue(options, nameof(options));
         _host.CheckNonEmpty(options.LabelColumnName, nameof(options.LabelColumnName));
         _host.CheckNonEmpty(options.ImageColumnName, nameof(options.ImageColumnName));
-        options.Settings.Validate();
-        _host.CheckParam(options.ValidationFraction is > 0 and < 1, nameof(options.ValidationFraction), "must be in (0, 1)");
-        _host.CheckParam(!options.SearchScale || options.ScaleCandidates.Length > 0, nameof(options.ScaleCandidates), "no scales to search");
+        options.Validate();
         _options = options;
     }
 
@@ -150,6 +177,11 @@ public sealed class RepAdapterImageClassificationTrainer : IEstimator<RepAdapter
         var (model, _) = TrainOnce(ch, runs, source, data, validation, labels.Count, scale, device, "final");
         long trainable = model.CountParameters(trainableOnly: true);
         int merged = model.MergeAdapters();
+        if (NonFinite.FirstIn(model) is string bad)
+        {
+            model.Dispose();
+            throw _host.Except($"The merged model has non-finite values (NaN or infinity) in '{bad}' (AdapterScale {scale:G} too large?); no model is returned.");
+        }
         ch.Info($"Merged {merged} adapters into the backbone ({model.CountParameters():N0} parameters, as the plain architecture).");
         var summary = new TrainingSummary(_options.Method, _options.Placement, _options.Trainable, scale, trainable, merged, searched);
         return new RepAdapterImageClassificationTransformer(_host, model, labels, summary, _options.ImageColumnName,
@@ -199,7 +231,7 @@ public sealed class RepAdapterImageClassificationTrainer : IEstimator<RepAdapter
         try
         {
             model.load_state_dict(source.state_dict(), strict: true);
-            manual_seed(_options.Seed);
+            TorchDevices.Seed(_options.Seed);
             model.ResetClassifier(classes);
             if (UsesAdapters) model.AttachAdapters(_options.Adapters(scale));
             model.SetTrainable(_options.Trainable);
@@ -234,7 +266,7 @@ public sealed class RepAdapterImageClassificationTrainer : IEstimator<RepAdapter
         Backbone backbone;
         if (_options.CheckpointPath is { } path)
         {
-            var loaded = PretrainedBackbones.Load(path, _options.Architecture, classes, _options.ImageSize, _options.KeepPreLogits);
+            var loaded = PretrainedBackbones.Load(path, _options.Architecture, classes, _options.ImageSize, _options.KeepPreLogits, _options.NumHeads);
             ch.Info(loaded.Report.ToString());
             backbone = loaded.Backbone;
         }
@@ -274,7 +306,9 @@ public sealed class RepAdapterImageClassificationTrainer : IEstimator<RepAdapter
         var labels = new List<long>();
         try
         {
-            using var cursor = data.GetRowCursor([labelColumn, data.Schema[_options.ImageColumnName]]);
+            // Text columns too (cheap): an image that cannot be loaded is then reported with its path.
+            var textColumns = data.Schema.Where(c => c.Type is TextDataViewType);
+            using var cursor = data.GetRowCursor([labelColumn, data.Schema[_options.ImageColumnName], .. textColumns]);
             var labelGetter = cursor.GetGetter<uint>(labelColumn);
             var readPixels = ImageColumn.CreatePixelReader(cursor, _options.ImageColumnName, preprocessor);
             uint key = 0;

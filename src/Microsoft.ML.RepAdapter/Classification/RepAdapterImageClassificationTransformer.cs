@@ -39,6 +39,7 @@ public sealed class RepAdapterImageClassificationTransformer : RowToRowTransform
     internal const string LoaderSignature = "RepAdaptImgCls";
     internal const string UserName = "RepAdapter Image Classification";
     private const string WeightsStream = "TorchModel";
+    private const string ChecksumStream = "TorchModel.sha256";
     private static readonly JsonSerializerOptions SummaryJson = new() { Converters = { new JsonStringEnumConverter() } };
 
     private readonly Backbone _model;
@@ -63,7 +64,8 @@ public sealed class RepAdapterImageClassificationTransformer : RowToRowTransform
         ImageColumnName = imageColumnName;
         ScoreColumnName = scoreColumnName;
         PredictedLabelColumnName = predictedLabelColumnName;
-        ScoringBatchSize = Math.Max(1, scoringBatchSize);
+        Host.CheckParam(scoringBatchSize > 0, nameof(scoringBatchSize), "must be positive");
+        ScoringBatchSize = scoringBatchSize;
     }
 
     /// <summary>The merged network (plain backbone + head). Shared, not copied: do not dispose it separately.</summary>
@@ -145,19 +147,24 @@ public sealed class RepAdapterImageClassificationTransformer : RowToRowTransform
         ];
     }
 
-    /// <summary>1-based key of the most probable class.</summary>
+    /// <summary>1-based key of the most probable class; 0 (missing) when a score is NaN, which no class may claim.</summary>
     internal static uint PredictedKey(float[] probabilities)
     {
         int best = 0;
-        for (int k = 1; k < probabilities.Length; k++) if (probabilities[k] > probabilities[best]) best = k;
+        for (int k = 0; k < probabilities.Length; k++)
+        {
+            if (float.IsNaN(probabilities[k])) return 0;
+            if (probabilities[k] > probabilities[best]) best = k;
+        }
         return (uint)best + 1;
     }
 
     // ML.NET plumbing below: its base members are internal in ML.NET and compiled here against publicized references
     // (build/Publicize.targets), so overrides must be declared public; they are not part of this library's API.
+    // 0x00010002 adds the weights' SHA-256 in a stream of its own, which 0x00010001 readers ignore.
     private static VersionInfo GetVersionInfo() => new(
         modelSignature: "RPADPCLS",
-        verWrittenCur: 0x00010001,
+        verWrittenCur: 0x00010002,
         verReadableCur: 0x00010001,
         verWeCanReadBack: 0x00010001,
         loaderSignature: LoaderSignature,
@@ -167,9 +174,12 @@ public sealed class RepAdapterImageClassificationTransformer : RowToRowTransform
     {
         Host.CheckValue(ctx, nameof(ctx));
         ctx.CheckAtModel();
+        if (NonFinite.FirstIn(_model) is string bad)
+            throw Host.Except($"The model has non-finite values (NaN or infinity) in '{bad}'; it is not saved.");
         ctx.SetVersionInfo(GetVersionInfo());
         // Format: image, score, predicted-label column names; scoring batch size; backbone descriptor (JSON);
-        // training summary (JSON); label key values (ML.NET's binary codec); then the merged weights as one TorchSharp stream.
+        // training summary (JSON); label key values (ML.NET's binary codec); then the merged weights as one TorchSharp
+        // stream, and that stream's SHA-256 in another.
         ctx.SaveNonEmptyString(ImageColumnName);
         ctx.SaveNonEmptyString(ScoreColumnName);
         ctx.SaveNonEmptyString(PredictedLabelColumnName);
@@ -177,7 +187,9 @@ public sealed class RepAdapterImageClassificationTransformer : RowToRowTransform
         ctx.Writer.Write(_model.Describe().ToJson());
         ctx.Writer.Write(JsonSerializer.Serialize(Summary, SummaryJson));
         _labels.Save(Host, ctx.Writer.BaseStream);
-        ctx.SaveBinaryStream(WeightsStream, writer => _model.save(writer));
+        byte[] checksum = [];
+        ctx.SaveBinaryStream(WeightsStream, writer => checksum = WeightsChecksum.Write(writer.BaseStream, w => _model.save(w)));
+        ctx.SaveBinaryStream(ChecksumStream, writer => writer.Write(checksum));
     }
 
     // Factory for SignatureLoadModel.
@@ -188,14 +200,28 @@ public sealed class RepAdapterImageClassificationTransformer : RowToRowTransform
         ctx.CheckAtModel(GetVersionInfo());
         string image = ctx.LoadNonEmptyString(), score = ctx.LoadNonEmptyString(), predicted = ctx.LoadNonEmptyString();
         int batchSize = ctx.Reader.ReadInt32();
+        env.CheckDecode(batchSize > 0, "The scoring batch size must be positive.");
         var descriptor = BackboneDescriptor.FromJson(ctx.Reader.ReadString());
         var summary = JsonSerializer.Deserialize<TrainingSummary>(ctx.Reader.ReadString(), SummaryJson)
             ?? throw env.ExceptDecode("Missing training summary.");
         var labels = LabelKeyValues.Load(env, ctx.Reader.BaseStream);
         var model = descriptor.Build();
-        if (!ctx.TryLoadBinaryStream(WeightsStream, reader => model.load(reader, strict: true)))
-            throw env.ExceptDecode($"The model has no '{WeightsStream}' weights stream.");
-        return new RepAdapterImageClassificationTransformer(env, model, labels, summary, image, score, predicted, batchSize, CPU);
+        try
+        {
+            byte[]? actual = null;
+            if (!ctx.TryLoadBinaryStream(WeightsStream, reader => actual = WeightsChecksum.Read(reader.BaseStream, WeightsStream, model)))
+                throw new InvalidDataException($"The model has no '{WeightsStream}' weights stream.");
+            byte[]? expected = null;
+            if (ctx.TryLoadBinaryStream(ChecksumStream, reader => expected = reader.ReadBytes(32)) && !expected.AsSpan().SequenceEqual(actual))
+                throw new InvalidDataException($"The model's '{WeightsStream}' weights stream does not match its SHA-256 checksum: the file was damaged or altered.");
+            NonFinite.ThrowIfAny(model, $"The model's '{WeightsStream}' weights stream");
+            return new RepAdapterImageClassificationTransformer(env, model, labels, summary, image, score, predicted, batchSize, CPU);
+        }
+        catch
+        {
+            model.Dispose();
+            throw;
+        }
     }
 
     // Factory for SignatureLoadRowMapper.

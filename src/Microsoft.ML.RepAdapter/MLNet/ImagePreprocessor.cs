@@ -32,18 +32,31 @@ internal static class ImageColumn
     /// A function returning the current row's image as the backbone's uint8 input pixels [3, S, S]. Each image is
     /// converted as soon as it is read: an image decoded here from bytes is disposed at once, and an MLImage from
     /// LoadImages is handed back to its getter on the next row, which disposes it (so nothing waits for a finalizer).
+    /// Images that cannot be read, or whose file or bytes are truncated, are an <see cref="InvalidDataException"/>
+    /// naming the column, the row and (when the row shows it) the file.
     /// </summary>
     public static Func<Tensor> CreatePixelReader(DataViewRow row, string column, ImagePreprocessor preprocessor)
     {
         var col = row.Schema[column];
+        string Where() => $"Image column '{column}', row {row.Position}";
         if (col.Type is ImageDataViewType)
         {
             var getter = row.GetGetter<MLImage>(col);
             MLImage image = null!;
             return () =>
             {
-                getter(ref image);
-                if (image is null) throw new InvalidDataException($"Image column '{column}' has no image at row {row.Position}.");
+                try
+                {
+                    getter(ref image);
+                }
+                catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException or InvalidOperationException)
+                {
+                    throw new InvalidDataException($"{Where()}{PathsOf(row)}: the image could not be loaded ({e.Message}).", e);
+                }
+                if (image is null) throw new InvalidDataException($"{Where()}{PathsOf(row)}: no image (an empty path?).");
+                // LoadImages keeps the file's path in Tag: check the file itself, since Skia decodes a truncated one silently.
+                if (image.Tag is string path && File.Exists(path) && ImageIntegrity.Problem(File.ReadAllBytes(path)) is string problem)
+                    throw new InvalidDataException($"{Where()} (file '{path}'): {problem}.");
                 return preprocessor.ToPixels(image);
             };
         }
@@ -53,7 +66,9 @@ internal static class ImageColumn
         {
             bytesGetter(ref bytes);
             var dense = bytes.DenseValues().ToArray();
-            if (dense.Length == 0) throw new InvalidDataException($"Image column '{column}' is empty at row {row.Position}.");
+            if (dense.Length == 0) throw new InvalidDataException($"{Where()}: the image bytes are empty.");
+            if (ImageIntegrity.Problem(dense) is string problem)
+                throw new InvalidDataException($"{Where()}: the {dense.Length} bytes are not a decodable image: {problem}.");
             MLImage decoded;
             try
             {
@@ -61,10 +76,29 @@ internal static class ImageColumn
             }
             catch (Exception e) when (e is not OutOfMemoryException)
             {
-                throw new InvalidDataException($"Image column '{column}', row {row.Position}: the {dense.Length} bytes are not a decodable image ({e.Message}).", e);
+                throw new InvalidDataException($"{Where()}: the {dense.Length} bytes are not a decodable image ({e.Message}).", e);
             }
             using (decoded) return preprocessor.ToPixels(decoded);
         };
+    }
+
+    /// <summary>
+    /// " (ImagePath = '...', a directory)" for the row's active text columns whose value names a file or directory: where
+    /// LoadImages read the image from, which its own errors do not always say.
+    /// </summary>
+    private static string PathsOf(DataViewRow row)
+    {
+        var found = new List<string>();
+        foreach (var column in row.Schema.Where(c => c.Type is TextDataViewType && row.IsColumnActive(c)))
+        {
+            var value = default(ReadOnlyMemory<char>);
+            row.GetGetter<ReadOnlyMemory<char>>(column)(ref value);
+            string text = value.ToString();
+            if (text.Length == 0) continue;
+            if (Directory.Exists(text)) found.Add($"{column.Name} = '{text}', a directory, not an image file");
+            else if (File.Exists(text) || text.Contains('/') || text.Contains('\\')) found.Add($"{column.Name} = '{text}'");
+        }
+        return found.Count == 0 ? "" : $" ({string.Join("; ", found)})";
     }
 }
 

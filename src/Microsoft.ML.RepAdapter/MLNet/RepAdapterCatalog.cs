@@ -31,6 +31,8 @@ public static class RepAdapterCatalog
             Architecture = architecture,
             CheckpointPath = checkpointPath,
             Epochs = epochs,
+            // The paper's ratio: 10 warm-up epochs in 100.
+            WarmupEpochs = epochs / 10,
             BatchSize = batchSize,
             LearningRate = learningRate,
             AdapterScale = adapterScale,

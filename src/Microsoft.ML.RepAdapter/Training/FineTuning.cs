@@ -18,14 +18,37 @@ public sealed record FineTuneSettings(
 {
     public CosineSchedule Schedule => new(LearningRate, Epochs, WarmupEpochs, WarmupLearningRate, FinalLearningRate);
 
+    /// <summary>Throws <see cref="ArgumentOutOfRangeException"/> naming the first setting that cannot train a model.</summary>
     public void Validate()
     {
-        if (Epochs <= 0) throw new ArgumentOutOfRangeException(nameof(Epochs), Epochs, "Epochs must be positive.");
-        if (BatchSize <= 0) throw new ArgumentOutOfRangeException(nameof(BatchSize), BatchSize, "Batch size must be positive.");
-        if (!(LearningRate > 0)) throw new ArgumentOutOfRangeException(nameof(LearningRate), LearningRate, "Learning rate must be positive.");
-        if (WeightDecay < 0) throw new ArgumentOutOfRangeException(nameof(WeightDecay), WeightDecay, "Weight decay cannot be negative.");
-        if (WarmupEpochs < 0) throw new ArgumentOutOfRangeException(nameof(WarmupEpochs), WarmupEpochs, "Warm-up epochs cannot be negative.");
+        OptionCheck.That(Epochs > 0, nameof(Epochs), Epochs, "must be positive");
+        OptionCheck.That(BatchSize > 0, nameof(BatchSize), BatchSize, "must be positive");
+        OptionCheck.That(double.IsFinite(LearningRate) && LearningRate > 0, nameof(LearningRate), LearningRate, "must be positive and finite");
+        OptionCheck.That(double.IsFinite(WeightDecay) && WeightDecay >= 0, nameof(WeightDecay), WeightDecay, "must be finite and not negative");
+        OptionCheck.That(WarmupEpochs >= 0, nameof(WarmupEpochs), WarmupEpochs, "cannot be negative");
+        OptionCheck.That(WarmupEpochs == 0 || WarmupEpochs < Epochs, nameof(WarmupEpochs), WarmupEpochs,
+            $"must be less than Epochs ({Epochs}), or the learning rate never leaves its warm-up");
+        OptionCheck.That(double.IsFinite(WarmupLearningRate) && WarmupLearningRate >= 0, nameof(WarmupLearningRate), WarmupLearningRate, "must be finite and not negative");
+        OptionCheck.That(double.IsFinite(FinalLearningRate) && FinalLearningRate >= 0, nameof(FinalLearningRate), FinalLearningRate, "must be finite and not negative");
     }
+}
+
+/// <summary>Validation of user options before anything reaches native code.</summary>
+public static class OptionCheck
+{
+    /// <summary>Throws <see cref="ArgumentOutOfRangeException"/> naming <paramref name="option"/> and its value unless <paramref name="valid"/>.</summary>
+    public static void That(bool valid, string option, object? value, string requirement)
+    {
+        if (!valid) throw new ArgumentOutOfRangeException(option, value, $"{option} {requirement}; got {Format(value)}.");
+    }
+
+    private static string Format(object? value) => value switch
+    {
+        null => "null",
+        float[] values => $"[{string.Join(", ", values)}]",
+        IFormattable number => number.ToString(null, System.Globalization.CultureInfo.InvariantCulture),
+        _ => value.ToString() ?? "",
+    };
 }
 
 /// <summary>What one epoch did; reported through the progress callback.</summary>
@@ -133,12 +156,16 @@ public static class FineTuning
     /// </summary>
     private static InvalidOperationException NonFiniteLoss(Backbone model, Tensor images, double loss, string where)
     {
+        double largest;
+        using (no_grad()) largest = model.parameters().Where(p => p.requires_grad).Max(p => p.abs().max().item<float>());
         string cause = NonFinite.FirstIn(model) is string weight
             ? $"the model's '{weight}' is not finite (check the checkpoint)"
             : NonFinite.FirstIn([("input", images)]) is not null
                 ? "the normalised input images are not finite (check Mean and Std)"
-                : "every weight and input is finite, so the forward pass overflowed (features too large for the head or "
-                  + "adapters) or a numerical kernel returned NaN (compare with DNNL_MAX_CPU_ISA=AVX2 or OMP_NUM_THREADS=1)";
+                : largest > 1e4
+                    ? $"every weight is finite, but trained weights have grown to {largest:G3} and the forward pass overflowed"
+                    : "every weight and input is finite, so the forward pass overflowed or a numerical kernel returned NaN "
+                      + "(compare with DNNL_MAX_CPU_ISA=AVX2 or OMP_NUM_THREADS=1)";
         return new InvalidOperationException(
             $"Training diverged: the loss became {loss} in {where}: {cause}. Try a lower LearningRate or AdapterScale.");
     }

@@ -18,4 +18,14 @@ public static class TorchDevices
             $"GPU {gpuDeviceId} was requested but CUDA is not available to TorchSharp (build with -p:TorchSharpBackend=cuda on a CUDA machine), "
             + "and FallbackToCpu is false.");
     }
+
+    /// <summary>
+    /// Seeds torch's CPU generator and, when CUDA is present, every CUDA device's: TorchSharp's <c>manual_seed</c> seeds
+    /// only the CPU, which would leave dropout and drop-path masks on a GPU unseeded.
+    /// </summary>
+    public static void Seed(int seed)
+    {
+        manual_seed(seed);
+        if (cuda.is_available()) cuda.manual_seed_all(seed);
+    }
 }

@@ -241,6 +241,36 @@ public class AdapterCheckpointTests
         Assert.IsFalse(backbone.AdaptedLayers().Any());
     }
 
+    [TestMethod]
+    public void AWholeOfficialModelStateDictLoadsItsBackboneToo()
+    {
+        // The official code's adapted timm ViT saved whole (model.state_dict()): backbone, adapters and head in one file.
+        string path = Path.Combine(CheckpointFiles.TempDirectory(), "whole_model.safetensors");
+        using (var backbone = CheckpointReader.Read(CheckpointFiles.Fixture("tiny_vit.safetensors")))
+        using (var adapters = CheckpointReader.Read(CheckpointFiles.Fixture("tiny_vit_adapters.safetensors")))
+        {
+            SafeTensorsWriter.Write(path, backbone.Tensors.Concat(adapters.Tensors), adapters.Metadata);
+        }
+        // A randomly initialised ViT of the same architecture becomes the trained model.
+        var random = TinyModels.Create("vit", seed: 9);
+        var config = AdapterCheckpoint.ImportOfficial(random, path);
+        Assert.AreEqual(0.5f, config.Scale);
+        AssertLogits("logits_adapted", random, "whole official state dict onto a random ViT");
+
+        // A backbone tensor that does not fit: refused, and the backbone is left as it was.
+        string bad = CheckpointFiles.EditedCopy("tiny_vit.safetensors", t => t["norm.weight"] = ones(31), "bad_backbone.safetensors");
+        string badWhole = Path.Combine(CheckpointFiles.TempDirectory(), "bad_whole.safetensors");
+        using (var backbone = CheckpointReader.Read(bad))
+        using (var adapters = CheckpointReader.Read(CheckpointFiles.Fixture("tiny_vit_adapters.safetensors")))
+            SafeTensorsWriter.Write(badWhole, backbone.Tensors.Concat(adapters.Tensors), adapters.Metadata);
+        var target = TinyModels.Create("vit", seed: 10);
+        var before = target.state_dict().ToDictionary(p => p.Key, p => p.Value.clone());
+        var error = Assert.ThrowsExactly<CheckpointException>(() => AdapterCheckpoint.ImportOfficial(target, badWhole));
+        Assert.AreEqual("norm.weight", error.Key);
+        Assert.IsFalse(target.AdaptedLayers().Any());
+        foreach (var (key, value) in target.state_dict()) Assert.IsTrue(CheckpointFiles.Identical(value, before[key]), $"{key} changed");
+    }
+
     private static void RandomizeAdaptersAndHead(Backbone backbone, int seed)
     {
         var generator = new Generator((ulong)seed);

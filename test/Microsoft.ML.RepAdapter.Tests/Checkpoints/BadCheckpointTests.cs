@@ -220,4 +220,33 @@ public class BadCheckpointTests
         foreach (var (key, value) in backbone.state_dict())
             Assert.IsTrue(CheckpointFiles.Identical(value, before[key]), $"{key} changed by a failed load");
     }
+
+    [TestMethod]
+    public void NonFiniteWeightsAreRefusedAtLoadNamingTheKey() =>
+        LoadFails(CheckpointFiles.EditedCopy("tiny_vit.safetensors", t =>
+        {
+            var qkv = t["blocks.0.attn.qkv.weight"].clone();
+            qkv[3, 5] = float.NaN;
+            t["blocks.0.attn.qkv.weight"] = qkv;
+        }), "blocks.0.attn.qkv.weight", "non-finite values");
+
+    [TestMethod]
+    public void ANonStandardViTTrainsWhenItsHeadCountComesFromTheOptions()
+    {
+        // tiny_vit has width 32: the shapes do not give its 2 heads and the width / 64 rule does not hold.
+        var mlContext = new MLContext(seed: 1);
+        var data = TestData.Prepared(mlContext, TestData.Images(classes: 2, perClass: 2));
+        var options = new RepAdapter.Classification.RepAdapterImageClassificationTrainer.Options
+        {
+            CheckpointPath = CheckpointFiles.Fixture("tiny_vit.safetensors"),
+            Epochs = 1,
+            BatchSize = 4,
+            WarmupEpochs = 0,
+        };
+        var error = Assert.ThrowsExactly<CheckpointException>(() => mlContext.MulticlassClassification.Trainers.RepAdapter(options).Fit(data));
+        StringAssert.Contains(error.Message, "pass numHeads");
+        options.NumHeads = 2;
+        var model = mlContext.MulticlassClassification.Trainers.RepAdapter(options).Fit(data);
+        Assert.AreEqual(2, model.NumberOfClasses);
+    }
 }

@@ -1,4 +1,5 @@
-using System.Diagnostics;
+using System.IO.Compression;
+using System.Security.Cryptography;
 using System.Text.Json;
 using Microsoft.ML.Data;
 using Microsoft.ML.RepAdapter.Adapters;
@@ -57,14 +58,8 @@ public class PersistenceTests
         try
         {
             File.WriteAllLines(imageList, _images.Select(i => i.ImagePath));
-            string host = Path.Combine(TestData.RepoRoot, "test", "Microsoft.ML.RepAdapter.ScoringHost", "bin", TestData.Configuration, "net10.0",
-                "Microsoft.ML.RepAdapter.ScoringHost.dll");
-            Assert.IsTrue(File.Exists(host), $"scoring host built at {host}");
-            var start = new ProcessStartInfo("dotnet", [host, _modelPath, imageList, output]) { RedirectStandardOutput = true, RedirectStandardError = true };
-            using var process = Process.Start(start)!;
-            string stdout = process.StandardOutput.ReadToEnd(), stderr = process.StandardError.ReadToEnd();
-            Assert.IsTrue(process.WaitForExit(120_000), "scoring host finished");
-            Assert.AreEqual(0, process.ExitCode, stdout + stderr);
+            var (exitCode, log) = TestHost.Run("score", _modelPath, imageList, output);
+            Assert.AreEqual(0, exitCode, log);
 
             var result = JsonSerializer.Deserialize<Dictionary<string, float[][]>>(File.ReadAllText(output))!;
             AssertClose(_scores, result["engine"], "PredictionEngine in another process");
@@ -90,6 +85,92 @@ public class PersistenceTests
         var rows = saved.images.Select(path => new ImageRow { ImagePath = Path.Combine(TestData.RepoRoot, path) });
         var scores = model.Transform(mlContext.Data.LoadFromEnumerable(rows)).GetColumn<float[]>("Score").ToList();
         AssertClose(saved.scores, scores, $"{kind} model saved by the first release");
+    }
+
+    /// <summary>A copy of the saved model whose merged-weights stream <paramref name="edit"/> rewrites (checksum kept or updated).</summary>
+    private static string EditedModel(Func<byte[], byte[]> edit, bool updateChecksum)
+    {
+        string path = Path.Combine(Path.GetTempPath(), $"repadapter-edited-{Guid.NewGuid():N}.zip");
+        File.Copy(_modelPath, path);
+        using var zip = ZipFile.Open(path, ZipArchiveMode.Update);
+        var entry = zip.Entries.Single(e => e.FullName.EndsWith("/TorchModel", StringComparison.Ordinal));
+        string name = entry.FullName;
+        byte[] weights;
+        using (var stream = entry.Open())
+        using (var buffer = new MemoryStream())
+        {
+            stream.CopyTo(buffer);
+            weights = edit(buffer.ToArray());
+        }
+        entry.Delete();
+        using (var stream = zip.CreateEntry(name).Open()) stream.Write(weights);
+        if (updateChecksum)
+        {
+            zip.GetEntry(name + ".sha256")!.Delete();
+            using var stream = zip.CreateEntry(name + ".sha256").Open();
+            stream.Write(SHA256.HashData(weights));
+        }
+        return path;
+    }
+
+    private static Exception LoadFails(string path)
+    {
+        try
+        {
+            var error = Assert.Throws<Exception>(() => new MLContext(seed: 4).Model.Load(path, out _));
+            // ML.NET calls the model's loader by reflection and wraps what it throws; the cause is the innermost exception.
+            var cause = error.GetBaseException();
+            Assert.IsInstanceOfType<InvalidDataException>(cause, cause.ToString());
+            StringAssert.Contains(cause.Message, "'TorchModel'");
+            return cause;
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+
+    [TestMethod]
+    public void ASavedModelWithNaNWeightsIsRefusedAtLoadNamingTheTensor()
+    {
+        // The stream ends with the last tensor's data: its last float becomes NaN; the checksum is made to match.
+        var error = LoadFails(EditedModel(w => [.. w[..^4], .. BitConverter.GetBytes(float.NaN)], updateChecksum: true));
+        StringAssert.Contains(error.Message, "non-finite");
+        StringAssert.Contains(error.Message, "'head.bias'");
+    }
+
+    [TestMethod]
+    public void ASavedModelWithAlteredWeightsFailsItsChecksum()
+    {
+        var error = LoadFails(EditedModel(w => [.. w[..^4], .. BitConverter.GetBytes(BitConverter.ToSingle(w, w.Length - 4) + 1f)], updateChecksum: false));
+        StringAssert.Contains(error.Message, "does not match its SHA-256 checksum");
+    }
+
+    [TestMethod]
+    public void ADamagedWeightsStreamIsRefusedNamingTheEntry()
+    {
+        var error = LoadFails(EditedModel(w => [.. w[..8], .. Enumerable.Repeat((byte)0xFF, 16), .. w[24..]], updateChecksum: true));
+        StringAssert.Contains(error.Message, "could not be read");
+    }
+
+    [TestMethod]
+    public void AModelWithNaNWeightsIsNotSaved()
+    {
+        var mlContext = new MLContext(seed: 5);
+        var loaded = mlContext.Model.Load(_modelPath, out var schema);
+        var transformer = ((IEnumerable<ITransformer>)loaded).OfType<RepAdapterImageClassificationTransformer>().Single();
+        using (TorchSharp.torch.no_grad()) transformer.Model.named_parameters().Single(p => p.name == "blocks.1.mlp.fc2.weight").parameter[0, 0] = float.NaN;
+        string path = Path.Combine(Path.GetTempPath(), $"repadapter-nan-{Guid.NewGuid():N}.zip");
+        var error = Assert.ThrowsExactly<InvalidOperationException>(() => mlContext.Model.Save(loaded, schema, path));
+        StringAssert.Contains(error.Message, "'blocks.1.mlp.fc2.weight'");
+        File.Delete(path);
+    }
+
+    [TestMethod]
+    public void NaNScoresPredictNoClass()
+    {
+        Assert.AreEqual(0u, RepAdapterImageClassificationTransformer.PredictedKey([0.2f, float.NaN, 0.5f]));
+        Assert.AreEqual(3u, RepAdapterImageClassificationTransformer.PredictedKey([0.2f, 0.3f, 0.5f]));
     }
 
     private sealed record SavedScores(string[] images, float[][] scores);

@@ -1,0 +1,96 @@
+// A separate process for the tests, for what must work in a fresh process and for what could kill one:
+//   TestHost score <model.zip> <image-list.txt> <scores.json>
+//       loads the model, scores every image path of the list with a PredictionEngine (row by row) and with one batch
+//       Transform, and writes both score matrices as JSON.
+//   TestHost read-checkpoint <path>
+//       reads a checkpoint file.
+//   TestHost fit <option>=<value> <image> <image> ...
+//       fits a tiny ViT on the images (first half one class, second half another) with one trainer option set.
+// A handled error prints "EXCEPTION <type>: <message>" and exits 0; a native crash ends the process otherwise, which
+// the calling test reports instead of dying with it.
+using System.Text.Json;
+using Microsoft.ML;
+using Microsoft.ML.Data;
+using Microsoft.ML.RepAdapter;
+using Microsoft.ML.RepAdapter.Backbones;
+using Microsoft.ML.RepAdapter.Checkpoints;
+using Microsoft.ML.RepAdapter.Classification;
+
+try
+{
+    switch (args.FirstOrDefault())
+    {
+        case "score" when args.Length == 4:
+            Score(args[1], args[2], args[3]);
+            break;
+        case "read-checkpoint" when args.Length == 2:
+            using (var checkpoint = CheckpointReader.Read(args[1])) Console.WriteLine($"OK {checkpoint.Tensors.Count} tensors");
+            break;
+        case "fit" when args.Length >= 4:
+            Fit(args[1], args[2..]);
+            break;
+        default:
+            Console.Error.WriteLine("usage: TestHost score <model.zip> <image-list.txt> <scores.json> | read-checkpoint <path> | fit <option>=<value> <image>...");
+            return 2;
+    }
+}
+catch (Exception e)
+{
+    Console.WriteLine($"EXCEPTION {e.GetType().FullName}: {e.Message}");
+}
+return 0;
+
+static void Score(string modelPath, string imageList, string output)
+{
+    var mlContext = new MLContext(seed: 0);
+    var model = mlContext.Model.Load(modelPath, out _);
+    var inputs = File.ReadAllLines(imageList).Where(line => line.Length > 0).Select(path => new ImageInput { ImagePath = path }).ToList();
+
+    using var engine = mlContext.Model.CreatePredictionEngine<ImageInput, ScoreOutput>(model);
+    var engineScores = inputs.Select(input => engine.Predict(input).Score).ToList();
+
+    var scored = model.Transform(mlContext.Data.LoadFromEnumerable(inputs));
+    var batchScores = scored.GetColumn<float[]>("Score").ToList();
+
+    File.WriteAllText(output, JsonSerializer.Serialize(new { engine = engineScores, batch = batchScores }));
+    Console.WriteLine($"scored {inputs.Count} images");
+}
+
+static void Fit(string setting, string[] images)
+{
+    var mlContext = new MLContext(seed: 0);
+    var rows = images.Select((path, i) => new LabeledInput { ImagePath = path, Label = i < images.Length / 2 ? "a" : "b" });
+    var data = mlContext.Data.LoadFromEnumerable(rows);
+    var options = new RepAdapterImageClassificationTrainer.Options
+    {
+        Backbone = new VisionTransformer(new VisionTransformerConfig(ImageSize: 16, PatchSize: 4, EmbedDim: 32, Depth: 1, NumHeads: 2)),
+        Epochs = 1,
+        BatchSize = 2,
+        WarmupEpochs = 0,
+    };
+    var (name, value) = (setting.Split('=')[0], setting.Split('=')[1]);
+    var field = typeof(RepAdapterImageClassificationTrainer.Options).GetField(name) ?? throw new ArgumentException($"no option {name}");
+    var type = Nullable.GetUnderlyingType(field.FieldType) ?? field.FieldType;
+    field.SetValue(options, Convert.ChangeType(value, type, System.Globalization.CultureInfo.InvariantCulture));
+    mlContext.Transforms.Conversion.MapValueToKey("Label")
+        .Append(mlContext.Transforms.LoadImages("Image", "", nameof(LabeledInput.ImagePath)))
+        .Append(mlContext.MulticlassClassification.Trainers.RepAdapter(options))
+        .Fit(data);
+    Console.WriteLine("OK fitted");
+}
+
+internal sealed class ImageInput
+{
+    public string ImagePath { get; set; } = "";
+}
+
+internal sealed class LabeledInput
+{
+    public string ImagePath { get; set; } = "";
+    public string Label { get; set; } = "";
+}
+
+internal sealed class ScoreOutput
+{
+    public float[] Score { get; set; } = [];
+}
