@@ -1,7 +1,7 @@
 using TorchSharp;
 using TorchSharp.Modules;
 using TorchSharp.Utils;
-using Microsoft.ML.RepAdapter.Backbones;
+using Microsoft.ML.RepAdapter.Torch;
 using static TorchSharp.torch;
 
 namespace Microsoft.ML.RepAdapter.Adapters;

@@ -1,19 +1,19 @@
-using Microsoft.ML.RepAdapter.Backbones;
+using Microsoft.ML.RepAdapter.Torch;
 using TorchSharp;
 using static TorchSharp.torch;
 
 namespace Microsoft.ML.RepAdapter.Adapters;
 
 /// <summary>
-/// Attaching adapters to a backbone, choosing what trains, and merging them away afterwards
-/// (peft's inject / mark-trainable / merge_and_unload, for RepAdapter and LoRA).
+/// Attaching adapters to a backbone (or a task network around one), choosing what trains, and merging them away
+/// afterwards (peft's inject / mark-trainable / merge_and_unload, for RepAdapter and LoRA).
 /// </summary>
 public static class BackboneAdapters
 {
     /// <summary>Attaches one adapter per site of <paramref name="config"/>'s placement. Returns the sites used.</summary>
-    public static IReadOnlyList<AdapterSite> AttachAdapters(this Backbone backbone, AdapterConfig config)
+    public static IReadOnlyList<AdapterSite> AttachAdapters(this IAdaptableModel model, AdapterConfig config)
     {
-        var sites = backbone.AdapterSites(config.Placement);
+        var sites = model.AdapterSites(config.Placement);
         foreach (var site in sites)
         {
             var adapter = ModuleScopes.Unscoped(() => ProjectionAdapter.Create(config, site.Layer, site.Name));
@@ -24,18 +24,18 @@ public static class BackboneAdapters
     }
 
     /// <summary>The layers that currently carry an adapter.</summary>
-    public static IEnumerable<AdaptableLayer> AdaptedLayers(this Backbone backbone) =>
-        backbone.modules().OfType<AdaptableLayer>().Where(layer => layer.Adapter is not null);
+    public static IEnumerable<AdaptableLayer> AdaptedLayers(this nn.Module model) =>
+        model.modules().OfType<AdaptableLayer>().Where(layer => layer.Adapter is not null);
 
     /// <summary>
     /// Structural re-parameterisation: folds every adapter into the projection it feeds and removes it. The result is
     /// the plain backbone architecture (same modules, same parameter count); in eval mode it computes what the adapted
     /// model computed, up to float rounding. Returns the number of adapters merged.
     /// </summary>
-    public static int MergeAdapters(this Backbone backbone)
+    public static int MergeAdapters(this nn.Module model)
     {
         int merged = 0;
-        foreach (var layer in backbone.AdaptedLayers().ToList())
+        foreach (var layer in model.AdaptedLayers().ToList())
         {
             if (layer.MergeAdapter()) merged++;
         }
@@ -43,12 +43,13 @@ public static class BackboneAdapters
     }
 
     /// <summary>Sets requires_grad on every parameter according to <paramref name="policy"/>.</summary>
-    public static void SetTrainable(this Backbone backbone, TrainableParameters policy)
+    public static void SetTrainable(this IAdaptableModel model, TrainableParameters policy)
     {
-        foreach (var (name, parameter) in backbone.named_parameters())
+        var module = model as nn.Module ?? throw new ArgumentException($"{model.GetType().Name} is not a TorchSharp module.", nameof(model));
+        foreach (var (name, parameter) in module.named_parameters())
         {
             bool isAdapter = IsAdapterParameter(name);
-            bool trainable = backbone.IsHeadParameter(name) || policy switch
+            bool trainable = model.IsHeadParameter(name) || policy switch
             {
                 TrainableParameters.All => true,
                 TrainableParameters.HeadOnly => false,
@@ -58,7 +59,7 @@ public static class BackboneAdapters
             };
             parameter.requires_grad = trainable;
         }
-        backbone.FreezeNormStatistics = policy != TrainableParameters.All;
+        model.FreezeNormStatistics = policy != TrainableParameters.All;
     }
 
     /// <summary>Whether the named parameter belongs to an adapter (lives under an <c>adapter</c> module).</summary>
@@ -66,11 +67,11 @@ public static class BackboneAdapters
         parameterName.Contains(".adapter.", StringComparison.Ordinal) || parameterName.StartsWith("adapter.", StringComparison.Ordinal);
 
     /// <summary>Number of adapter parameters; <paramref name="includeBiases"/> false counts weights only (the paper's "0.22M").</summary>
-    public static long CountAdapterParameters(this Backbone backbone, bool includeBiases = true) =>
-        backbone.named_parameters()
+    public static long CountAdapterParameters(this nn.Module model, bool includeBiases = true) =>
+        model.named_parameters()
             .Where(p => IsAdapterParameter(p.name) && (includeBiases || !p.name.EndsWith(".bias", StringComparison.Ordinal)))
             .Sum(p => p.parameter.numel());
 
-    public static long CountParameters(this Backbone backbone, bool trainableOnly = false) =>
-        backbone.parameters().Where(p => !trainableOnly || p.requires_grad).Sum(p => p.numel());
+    public static long CountParameters(this nn.Module model, bool trainableOnly = false) =>
+        model.parameters().Where(p => !trainableOnly || p.requires_grad).Sum(p => p.numel());
 }

@@ -1,3 +1,4 @@
+using Microsoft.ML.RepAdapter.Torch;
 using Microsoft.ML.RepAdapter.Adapters;
 using TorchSharp;
 using TorchSharp.Modules;
@@ -10,7 +11,7 @@ namespace Microsoft.ML.RepAdapter.Backbones;
 /// map for segmentation, a classification head, and the projections where adapters can go and merge exactly.
 /// Parameter names follow the reference implementation (timm / torchvision) so checkpoints map 1:1.
 /// </summary>
-public abstract class Backbone : nn.Module<Tensor, Tensor>
+public abstract class Backbone : nn.Module<Tensor, Tensor>, IAdaptableModel
 {
     protected Backbone(string name) : base(name) { }
 
@@ -34,6 +35,18 @@ public abstract class Backbone : nn.Module<Tensor, Tensor>
 
     /// <summary>Per-location features [B, C, h, w] for dense prediction.</summary>
     public abstract Tensor ForwardFeatureMap(Tensor images);
+
+    /// <summary>
+    /// The levels of <see cref="ForwardIntermediates"/> (timm's feature_info): which block or stage, its channels and its
+    /// stride in input pixels. Dense heads (segmentation) are built from these.
+    /// </summary>
+    public abstract IReadOnlyList<FeatureLevel> FeatureLevels { get; }
+
+    /// <summary>
+    /// Multi-level feature maps [B, C_i, H / r_i, W / r_i], one per <see cref="FeatureLevels"/> entry, in order (timm's
+    /// <c>forward_intermediates</c>, NCHW).
+    /// </summary>
+    public abstract IReadOnlyList<Tensor> ForwardIntermediates(Tensor images);
 
     /// <summary>The classification head applied to pooled features.</summary>
     public abstract Tensor ForwardHead(Tensor features);
@@ -83,8 +96,8 @@ public abstract class Backbone : nn.Module<Tensor, Tensor>
     public bool FreezeNormStatistics { get; set; }
 }
 
-/// <summary>One place where an adapter can be attached and merged: the projection at module path <paramref name="Name"/>.</summary>
-public sealed record AdapterSite(string Name, AdaptableLayer Layer);
+/// <summary>One level of multi-level features: the block or stage it comes from, its channels and its stride in pixels.</summary>
+public sealed record FeatureLevel(string Name, int Channels, int Reduction);
 
 /// <summary>Whether pixels are fed in RGB or BGR order.</summary>
 public enum ChannelOrder { Rgb, Bgr }

@@ -1,3 +1,4 @@
+using Microsoft.ML.RepAdapter.Torch;
 using System.Text.Json;
 using System.Text.Json.Serialization;
 

@@ -1,3 +1,5 @@
+using Microsoft.ML.RepAdapter.Torch;
+
 namespace Microsoft.ML.RepAdapter.Backbones;
 
 /// <summary>Builds backbones by their timm / torchvision preset name (randomly initialised; load weights separately).</summary>

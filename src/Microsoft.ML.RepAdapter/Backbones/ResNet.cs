@@ -1,3 +1,4 @@
+using Microsoft.ML.RepAdapter.Torch;
 using Microsoft.ML.RepAdapter.Adapters;
 using TorchSharp;
 using TorchSharp.Modules;
@@ -201,11 +202,27 @@ public sealed class ResNet : Backbone
     public override Tensor ForwardFeatureMap(Tensor images)
     {
         using var scope = NewDisposeScope();
+        return ForwardIntermediates(images)[^1].MoveToOuterDisposeScope();
+    }
+
+    /// <summary>The outputs of the four stages, at strides 4, 8, 16 and 32 (torchvision's layer1..layer4).</summary>
+    public override IReadOnlyList<FeatureLevel> FeatureLevels =>
+        [.. Config.StageWidths.Select((width, s) => new FeatureLevel($"layer{s + 1}", width * Config.Expansion, 4 << s))];
+
+    public override IReadOnlyList<Tensor> ForwardIntermediates(Tensor images)
+    {
+        using var scope = NewDisposeScope();
         CheckInput(images);
         if (input_offset is not null) images = images + input_offset;
         Tensor x = maxpool.forward(relu.forward(bn1.forward(conv1.forward(images))));
-        x = layer4.forward(layer3.forward(layer2.forward(layer1.forward(x))));
-        return x.MoveToOuterDisposeScope();
+        var maps = new List<Tensor>();
+        foreach (var stage in new[] { layer1, layer2, layer3, layer4 })
+        {
+            x = stage.forward(x);
+            maps.Add(x);
+        }
+        foreach (var map in maps) map.MoveToOuterDisposeScope();
+        return maps;
     }
 
     public override Tensor ForwardFeatures(Tensor images)

@@ -1,3 +1,4 @@
+using Microsoft.ML.RepAdapter.Torch;
 using Microsoft.ML.RepAdapter.Adapters;
 using TorchSharp;
 using TorchSharp.Modules;
@@ -146,9 +147,42 @@ public sealed class VisionTransformer : Backbone
     public override Tensor ForwardFeatureMap(Tensor images)
     {
         using var scope = NewDisposeScope();
-        Tensor patches = ForwardTokens(images).narrow(1, 1, Config.NumPatches);
+        return ToMap(ForwardTokens(images), images.shape[0]).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// Four evenly spaced blocks (for depth 24: blocks 5, 11, 17, 23, as SETR's multi-level heads take), or every block
+    /// of a shallower model; each at the patch stride.
+    /// </summary>
+    public override IReadOnlyList<FeatureLevel> FeatureLevels =>
+        [.. IntermediateBlocks.Select(i => new FeatureLevel($"blocks.{i}", Config.EmbedDim, Config.PatchSize))];
+
+    private IEnumerable<int> IntermediateBlocks =>
+        Enumerable.Range(1, 4).Select(j => Math.Max(0, j * Config.Depth / 4 - 1)).Distinct();
+
+    /// <summary>The outputs of <see cref="FeatureLevels"/>' blocks, through the final norm, as [B, D, grid, grid] maps.</summary>
+    public override IReadOnlyList<Tensor> ForwardIntermediates(Tensor images)
+    {
+        using var scope = NewDisposeScope();
+        CheckInput(images);
+        var wanted = IntermediateBlocks.ToHashSet();
+        var maps = new List<Tensor>();
+        Tensor x = patch_embed.forward(images);
+        x = cat([cls_token.expand(x.shape[0], -1, -1), x], 1) + pos_embed;
+        for (int i = 0; i < blocks.Count && maps.Count < wanted.Count; i++)
+        {
+            x = blocks[i].forward(x);
+            if (wanted.Contains(i)) maps.Add(ToMap(norm.forward(x), images.shape[0]));
+        }
+        foreach (var map in maps) map.MoveToOuterDisposeScope();
+        return maps;
+    }
+
+    /// <summary>Patch tokens [B, 1 + g*g, D] (class token dropped) as a [B, D, g, g] map.</summary>
+    private Tensor ToMap(Tensor tokens, long batch)
+    {
         int g = Config.GridSize;
-        return patches.transpose(1, 2).reshape(images.shape[0], Config.EmbedDim, g, g).MoveToOuterDisposeScope();
+        return tokens.narrow(1, 1, Config.NumPatches).transpose(1, 2).reshape(batch, Config.EmbedDim, g, g);
     }
 
     public override Tensor ForwardHead(Tensor features) => head is null ? features.alias() : head.forward(features);

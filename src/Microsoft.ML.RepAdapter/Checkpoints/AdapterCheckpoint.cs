@@ -1,3 +1,4 @@
+using Microsoft.ML.RepAdapter.Torch;
 using System.Globalization;
 using System.Security.Cryptography;
 using System.Text;

@@ -1,3 +1,4 @@
+using Microsoft.ML.RepAdapter.Torch;
 using System.Text;
 using Microsoft.ML.RepAdapter.Adapters;
 using Microsoft.ML.RepAdapter.Backbones;

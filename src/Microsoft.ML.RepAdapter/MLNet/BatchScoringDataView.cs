@@ -1,33 +1,32 @@
 using Microsoft.ML.Data;
-using Microsoft.ML.RepAdapter.Classification;
 using Microsoft.ML.Runtime;
 using static TorchSharp.torch;
 
 namespace Microsoft.ML.RepAdapter.MLNet;
 
 /// <summary>
-/// The output of <see cref="RepAdapterImageClassificationTransformer.Transform"/>: the input columns plus Score and
-/// PredictedLabel, computed a batch of rows at a time. A second cursor over the input reads the image column ahead
+/// The output of <see cref="RepAdapterTransformerBase.Transform"/>: the input columns plus the task's output columns,
+/// computed a batch of rows at a time. A second cursor over the input reads the image column ahead
 /// of the row cursor; both walk the input in its natural order, which row ids confirm.
 /// </summary>
 internal sealed class BatchScoringDataView : IDataView
 {
     private readonly IHost _host;
     private readonly IDataView _input;
-    private readonly RepAdapterImageClassificationTransformer _scorer;
+    private readonly RepAdapterTransformerBase _scorer;
 
-    private BatchScoringDataView(IHost host, IDataView input, RepAdapterImageClassificationTransformer scorer)
+    private BatchScoringDataView(IHost host, IDataView input, RepAdapterTransformerBase scorer)
     {
         _host = host;
         _input = input;
         _scorer = scorer;
         var builder = new DataViewSchema.Builder();
         builder.AddColumns(input.Schema);
-        foreach (var column in scorer.OutputColumns(input.Schema)) builder.AddColumn(column.Name, column.Type, column.Annotations);
+        foreach (var column in scorer.OutputColumnsFor(input.Schema)) builder.AddColumn(column.Name, column.Type, column.Annotations);
         Schema = builder.ToSchema();
     }
 
-    public static IDataView Create(IHost host, IDataView input, RepAdapterImageClassificationTransformer scorer)
+    public static IDataView Create(IHost host, IDataView input, RepAdapterTransformerBase scorer)
     {
         host.CheckValue(input, nameof(input));
         ImageColumn.Check(host, input.Schema, scorer.ImageColumnName);
@@ -60,10 +59,11 @@ internal sealed class BatchScoringDataView : IDataView
         private readonly DataViewRowCursor _rows;
         private readonly DataViewRowCursor? _images;
         private readonly HashSet<int> _active;
-        private readonly Func<Tensor>? _readPixels;
+        private readonly Func<ImageRead>? _readImage;
         private readonly ValueGetter<DataViewRowId> _rowId;
         private readonly ValueGetter<DataViewRowId>? _imageRowId;
-        private readonly List<float[]> _batch = [];
+        private readonly List<object> _batch = [];
+        private readonly Dictionary<int, Delegate> _getters = [];
         private int _offset = -1;
 
         public Cursor(BatchScoringDataView parent, DataViewRowCursor rows, DataViewRowCursor? images, HashSet<int> active)
@@ -75,7 +75,7 @@ internal sealed class BatchScoringDataView : IDataView
             _rowId = rows.GetIdGetter();
             if (images is not null)
             {
-                _readPixels = ImageColumn.CreatePixelReader(images, parent._scorer.ImageColumnName, parent._scorer.Preprocessor);
+                _readImage = ImageColumn.CreateReader(images, parent._scorer.ImageColumnName, parent._scorer.Preprocessor);
                 _imageRowId = images.GetIdGetter();
             }
         }
@@ -97,18 +97,18 @@ internal sealed class BatchScoringDataView : IDataView
             _batch.Clear();
             _offset = 0;
             using var scope = NewDisposeScope();
-            var pixels = new List<Tensor>();
+            var images = new List<ImageRead>();
             DataViewRowId first = default;
-            while (pixels.Count < _parent._scorer.ScoringBatchSize && _images!.MoveNext())
+            while (images.Count < _parent._scorer.ScoringBatchSize && _images!.MoveNext())
             {
-                if (pixels.Count == 0) _imageRowId!(ref first);
-                pixels.Add(_readPixels!());
+                if (images.Count == 0) _imageRowId!(ref first);
+                images.Add(_readImage!());
             }
             DataViewRowId current = default;
             _rowId(ref current);
-            if (pixels.Count == 0 || !current.Equals(first))
+            if (images.Count == 0 || !current.Equals(first))
                 throw _parent._host.Except("The input data view returned rows in a different order to two cursors; batch scoring needs a deterministic order.");
-            _batch.AddRange(_parent._scorer.Score(stack(pixels)));
+            _batch.AddRange(_parent._scorer.ScoreRows(images));
         }
 
         public override bool IsColumnActive(DataViewSchema.Column column) => _active.Contains(column.Index);
@@ -118,9 +118,8 @@ internal sealed class BatchScoringDataView : IDataView
             int inputCount = _parent._input.Schema.Count;
             if (column.Index < inputCount) return _rows.GetGetter<TValue>(_parent._input.Schema[column.Index]);
             if (!IsColumnActive(column)) throw _parent._host.Except($"Column '{column.Name}' was not requested from the cursor.");
-            Delegate getter = column.Index == inputCount
-                ? (ValueGetter<VBuffer<float>>)((ref VBuffer<float> dst) => new VBuffer<float>(_batch[_offset].Length, _batch[_offset]).CopyTo(ref dst))
-                : (ValueGetter<uint>)((ref uint dst) => dst = RepAdapterImageClassificationTransformer.PredictedKey(_batch[_offset]));
+            if (!_getters.TryGetValue(column.Index, out var getter))
+                _getters[column.Index] = getter = _parent._scorer.GetterFor(column.Index - inputCount, () => _batch[_offset]);
             return getter as ValueGetter<TValue>
                 ?? throw _parent._host.Except($"Column '{column.Name}' is {column.Type}, not {typeof(TValue).Name}.");
         }

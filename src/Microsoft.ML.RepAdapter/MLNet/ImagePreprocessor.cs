@@ -29,13 +29,20 @@ internal static class ImageColumn
     public static void Check(IExceptionContext host, DataViewSchema schema, string column) => Check(host, SchemaShape.Create(schema), column);
 
     /// <summary>
-    /// A function returning the current row's image as the backbone's uint8 input pixels [3, S, S]. Each image is
+    /// A function returning the current row's image as the backbone's uint8 input pixels [3, S, S], with the image's own
+    /// size. See <see cref="CreateDecoder{T}"/> for what is checked.
+    /// </summary>
+    public static Func<ImageRead> CreateReader(DataViewRow row, string column, ImagePreprocessor preprocessor) =>
+        CreateDecoder(row, column, image => new ImageRead(preprocessor.ToPixels(image), image.Width, image.Height));
+
+    /// <summary>
+    /// A function that decodes the current row's image and returns <paramref name="convert"/> of it. Each image is
     /// converted as soon as it is read: an image decoded here from bytes is disposed at once, and an MLImage from
     /// LoadImages is handed back to its getter on the next row, which disposes it (so nothing waits for a finalizer).
     /// Images that cannot be read, or whose file or bytes are truncated, are an <see cref="InvalidDataException"/>
     /// naming the column, the row and (when the row shows it) the file.
     /// </summary>
-    public static Func<Tensor> CreatePixelReader(DataViewRow row, string column, ImagePreprocessor preprocessor)
+    public static Func<T> CreateDecoder<T>(DataViewRow row, string column, Func<MLImage, T> convert)
     {
         var col = row.Schema[column];
         string Where() => $"Image column '{column}', row {row.Position}";
@@ -57,7 +64,7 @@ internal static class ImageColumn
                 // LoadImages keeps the file's path in Tag: check the file itself, since Skia decodes a truncated one silently.
                 if (image.Tag is string path && File.Exists(path) && ImageIntegrity.Problem(File.ReadAllBytes(path)) is string problem)
                     throw new InvalidDataException($"{Where()} (file '{path}'): {problem}.");
-                return preprocessor.ToPixels(image);
+                return Convert(image);
             };
         }
         var bytesGetter = row.GetGetter<VBuffer<byte>>(col);
@@ -78,8 +85,21 @@ internal static class ImageColumn
             {
                 throw new InvalidDataException($"{Where()}: the {dense.Length} bytes are not a decodable image ({e.Message}).", e);
             }
-            using (decoded) return preprocessor.ToPixels(decoded);
+            using (decoded) return Convert(decoded);
         };
+
+        T Convert(MLImage image)
+        {
+            if (image.Width <= 0 || image.Height <= 0) throw new InvalidDataException($"{Where()}: the image has no pixels ({image.Width} x {image.Height}).");
+            try
+            {
+                return convert(image);
+            }
+            catch (InvalidDataException e)
+            {
+                throw new InvalidDataException($"{Where()}: {e.Message}", e);
+            }
+        }
     }
 
     /// <summary>
@@ -101,6 +121,9 @@ internal static class ImageColumn
         return found.Count == 0 ? "" : $" ({string.Join("; ", found)})";
     }
 }
+
+/// <summary>One image read from a row: the backbone's input pixels (uint8 [3, S, S]) and the image's own size.</summary>
+internal readonly record struct ImageRead(Tensor Pixels, int Width, int Height);
 
 /// <summary>Turns images into the backbone's input pixels: RGB or BGR order, resized (bicubic, antialiased) to S x S.</summary>
 internal sealed class ImagePreprocessor(ImageInputSpec spec)

@@ -1,3 +1,4 @@
+using Microsoft.ML.RepAdapter.Torch;
 using System.Diagnostics;
 using Microsoft.ML.RepAdapter.Backbones;
 using TorchSharp;
@@ -52,34 +53,49 @@ public static class OptionCheck
 }
 
 /// <summary>What one epoch did; reported through the progress callback.</summary>
+/// <param name="Epoch">1-based epoch number.</param>
+/// <param name="Epochs">Epochs in the run.</param>
+/// <param name="Loss">Mean training loss over the epoch.</param>
+/// <param name="TrainAccuracy">Fraction of correct training predictions (images, or labelled pixels).</param>
+/// <param name="ValidationMetric">The objective's metric on the validation data, when there is any.</param>
+/// <param name="MetricName">Name of that metric ("acc", "mIoU").</param>
+/// <param name="LearningRate">The epoch's learning rate.</param>
+/// <param name="ImagesPerSecond">Training throughput of the epoch.</param>
+/// <param name="Remaining">Estimated time left in the run.</param>
 public sealed record EpochReport(
     int Epoch,
     int Epochs,
     double Loss,
     double TrainAccuracy,
-    double? ValidationAccuracy,
+    double? ValidationMetric,
+    string MetricName,
     double LearningRate,
     double ImagesPerSecond,
     TimeSpan Remaining)
 {
+    /// <summary>One log line: epoch, loss, accuracy, validation metric, learning rate, throughput, ETA.</summary>
     public override string ToString() =>
         $"epoch {Epoch}/{Epochs}: loss {Loss:F4}, train acc {TrainAccuracy:P1}"
-        + (ValidationAccuracy is double v ? $", val acc {v:P1}" : "")
+        + (ValidationMetric is double v ? $", val {MetricName} {v:P1}" : "")
         + $", lr {LearningRate:G3}, {ImagesPerSecond:F1} img/s, ETA {Remaining:hh\\:mm\\:ss}";
 }
 
 /// <summary>
-/// Supervised fine-tuning of a backbone's trainable parameters with AdamW, cross-entropy and the per-epoch cosine
-/// schedule. Plain TorchSharp: the ML.NET trainer feeds it tensors and turns its reports into log lines.
+/// Supervised fine-tuning of a network's trainable parameters with AdamW and the per-epoch cosine schedule, for any
+/// <see cref="ITrainingObjective"/>. Plain TorchSharp: the ML.NET trainers feed it tensors and turn its reports into log lines.
 /// </summary>
 public static class FineTuning
 {
     /// <summary>Trains <paramref name="model"/> in place. Returns the last epoch's report.</summary>
+    /// <param name="model">Images in, task output out (class logits, or per-pixel logits).</param>
+    /// <param name="input">How the stored uint8 pixels become the model's input.</param>
     /// <param name="checkAlive">Called before every step; throws to cancel (ML.NET's Host.CheckAlive).</param>
     public static EpochReport Train(
-        Backbone model,
+        nn.Module<Tensor, Tensor> model,
+        ImageInputSpec input,
         LabeledImages train,
         LabeledImages? validation,
+        ITrainingObjective objective,
         FineTuneSettings settings,
         Device device,
         Action<EpochReport>? progress = null,
@@ -93,7 +109,6 @@ public static class FineTuning
         // As the official train.py: one AdamW group, weight decay on every trainable parameter.
         using var optimizer = optim.AdamW(trainable.Select(p => p.parameter), lr: settings.LearningRate, weight_decay: settings.WeightDecay);
         var random = new Random(settings.Seed);
-        var input = model.Input;
         // Drop the last partial batch (the recipe's drop_last) unless that would leave no batch at all.
         int batches = train.Count >= settings.BatchSize ? train.Count / settings.BatchSize : 1;
         int batchSize = Math.Min(settings.BatchSize, train.Count);
@@ -107,7 +122,7 @@ public static class FineTuning
             model.train();
             long[] order = [.. Enumerable.Range(0, train.Count).Select(i => (long)i).OrderBy(_ => random.Next())];
             double lossSum = 0;
-            long correct = 0, seen = 0;
+            long correct = 0, counted = 0, seen = 0;
             var epochClock = Stopwatch.StartNew();
             for (int b = 0; b < batches; b++)
             {
@@ -115,10 +130,10 @@ public static class FineTuning
                 using var scope = NewDisposeScope();
                 var index = tensor(order[(b * batchSize)..((b + 1) * batchSize)]);
                 var images = input.Normalize(train.Pixels.index_select(0, index).to(device));
-                var labels = train.Labels.index_select(0, index).to(device);
+                var targets = train.Labels.index_select(0, index).to(device);
                 optimizer.zero_grad();
-                var logits = model.forward(images);
-                var loss = nn.functional.cross_entropy(logits, labels);
+                var output = model.forward(images);
+                var loss = objective.Loss(output, targets);
                 double lossValue = loss.item<float>();
                 string where = $"epoch {epoch + 1}, batch {b + 1}";
                 if (!double.IsFinite(lossValue)) throw NonFiniteLoss(model, images, lossValue, where);
@@ -137,13 +152,16 @@ public static class FineTuning
                         + "Try a lower LearningRate (or WeightDecay), and check that both are finite.");
                 }
                 lossSum += lossValue * batchSize;
-                correct += logits.argmax(1).eq(labels).sum().item<long>();
+                var (batchCorrect, batchCounted) = objective.Correct(output, targets);
+                correct += batchCorrect;
+                counted += batchCounted;
                 seen += batchSize;
             }
-            double? validationAccuracy = validation is { Count: > 0 } ? Accuracy(model, validation, device, settings.BatchSize) : null;
+            double? validationMetric = validation is { Count: > 0 } ? Evaluate(model, input, validation, objective, device, settings.BatchSize) : null;
             double perSecond = seen / Math.Max(epochClock.Elapsed.TotalSeconds, 1e-9);
             var remaining = TimeSpan.FromSeconds(clock.Elapsed.TotalSeconds / (epoch + 1) * (settings.Epochs - epoch - 1));
-            report = new EpochReport(epoch + 1, settings.Epochs, lossSum / seen, (double)correct / seen, validationAccuracy, rate, perSecond, remaining);
+            report = new EpochReport(epoch + 1, settings.Epochs, lossSum / seen, (double)correct / Math.Max(counted, 1), validationMetric,
+                objective.MetricName, rate, perSecond, remaining);
             progress?.Invoke(report);
         }
         model.eval();
@@ -154,7 +172,7 @@ public static class FineTuning
     /// Says why the loss of <paramref name="images"/> is not finite: non-finite weights (from the checkpoint or an earlier
     /// step), non-finite inputs, or neither, in which case the forward pass itself overflowed or a CPU kernel misbehaved.
     /// </summary>
-    private static InvalidOperationException NonFiniteLoss(Backbone model, Tensor images, double loss, string where)
+    private static InvalidOperationException NonFiniteLoss(nn.Module model, Tensor images, double loss, string where)
     {
         double largest;
         using (no_grad()) largest = model.parameters().Where(p => p.requires_grad).Max(p => p.abs().max().item<float>());
@@ -170,25 +188,25 @@ public static class FineTuning
             $"Training diverged: the loss became {loss} in {where}: {cause}. Try a lower LearningRate or AdapterScale.");
     }
 
-    /// <summary>Top-1 accuracy of <paramref name="model"/> (eval mode, no gradients).</summary>
-    public static double Accuracy(Backbone model, LabeledImages data, Device device, int batchSize = 64)
+    /// <summary>The objective's metric of <paramref name="model"/> on <paramref name="data"/> (eval mode, no gradients).</summary>
+    public static double Evaluate(nn.Module<Tensor, Tensor> model, ImageInputSpec input, LabeledImages data, ITrainingObjective objective,
+        Device device, int batchSize = 64)
     {
         if (data.Count == 0) throw new ArgumentException("No images to evaluate.", nameof(data));
         bool wasTraining = model.training;
         model.eval();
-        long correct = 0;
+        var metric = objective.NewMetric();
         using (no_grad())
         {
             for (int start = 0; start < data.Count; start += batchSize)
             {
                 using var scope = NewDisposeScope();
                 long length = Math.Min(batchSize, data.Count - start);
-                var images = model.Input.Normalize(data.Pixels.narrow(0, start, length).to(device));
-                var labels = data.Labels.narrow(0, start, length).to(device);
-                correct += model.forward(images).argmax(1).eq(labels).sum().item<long>();
+                var images = input.Normalize(data.Pixels.narrow(0, start, length).to(device));
+                metric.Add(model.forward(images), data.Labels.narrow(0, start, length).to(device));
             }
         }
         model.train(wasTraining);
-        return (double)correct / data.Count;
+        return metric.Value;
     }
 }

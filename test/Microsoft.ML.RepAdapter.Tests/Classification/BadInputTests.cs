@@ -1,3 +1,4 @@
+using Microsoft.ML.RepAdapter.Torch;
 using Microsoft.ML.Data;
 using Microsoft.ML.RepAdapter.Classification;
 
@@ -200,7 +201,7 @@ public class BadInputTests
         try
         {
             var model = mlContext.MulticlassClassification.Trainers.RepAdapter(options).Fit(data);
-            Assert.IsNull(Backbones.NonFinite.FirstIn(model.Model), "a returned model is finite");
+            Assert.IsNull(Torch.NonFinite.FirstIn(model.Model), "a returned model is finite");
         }
         catch (InvalidOperationException e)
         {

@@ -1,3 +1,4 @@
+using Microsoft.ML.RepAdapter.Torch;
 using Microsoft.ML.RepAdapter.Adapters;
 using Microsoft.ML.RepAdapter.Backbones;
 using TorchSharp;

@@ -1,7 +1,7 @@
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace Microsoft.ML.RepAdapter.Backbones;
+namespace Microsoft.ML.RepAdapter.Torch;
 
 /// <summary>
 /// Finds NaN and infinity in named tensors, so that a model with non-finite weights is reported by name instead of

@@ -1,6 +1,6 @@
 using static TorchSharp.torch;
 
-namespace Microsoft.ML.RepAdapter.Backbones;
+namespace Microsoft.ML.RepAdapter.Torch;
 
 /// <summary>
 /// TorchSharp gives a parameter created inside a dispose scope to that scope, which disposes it when it ends, so a

@@ -3,7 +3,7 @@ using Microsoft.ML.Data;
 using Microsoft.ML.Data.IO;
 using Microsoft.ML.Runtime;
 
-namespace Microsoft.ML.RepAdapter.MLNet;
+namespace Microsoft.ML.RepAdapter.Classification;
 
 /// <summary>
 /// The key values of the training label column (their type and values, e.g. Text or Int32), kept with the model so

@@ -1,6 +1,6 @@
 using static TorchSharp.torch;
 
-namespace Microsoft.ML.RepAdapter.Training;
+namespace Microsoft.ML.RepAdapter.Torch;
 
 /// <summary>Device selection with ML.NET's TorchSharp conventions (GpuDeviceId, FallbackToCpu).</summary>
 public static class TorchDevices

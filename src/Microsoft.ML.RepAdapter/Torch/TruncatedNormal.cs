@@ -1,6 +1,6 @@
 using static TorchSharp.torch;
 
-namespace Microsoft.ML.RepAdapter.Backbones;
+namespace Microsoft.ML.RepAdapter.Torch;
 
 /// <summary>
 /// Truncated normal initialisation, as PyTorch's <c>nn.init.trunc_normal_</c> (and timm's): N(mean, std^2) restricted to

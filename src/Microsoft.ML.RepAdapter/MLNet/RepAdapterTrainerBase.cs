@@ -1,0 +1,217 @@
+using Microsoft.ML.Data;
+using Microsoft.ML.RepAdapter.Adapters;
+using Microsoft.ML.RepAdapter.Backbones;
+using Microsoft.ML.RepAdapter.Checkpoints;
+using Microsoft.ML.RepAdapter.Torch;
+using Microsoft.ML.RepAdapter.Training;
+using Microsoft.ML.Runtime;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.RepAdapter.MLNet;
+
+/// <summary>What the training run that produced a model did; saved with the model.</summary>
+/// <param name="Method">The adaptation method.</param>
+/// <param name="Placement">Where the adapters were.</param>
+/// <param name="Trainable">What was trained.</param>
+/// <param name="AdapterScale">The scale s trained and merged with.</param>
+/// <param name="TrainableParameters">How many parameters the run updated.</param>
+/// <param name="AdaptersMerged">How many adapters were folded into the backbone.</param>
+/// <param name="ScaleSearchAccuracy">The validation metric of each searched scale, when the scale was searched.</param>
+public sealed record TrainingSummary(
+    AdaptationMethod Method,
+    AdapterPlacement Placement,
+    TrainableParameters Trainable,
+    float AdapterScale,
+    long TrainableParameters,
+    int AdaptersMerged,
+    IReadOnlyDictionary<string, double>? ScaleSearchAccuracy = null);
+
+/// <summary>
+/// The training flow every RepAdapter trainer shares (ML.NET's TorchSharpBaseTrainer, for adapters): choose and load
+/// the backbone, read the data, optionally search the adapter scale on validation data, train adapters and head with the
+/// paper's recipe, merge the adapters, and hand the merged network to the task's transformer. A task supplies its
+/// columns, targets, network head and objective (<see cref="ImageTask"/>) and its transformer.
+/// </summary>
+/// <typeparam name="TOptions">The task's options.</typeparam>
+/// <typeparam name="TTransformer">The task's transformer, holding the merged network.</typeparam>
+public abstract class RepAdapterTrainerBase<TOptions, TTransformer> : IEstimator<TTransformer>
+    where TOptions : RepAdapterTrainerOptions
+    where TTransformer : class, ITransformer
+{
+    private protected RepAdapterTrainerBase(IHostEnvironment env, TOptions options, string name)
+    {
+        Host = Contracts.CheckRef(env, nameof(env)).Register(name);
+        Host.CheckValue(options, nameof(options));
+        options.Validate();
+        TrainerOptions = options;
+    }
+
+    private protected IHost Host { get; }
+
+    private protected TOptions TrainerOptions { get; }
+
+    /// <summary>What the trainer's log and progress channels are called, e.g. "RepAdapter image classifier".</summary>
+    private protected abstract string TrainerName { get; }
+
+    /// <inheritdoc/>
+    public abstract SchemaShape GetOutputSchema(SchemaShape inputSchema);
+
+    /// <summary>Throws a schema error naming the column when the task's input columns are missing or of the wrong type.</summary>
+    private protected abstract void CheckInputSchema(SchemaShape inputSchema);
+
+    /// <summary>The task for one Fit on <paramref name="trainingData"/>.</summary>
+    private protected abstract ImageTask CreateTask(IDataView trainingData);
+
+    /// <summary>The task's transformer around the merged <paramref name="network"/>.</summary>
+    private protected abstract TTransformer CreateTransformer(ImageTask task, nn.Module<Tensor, Tensor> network, ImageInputSpec input,
+        TrainingSummary summary, Device device);
+
+    /// <summary>Trains adapters (or the chosen baseline) on <paramref name="input"/> and returns the merged model.</summary>
+    public TTransformer Fit(IDataView input)
+    {
+        Host.CheckValue(input, nameof(input));
+        CheckInputSchema(SchemaShape.Create(input.Schema));
+        using var ch = Host.Start($"Training {TrainerName}");
+        if (TrainerOptions.NumberOfThreads is int threads) set_num_threads(threads);
+        var device = TorchDevices.Select(TrainerOptions.GpuDeviceId, TrainerOptions.FallbackToCpu);
+        var task = CreateTask(input);
+
+        var (source, ownsSource) = CreateBackbone(ch, task.BackboneClasses);
+        using var created = ownsSource ? source : null;
+        // Every run (each scale candidate, then the final one) builds a fresh model from this and the source's weights.
+        var runs = RunDescriptor(source);
+        var preprocessor = new ImagePreprocessor(runs.Input);
+        using var data = task.Read(input, preprocessor, "training data", training: true);
+        using var validation = TrainerOptions.ValidationSet is null ? null : task.Read(TrainerOptions.ValidationSet, preprocessor, "validation set", training: false);
+        ch.Info($"{data.Count} training images, {task.NumClasses} classes, backbone {source.Architecture} at {runs.Input.ImageSize} px, device {device}.");
+
+        float scale = TrainerOptions.AdapterScale;
+        Dictionary<string, double>? searched = null;
+        if (TrainerOptions.SearchScale && TrainerOptions.UsesAdapters) (scale, searched) = SearchScale(ch, task, runs, source, data, validation, device);
+        var network = TrainOnce(ch, task, runs, source, data, validation, scale, device, "final");
+        try
+        {
+            long trainable = network.CountParameters(trainableOnly: true);
+            int merged = network.MergeAdapters();
+            if (NonFinite.FirstIn(network) is string bad)
+                throw Host.Except($"The merged model has non-finite values (NaN or infinity) in '{bad}' (AdapterScale {scale:G} too large?); no model is returned.");
+            ch.Info($"Merged {merged} adapters into the backbone ({network.CountParameters():N0} parameters, as the plain architecture).");
+            var summary = new TrainingSummary(TrainerOptions.Method, TrainerOptions.Placement, TrainerOptions.Trainable, scale, trainable, merged, searched);
+            return CreateTransformer(task, network, runs.Input, summary, device);
+        }
+        catch
+        {
+            network.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Picks s by the task's validation metric, never on test data: on the validation set when given, otherwise on a
+    /// stratified hold-out of the training data (the final model is then retrained on all of it).
+    /// </summary>
+    private (float scale, Dictionary<string, double> metric) SearchScale(IChannel ch, ImageTask task, BackboneDescriptor runs, Backbone source,
+        LabeledImages data, LabeledImages? validation, Device device)
+    {
+        var (train, holdout) = validation is null ? data.SplitStratified(TrainerOptions.ValidationFraction, TrainerOptions.Seed) : (data, validation);
+        try
+        {
+            if (holdout.Count == 0) throw Host.Except("The scale search needs validation images: give a ValidationSet or more training images per class.");
+            var metric = new Dictionary<string, double>();
+            string name = task.Objective.MetricName;
+            foreach (float candidate in TrainerOptions.ScaleCandidates)
+            {
+                using var network = TrainOnce(ch, task, runs, source, train, null, candidate, device, $"scale {Key(candidate)}");
+                metric[Key(candidate)] = FineTuning.Evaluate(network, runs.Input, holdout, task.Objective, device, TrainerOptions.BatchSize);
+                ch.Info($"Scale search: s = {Key(candidate)} -> validation {name} {metric[Key(candidate)]:P2}");
+            }
+            float best = TrainerOptions.ScaleCandidates.MaxBy(s => metric[Key(s)]);
+            ch.Info($"Scale search chose s = {Key(best)} ({(validation is null ? $"{holdout.Count} held-out training images" : "the validation set")}).");
+            return (best, metric);
+        }
+        finally
+        {
+            if (validation is null)
+            {
+                train.Dispose();
+                holdout.Dispose();
+            }
+        }
+    }
+
+    private static string Key(float scale) => scale.ToString("G", System.Globalization.CultureInfo.InvariantCulture);
+
+    private nn.Module<Tensor, Tensor> TrainOnce(IChannel ch, ImageTask task, BackboneDescriptor runs, Backbone source,
+        LabeledImages train, LabeledImages? validation, float scale, Device device, string run)
+    {
+        var backbone = runs.Build();
+        nn.Module<Tensor, Tensor> network = backbone;
+        try
+        {
+            backbone.load_state_dict(source.state_dict(), strict: true);
+            TorchDevices.Seed(TrainerOptions.Seed);
+            network = task.CreateNetwork(backbone);
+            var adaptable = (IAdaptableModel)network;
+            if (TrainerOptions.UsesAdapters) adaptable.AttachAdapters(TrainerOptions.Adapters(scale));
+            adaptable.SetTrainable(TrainerOptions.Trainable);
+            network.to(device);
+            ch.Info($"Training ({run}): {network.CountParameters(trainableOnly: true):N0} trainable of {network.CountParameters():N0} parameters "
+                + $"({TrainerOptions.Trainable}{(TrainerOptions.UsesAdapters ? $", {TrainerOptions.Method} {TrainerOptions.Placement}, s = {scale:G}" : "")}).");
+            using var pch = Host.StartProgressChannel($"RepAdapter training ({run})");
+            EpochReport? last = null;
+            pch.SetHeader(new ProgressHeader(["Loss", "Train accuracy"], ["epochs"]), e =>
+            {
+                if (last is null) return;
+                e.SetProgress(0, last.Epoch, last.Epochs);
+                e.SetMetric(0, last.Loss);
+                e.SetMetric(1, last.TrainAccuracy);
+            });
+            FineTuning.Train(network, runs.Input, train, validation, task.Objective, TrainerOptions.Settings, device,
+                progress: r => { last = r; ch.Info(r.ToString()); },
+                checkAlive: Host.CheckAlive);
+            return network;
+        }
+        catch
+        {
+            network.Dispose();
+            if (!ReferenceEquals(network, backbone)) backbone.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>The source backbone, and whether the trainer created it (and so disposes it); a given one is only read.</summary>
+    private (Backbone backbone, bool owned) CreateBackbone(IChannel ch, int classes)
+    {
+        if (TrainerOptions.Backbone is { } given) return (given, false);
+        Backbone backbone;
+        if (TrainerOptions.CheckpointPath is { } path)
+        {
+            var loaded = PretrainedBackbones.Load(path, TrainerOptions.Architecture, classes, TrainerOptions.ImageSize, TrainerOptions.KeepPreLogits, TrainerOptions.NumHeads);
+            ch.Info(loaded.Report.ToString());
+            backbone = loaded.Backbone;
+        }
+        else if (TrainerOptions.Architecture == PretrainedBackbones.MLNetResNet18)
+        {
+            var loaded = PretrainedBackbones.LoadMLNetResNet18(classes);
+            ch.Info(loaded.Report.ToString());
+            backbone = loaded.Backbone;
+        }
+        else
+        {
+            string preset = TrainerOptions.Architecture ?? "vit_base_patch16_224";
+            ch.Warning($"No CheckpointPath: {preset} starts from random weights. Give pretrained weights for real fine-tuning.");
+            backbone = BackbonePresets.Create(preset, classes, imageSize: TrainerOptions.ImageSize);
+        }
+        return (backbone, true);
+    }
+
+    /// <summary>The source's architecture with this run's drop path and normalisation overrides, and the task's classifier.</summary>
+    private BackboneDescriptor RunDescriptor(Backbone source)
+    {
+        if (TrainerOptions.ImageSize is int size && size != source.Input.ImageSize)
+            throw Host.Except($"ImageSize {size} differs from the backbone's input size {source.Input.ImageSize}; build the backbone at that size.");
+        var input = source.Input with { Mean = TrainerOptions.Mean ?? source.Input.Mean, Std = TrainerOptions.Std ?? source.Input.Std };
+        return source.Describe().WithDropPathRate(TrainerOptions.DropPathRate) with { Input = input };
+    }
+}

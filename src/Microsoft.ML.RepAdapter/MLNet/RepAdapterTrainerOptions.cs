@@ -1,0 +1,153 @@
+using Microsoft.ML.RepAdapter.Adapters;
+using Microsoft.ML.RepAdapter.Backbones;
+using Microsoft.ML.RepAdapter.Checkpoints;
+using Microsoft.ML.RepAdapter.Training;
+
+namespace Microsoft.ML.RepAdapter.MLNet;
+
+/// <summary>
+/// Options every RepAdapter trainer shares: the backbone and its weights, the adapters and what trains, the recipe,
+/// the device. Defaults follow the paper's VTAB-1k recipe. Each task's trainer adds its own columns.
+/// </summary>
+public abstract class RepAdapterTrainerOptions
+{
+    /// <summary>The image column: MLImage (LoadImages) or encoded image bytes (LoadRawImageBytes, Model Builder's ImageSource).</summary>
+    public string ImageColumnName = "Image";
+
+    /// <summary>
+    /// Backbone preset (see <see cref="BackbonePresets"/>) or <see cref="PretrainedBackbones.MLNetResNet18"/>. With a
+    /// <see cref="CheckpointPath"/> it is optional (null: the architecture is read from the checkpoint); without one,
+    /// null means <c>vit_base_patch16_224</c> from random weights.
+    /// </summary>
+    public string? Architecture;
+
+    /// <summary>Pretrained weights (Google .npz, timm / Hugging Face .safetensors, PyTorch .pth); format read from the content.</summary>
+    public string? CheckpointPath;
+
+    /// <summary>An already-built (and loaded) backbone; the trainer copies its weights and leaves it untouched.</summary>
+    public Backbone? Backbone;
+
+    /// <summary>Input resolution; null uses the backbone's.</summary>
+    public int? ImageSize;
+
+    /// <summary>Per-channel mean override (on the backbone's pixel scale); null uses the backbone's.</summary>
+    public float[]? Mean;
+
+    /// <summary>Per-channel standard deviation override (on the backbone's pixel scale); null uses the backbone's.</summary>
+    public float[]? Std;
+
+    /// <summary>Keep the pre-logits layer of Google's ImageNet-21k checkpoints (old timm behaviour).</summary>
+    public bool KeepPreLogits;
+
+    /// <summary>
+    /// ViT attention heads when the checkpoint's shapes do not tell them and the width / 64 rule does not hold (e.g. small
+    /// custom ViTs); null uses the preset's or that rule.
+    /// </summary>
+    public int? NumHeads;
+
+    /// <summary>The adaptation method at each adapter site.</summary>
+    public AdaptationMethod Method = AdaptationMethod.RepAdapter;
+
+    /// <summary>Where adapters go ("repblock" or "repattn").</summary>
+    public AdapterPlacement Placement = AdapterPlacement.Block;
+
+    /// <summary>What the run trains; everything else stays frozen.</summary>
+    public TrainableParameters Trainable = TrainableParameters.AdaptersAndHead;
+
+    /// <summary>RepAdapter's hidden size r (LoRA's rank).</summary>
+    public int AdapterHidden = 8;
+
+    /// <summary>Groups k of RepAdapter's up-projection.</summary>
+    public int AdapterGroups = 2;
+
+    /// <summary>The fixed scale s of the adapter branch (when not searched).</summary>
+    public float AdapterScale = 1f;
+
+    /// <summary>Dropout on the adapter's hidden features, in training only.</summary>
+    public double AdapterDropout = 0.1;
+
+    /// <summary>Choose the adapter scale from <see cref="ScaleCandidates"/> by the task's validation metric.</summary>
+    public bool SearchScale;
+
+    /// <summary>The scales the search tries (the paper's grid by default).</summary>
+    public float[] ScaleCandidates = [.. AdapterConfig.ScaleGrid];
+
+    /// <summary>Fraction of the training data held out for the scale search when no <see cref="ValidationSet"/> is given.</summary>
+    public double ValidationFraction = 0.2;
+
+    /// <summary>Stochastic depth rate (ViT), linear over depth.</summary>
+    public double DropPathRate = 0.1;
+
+    /// <summary>Training epochs.</summary>
+    public int Epochs = 100;
+
+    /// <summary>Images per optimiser step (the last partial batch is dropped, as the recipe's drop_last).</summary>
+    public int BatchSize = 64;
+
+    /// <summary>AdamW's peak learning rate.</summary>
+    public double LearningRate = 1e-3;
+
+    /// <summary>AdamW's weight decay, on every trainable parameter (as the official code).</summary>
+    public double WeightDecay = 1e-4;
+
+    /// <summary>Linear warm-up epochs before the cosine decay.</summary>
+    public int WarmupEpochs = 10;
+
+    /// <summary>Learning rate at the start of the warm-up.</summary>
+    public double WarmupLearningRate = 1e-6;
+
+    /// <summary>Learning rate the cosine decays towards.</summary>
+    public double FinalLearningRate = 1e-5;
+
+    /// <summary>
+    /// Seeds shuffling, the new head, adapters, dropout and drop path. On the CPU a run is bitwise reproducible for the
+    /// same seed and data on the same machine with the same thread count; across CPUs (libtorch's and oneDNN's kernels)
+    /// or thread counts float rounding differs, so results agree only approximately.
+    /// </summary>
+    public int Seed = 42;
+
+    /// <summary>Reported after each epoch; also used for the scale search when given. Never pass the test data.</summary>
+    public IDataView? ValidationSet;
+
+    /// <summary>CUDA device to train on (needs the CUDA TorchSharp backend); null trains on the CPU.</summary>
+    public int? GpuDeviceId;
+
+    /// <summary>Train on the CPU when the requested GPU is not available (otherwise that is an error).</summary>
+    public bool FallbackToCpu = true;
+
+    /// <summary>Torch intra-op threads; null keeps TorchSharp's default. Like the seed, this is a process-wide torch setting.</summary>
+    public int? NumberOfThreads;
+
+    /// <summary>Rows scored per forward pass by the transformer's batch Transform.</summary>
+    public int ScoringBatchSize = 32;
+
+    internal FineTuneSettings Settings => new(Epochs, BatchSize, LearningRate, WeightDecay, WarmupEpochs, WarmupLearningRate, FinalLearningRate, Seed);
+
+    internal AdapterConfig Adapters(float scale) => new(Method, Placement, AdapterHidden, AdapterGroups, scale, AdapterDropout);
+
+    internal bool UsesAdapters => Trainable is TrainableParameters.AdaptersAndHead or TrainableParameters.AdaptersHeadAndBiases;
+
+    /// <summary>Throws <see cref="ArgumentOutOfRangeException"/> naming the first option that cannot work.</summary>
+    internal virtual void Validate()
+    {
+        OptionCheck.That(!string.IsNullOrEmpty(ImageColumnName), nameof(ImageColumnName), ImageColumnName, "must name a column");
+        Settings.Validate();
+        OptionCheck.That(ImageSize is null or > 0, nameof(ImageSize), ImageSize, "must be positive (or null for the backbone's)");
+        OptionCheck.That(Mean is null || Mean.Length == 3 && Mean.All(float.IsFinite), nameof(Mean), Mean, "needs three finite values (or null)");
+        OptionCheck.That(Std is null || Std.Length == 3 && Std.All(v => float.IsFinite(v) && v != 0), nameof(Std), Std,
+            "needs three finite, non-zero values (or null)");
+        OptionCheck.That(NumHeads is null or > 0, nameof(NumHeads), NumHeads, "must be positive (or null)");
+        OptionCheck.That(AdapterHidden > 0, nameof(AdapterHidden), AdapterHidden, "must be positive");
+        OptionCheck.That(AdapterGroups > 0 && AdapterHidden % AdapterGroups == 0, nameof(AdapterGroups), AdapterGroups,
+            $"must be positive and divide AdapterHidden ({AdapterHidden})");
+        OptionCheck.That(float.IsFinite(AdapterScale), nameof(AdapterScale), AdapterScale, "must be finite");
+        OptionCheck.That(AdapterDropout is >= 0 and < 1, nameof(AdapterDropout), AdapterDropout, "must be in [0, 1)");
+        OptionCheck.That(!SearchScale || ScaleCandidates is { Length: > 0 } && ScaleCandidates.All(float.IsFinite), nameof(ScaleCandidates),
+            ScaleCandidates, "needs at least one finite scale to search");
+        OptionCheck.That(ValidationFraction is > 0 and < 1, nameof(ValidationFraction), ValidationFraction, "must be in (0, 1)");
+        OptionCheck.That(DropPathRate is >= 0 and < 1, nameof(DropPathRate), DropPathRate, "must be in [0, 1)");
+        OptionCheck.That(GpuDeviceId is null or >= 0, nameof(GpuDeviceId), GpuDeviceId, "cannot be negative");
+        OptionCheck.That(NumberOfThreads is null or > 0, nameof(NumberOfThreads), NumberOfThreads, "must be positive (or null for TorchSharp's default)");
+        OptionCheck.That(ScoringBatchSize > 0, nameof(ScoringBatchSize), ScoringBatchSize, "must be positive");
+    }
+}

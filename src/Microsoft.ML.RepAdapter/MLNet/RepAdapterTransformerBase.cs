@@ -1,0 +1,235 @@
+using System.Text.Json;
+using System.Text.Json.Serialization;
+using Microsoft.ML.Data;
+using Microsoft.ML.RepAdapter.Backbones;
+using Microsoft.ML.RepAdapter.Torch;
+using Microsoft.ML.Runtime;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.RepAdapter.MLNet;
+
+/// <summary>
+/// What every RepAdapter transformer shares: a merged network (the plain architecture, no adapter modules, no extra
+/// latency), its preprocessing, batch scoring (<see cref="ScoringBatchSize"/> rows per forward pass) and row-by-row
+/// scoring (PredictionEngine), and the .zip layout: one TorchSharp weights stream with its SHA-256, plus the
+/// descriptions needed to rebuild the network. A task supplies its output columns and how a forward pass's output becomes
+/// their values.
+/// </summary>
+public abstract class RepAdapterTransformerBase : RowToRowTransformerBase, ITransformer, IDisposable
+{
+    private const string WeightsStream = "TorchModel";
+    private const string ChecksumStream = "TorchModel.sha256";
+    private protected static readonly JsonSerializerOptions SummaryJson = new() { Converters = { new JsonStringEnumConverter() } };
+
+    private readonly nn.Module<Tensor, Tensor> _network;
+    private readonly Device _device;
+    private bool _disposed;
+    private int _forwardPasses;
+
+    private protected RepAdapterTransformerBase(IHost host, nn.Module<Tensor, Tensor> network, ImageInputSpec input, TrainingSummary summary,
+        string imageColumnName, int scoringBatchSize, Device device)
+        : base(host)
+    {
+        Host.CheckParam(scoringBatchSize > 0, nameof(scoringBatchSize), "must be positive");
+        _network = network;
+        _network.to(device);
+        _network.eval();
+        _device = device;
+        Input = input;
+        Preprocessor = new ImagePreprocessor(input);
+        Summary = summary;
+        ImageColumnName = imageColumnName;
+        ScoringBatchSize = scoringBatchSize;
+    }
+
+    /// <summary>What the training run did.</summary>
+    public TrainingSummary Summary { get; }
+
+    /// <summary>The adapter scale s the model was trained (and merged) with.</summary>
+    public float AdapterScale => Summary.AdapterScale;
+
+    /// <summary>Parameters that the training run updated (adapters + head by default).</summary>
+    public long TrainableParameterCount => Summary.TrainableParameters;
+
+    /// <summary>The image column scored.</summary>
+    public string ImageColumnName { get; }
+
+    /// <summary>Rows scored together by <see cref="ITransformer.Transform"/>.</summary>
+    public int ScoringBatchSize { get; }
+
+    /// <summary>Input size and normalisation.</summary>
+    public ImageInputSpec Input { get; }
+
+    internal ImagePreprocessor Preprocessor { get; }
+
+    /// <summary>Number of forward passes run so far (lets tests see batching at work).</summary>
+    internal int ForwardPasses => _forwardPasses;
+
+    private protected nn.Module<Tensor, Tensor> Network => _network;
+
+    /// <summary>The task's output columns, in getter order.</summary>
+    private protected abstract DataViewSchema.DetachedColumn[] OutputColumns(DataViewSchema inputSchema);
+
+    /// <summary>Turns a forward pass's output (on the CPU, one row per image) into one value object per image.</summary>
+    private protected abstract object[] DecodeOutputs(Tensor output, IReadOnlyList<ImageRead> images);
+
+    /// <summary>A getter for output column <paramref name="column"/> reading the current row's value object.</summary>
+    private protected abstract Delegate MakeGetter(int column, Func<object> current);
+
+    internal DataViewSchema.DetachedColumn[] OutputColumnsFor(DataViewSchema inputSchema) => OutputColumns(inputSchema);
+
+    internal Delegate GetterFor(int column, Func<object> current) => MakeGetter(column, current);
+
+    /// <summary>The network's output for uint8 input pixels [N, 3, S, S], in one forward pass under inference mode, on the CPU.</summary>
+    internal Tensor Forward(Tensor pixels)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        Interlocked.Increment(ref _forwardPasses);
+        using var scope = NewDisposeScope();
+        using var inference = inference_mode();
+        return _network.forward(Input.Normalize(pixels.to(_device))).cpu().MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Scores <paramref name="images"/> in one forward pass: one value object per image.</summary>
+    internal object[] ScoreRows(IReadOnlyList<ImageRead> images)
+    {
+        using var scope = NewDisposeScope();
+        return DecodeOutputs(Forward(stack(images.Select(i => i.Pixels).ToArray())), images);
+    }
+
+    /// <summary>Scores in batches of <see cref="ScoringBatchSize"/> rather than row by row.</summary>
+    public new IDataView Transform(IDataView input) => BatchScoringDataView.Create(Host, input, this);
+
+    IDataView ITransformer.Transform(IDataView input) => Transform(input);
+
+    public override IRowMapper MakeRowMapper(DataViewSchema schema) => new Mapper(this, schema);
+
+    // ML.NET plumbing below: its base members are internal in ML.NET and compiled here against publicized references
+    // (build/Publicize.targets), so overrides must be declared public; they are not part of this library's API.
+
+    private protected abstract VersionInfo VersionInfo { get; }
+
+    /// <summary>Writes the task's column names (after the image column name).</summary>
+    private protected abstract void SaveColumns(ModelSaveContext ctx);
+
+    /// <summary>The JSON that rebuilds the network's modules (not its weights).</summary>
+    private protected abstract string DescribeNetwork();
+
+    /// <summary>Writes the task's own data (e.g. label values), before the weights.</summary>
+    private protected abstract void SaveTaskData(ModelSaveContext ctx);
+
+    /// <summary>
+    /// Format: image column name; the task's column names; scoring batch size; the network's description (JSON); the
+    /// training summary (JSON); the task's data; then the merged weights as one TorchSharp stream, and that stream's
+    /// SHA-256 in another. A model with non-finite weights is not saved.
+    /// </summary>
+    public override void SaveModel(ModelSaveContext ctx)
+    {
+        Host.CheckValue(ctx, nameof(ctx));
+        ctx.CheckAtModel();
+        if (NonFinite.FirstIn(_network) is string bad)
+            throw Host.Except($"The model has non-finite values (NaN or infinity) in '{bad}'; it is not saved.");
+        ctx.SetVersionInfo(VersionInfo);
+        ctx.SaveNonEmptyString(ImageColumnName);
+        SaveColumns(ctx);
+        ctx.Writer.Write(ScoringBatchSize);
+        ctx.Writer.Write(DescribeNetwork());
+        ctx.Writer.Write(JsonSerializer.Serialize(Summary, SummaryJson));
+        SaveTaskData(ctx);
+        byte[] checksum = [];
+        ctx.SaveBinaryStream(WeightsStream, writer => checksum = WeightsChecksum.Write(writer.BaseStream, w => _network.save(w)));
+        ctx.SaveBinaryStream(ChecksumStream, writer => writer.Write(checksum));
+    }
+
+    /// <summary>What <see cref="SaveModel"/> wrote between the task's columns and its data.</summary>
+    private protected sealed record SavedHeader(int ScoringBatchSize, string NetworkJson, TrainingSummary Summary);
+
+    private protected static SavedHeader LoadHeader(IHostEnvironment env, ModelLoadContext ctx)
+    {
+        int batchSize = ctx.Reader.ReadInt32();
+        env.CheckDecode(batchSize > 0, "The scoring batch size must be positive.");
+        string network = ctx.Reader.ReadString();
+        var summary = JsonSerializer.Deserialize<TrainingSummary>(ctx.Reader.ReadString(), SummaryJson)
+            ?? throw env.ExceptDecode("Missing training summary.");
+        return new SavedHeader(batchSize, network, summary);
+    }
+
+    /// <summary>
+    /// Loads the weights stream into <paramref name="network"/> (built from the saved description), checks it against
+    /// its SHA-256 (models saved before the checksum have none) and checks that every value is finite. On failure the
+    /// network is disposed and the error names the stream and why.
+    /// </summary>
+    private protected static void LoadWeights(ModelLoadContext ctx, nn.Module network)
+    {
+        try
+        {
+            byte[]? actual = null;
+            if (!ctx.TryLoadBinaryStream(WeightsStream, reader => actual = WeightsChecksum.Read(reader.BaseStream, WeightsStream, network)))
+                throw new InvalidDataException($"The model has no '{WeightsStream}' weights stream.");
+            byte[]? expected = null;
+            if (ctx.TryLoadBinaryStream(ChecksumStream, reader => expected = reader.ReadBytes(32)) && !expected.AsSpan().SequenceEqual(actual))
+                throw new InvalidDataException($"The model's '{WeightsStream}' weights stream does not match its SHA-256 checksum: the file was damaged or altered.");
+            NonFinite.ThrowIfAny(network, $"The model's '{WeightsStream}' weights stream");
+        }
+        catch
+        {
+            network.Dispose();
+            throw;
+        }
+    }
+
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        _network.Dispose();
+    }
+
+    /// <summary>Row-by-row scoring (PredictionEngine); the batch path is <see cref="BatchScoringDataView"/>.</summary>
+    private sealed class Mapper : MapperBase
+    {
+        private readonly RepAdapterTransformerBase _transformer;
+        private readonly int _imageColumnIndex;
+        private readonly int _outputCount;
+
+        public Mapper(RepAdapterTransformerBase parent, DataViewSchema inputSchema)
+            : base(parent.Host.Register(nameof(Mapper)), inputSchema, parent)
+        {
+            _transformer = parent;
+            ImageColumn.Check(Host, inputSchema, parent.ImageColumnName);
+            _imageColumnIndex = inputSchema[parent.ImageColumnName].Index;
+            _outputCount = parent.OutputColumns(inputSchema).Length;
+        }
+
+        public override DataViewSchema.DetachedColumn[] GetOutputColumnsCore() => _transformer.OutputColumns(InputSchema);
+
+        public override Delegate[] CreateGetters(DataViewRow input, Func<int, bool> activeOutput, out Action disposer)
+        {
+            // Every output column shares one forward pass per row.
+            var readImage = ImageColumn.CreateReader(input, _transformer.ImageColumnName, _transformer.Preprocessor);
+            long cachedPosition = -1;
+            object cached = null!;
+            object Current()
+            {
+                if (cachedPosition != input.Position)
+                {
+                    using var scope = NewDisposeScope();
+                    cached = _transformer.ScoreRows([readImage()])[0];
+                    cachedPosition = input.Position;
+                }
+                return cached;
+            }
+            disposer = null!;
+            return [.. Enumerable.Range(0, _outputCount).Select(c => activeOutput(c) ? _transformer.MakeGetter(c, Current) : null!)];
+        }
+
+        public override Delegate MakeGetter(DataViewRow input, int iinfo, Func<int, bool> activeOutput, out Action disposer) =>
+            throw new NotSupportedException("Getters are created together in CreateGetters.");
+
+        public override Func<int, bool> GetDependenciesCore(Func<int, bool> activeOutput) =>
+            column => column == _imageColumnIndex && Enumerable.Range(0, _outputCount).Any(activeOutput);
+
+        public override void SaveModel(ModelSaveContext ctx) => _transformer.SaveModel(ctx);
+    }
+}
