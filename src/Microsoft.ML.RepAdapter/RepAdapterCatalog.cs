@@ -1,5 +1,6 @@
 using Microsoft.ML.Data;
 using Microsoft.ML.RepAdapter.Classification;
+using Microsoft.ML.RepAdapter.Segmentation;
 
 namespace Microsoft.ML.RepAdapter;
 
@@ -44,4 +45,59 @@ public static class RepAdapterCatalog
         this MulticlassClassificationCatalog.MulticlassClassificationTrainers catalog,
         RepAdapterImageClassificationTrainer.Options options) =>
         new(CatalogUtils.GetEnvironment(catalog), options);
+
+    /// <summary>
+    /// Fine-tunes a pretrained backbone with RepAdapter for semantic segmentation (a decode head on its multi-level
+    /// features); adapters are merged after training.
+    /// </summary>
+    /// <param name="maskColumnName">Masks: images holding a class index per pixel as their gray value (255: unlabelled).</param>
+    /// <param name="imageColumnName">An image column (LoadImages) or encoded image bytes (LoadRawImageBytes).</param>
+    /// <param name="predictedMaskColumnName">The output: class indices at each input image's own resolution.</param>
+    /// <param name="classNames">Class names in index order; null: indices as names, the count from the training masks.</param>
+    /// <param name="checkpointPath">Pretrained weights (.npz, .safetensors, .pth); the architecture is read from them.</param>
+    /// <param name="architecture">Backbone preset when it cannot be inferred, or <c>mlnet_resnet18</c> (ML.NET's own ResNet-18).</param>
+    public static RepAdapterSegmentationTrainer RepAdapterSegmentation(
+        this MulticlassClassificationCatalog.MulticlassClassificationTrainers catalog,
+        string maskColumnName = "Mask",
+        string imageColumnName = "Image",
+        string predictedMaskColumnName = "PredictedMask",
+        string[]? classNames = null,
+        string? checkpointPath = null,
+        string? architecture = null,
+        int epochs = 100,
+        int batchSize = 16) =>
+        catalog.RepAdapterSegmentation(new RepAdapterSegmentationTrainer.Options
+        {
+            MaskColumnName = maskColumnName,
+            ImageColumnName = imageColumnName,
+            PredictedMaskColumnName = predictedMaskColumnName,
+            ClassNames = classNames,
+            CheckpointPath = checkpointPath,
+            Architecture = architecture,
+            Epochs = epochs,
+            WarmupEpochs = epochs / 10,
+            BatchSize = batchSize,
+        });
+
+    /// <summary>Fine-tunes for segmentation with every option of <see cref="RepAdapterSegmentationTrainer.Options"/>.</summary>
+    public static RepAdapterSegmentationTrainer RepAdapterSegmentation(
+        this MulticlassClassificationCatalog.MulticlassClassificationTrainers catalog,
+        RepAdapterSegmentationTrainer.Options options) =>
+        new(CatalogUtils.GetEnvironment(catalog), options);
+
+    /// <summary>
+    /// Mean IoU, per-class IoU, pixel accuracy and the confusion matrix of predicted masks (a
+    /// <see cref="RepAdapterSegmentationTransformer"/>'s output) against true masks, over every labelled pixel.
+    /// </summary>
+    /// <param name="data">Scored data: the true mask column and the predicted mask column.</param>
+    /// <param name="maskColumnName">True masks: images holding a class index per pixel as their gray value.</param>
+    /// <param name="predictedMaskColumnName">The transformer's predicted class indices (with its class names).</param>
+    /// <param name="ignoreIndex">The true-mask value of unlabelled pixels, which are left out.</param>
+    public static SegmentationMetrics EvaluateSegmentation(
+        this MulticlassClassificationCatalog catalog,
+        IDataView data,
+        string maskColumnName = "Mask",
+        string predictedMaskColumnName = "PredictedMask",
+        int ignoreIndex = 255) =>
+        SegmentationEvaluation.Evaluate(CatalogUtils.GetEnvironment(catalog), data, maskColumnName, predictedMaskColumnName, ignoreIndex);
 }

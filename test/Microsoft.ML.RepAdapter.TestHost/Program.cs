@@ -2,6 +2,8 @@
 //   TestHost score <model.zip> <image-list.txt> <scores.json>
 //       loads the model, scores every image path of the list with a PredictionEngine (row by row) and with one batch
 //       Transform, and writes both score matrices as JSON.
+//   TestHost segment <model.zip> <image-list.txt> <masks.json>
+//       the same for a segmentation model's PredictedMask.
 //   TestHost read-checkpoint <path>
 //       reads a checkpoint file.
 //   TestHost fit <option>=<value> <image> <image> ...
@@ -23,6 +25,9 @@ try
         case "score" when args.Length == 4:
             Score(args[1], args[2], args[3]);
             break;
+        case "segment" when args.Length == 4:
+            Segment(args[1], args[2], args[3]);
+            break;
         case "read-checkpoint" when args.Length == 2:
             using (var checkpoint = CheckpointReader.Read(args[1])) Console.WriteLine($"OK {checkpoint.Tensors.Count} tensors");
             break;
@@ -30,7 +35,7 @@ try
             Fit(args[1], args[2..]);
             break;
         default:
-            Console.Error.WriteLine("usage: TestHost score <model.zip> <image-list.txt> <scores.json> | read-checkpoint <path> | fit <option>=<value> <image>...");
+            Console.Error.WriteLine("usage: TestHost score|segment <model.zip> <image-list.txt> <output.json> | read-checkpoint <path> | fit <option>=<value> <image>...");
             return 2;
     }
 }
@@ -54,6 +59,20 @@ static void Score(string modelPath, string imageList, string output)
 
     File.WriteAllText(output, JsonSerializer.Serialize(new { engine = engineScores, batch = batchScores }));
     Console.WriteLine($"scored {inputs.Count} images");
+}
+
+static void Segment(string modelPath, string imageList, string output)
+{
+    var mlContext = new MLContext(seed: 0);
+    var model = mlContext.Model.Load(modelPath, out _);
+    var inputs = File.ReadAllLines(imageList).Where(line => line.Length > 0).Select(path => new ImageInput { ImagePath = path }).ToList();
+
+    using var engine = mlContext.Model.CreatePredictionEngine<ImageInput, MaskOutput>(model);
+    var engineMasks = inputs.Select(input => engine.Predict(input).PredictedMask).ToList();
+    var batchMasks = model.Transform(mlContext.Data.LoadFromEnumerable(inputs)).GetColumn<uint[]>("PredictedMask").ToList();
+
+    File.WriteAllText(output, JsonSerializer.Serialize(new { engine = engineMasks, batch = batchMasks }));
+    Console.WriteLine($"segmented {inputs.Count} images");
 }
 
 static void Fit(string setting, string[] images)
@@ -88,6 +107,11 @@ internal sealed class LabeledInput
 {
     public string ImagePath { get; set; } = "";
     public string Label { get; set; } = "";
+}
+
+internal sealed class MaskOutput
+{
+    public uint[] PredictedMask { get; set; } = [];
 }
 
 internal sealed class ScoreOutput

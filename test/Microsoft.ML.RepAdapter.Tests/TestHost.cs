@@ -23,6 +23,15 @@ internal static class TestHost
         return (process.ExitCode, stdout + stderr.Result);
     }
 
+    /// <summary>Runs the host, which must succeed: exit code 0 and no error reported; returns its output.</summary>
+    public static string RunOk(params string[] arguments)
+    {
+        var (exitCode, output) = Run(arguments);
+        Assert.AreEqual(0, exitCode, output);
+        Assert.DoesNotContain("EXCEPTION ", output, output);
+        return output;
+    }
+
     /// <summary>
     /// Runs the host, which must survive and report a handled <typeparamref name="T"/> (exactly that type); returns the
     /// exception's message.

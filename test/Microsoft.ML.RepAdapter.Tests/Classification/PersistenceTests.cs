@@ -58,8 +58,7 @@ public class PersistenceTests
         try
         {
             File.WriteAllLines(imageList, _images.Select(i => i.ImagePath));
-            var (exitCode, log) = TestHost.Run("score", _modelPath, imageList, output);
-            Assert.AreEqual(0, exitCode, log);
+            TestHost.RunOk("score", _modelPath, imageList, output);
 
             var result = JsonSerializer.Deserialize<Dictionary<string, float[][]>>(File.ReadAllText(output))!;
             AssertClose(_scores, result["engine"], "PredictionEngine in another process");

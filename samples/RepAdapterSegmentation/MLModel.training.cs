@@ -1,0 +1,41 @@
+// Model Builder style training code: the pipeline, and retraining it on new data.
+using Microsoft.ML;
+using Microsoft.ML.RepAdapter;
+using Microsoft.ML.RepAdapter.Adapters;
+using Microsoft.ML.RepAdapter.Checkpoints;
+using Microsoft.ML.RepAdapter.Segmentation;
+
+namespace RepAdapterSegmentation;
+
+public partial class MLModel
+{
+    /// <summary>Training settings of the sample (a CPU-sized run on ML.NET's pretrained ResNet-18).</summary>
+    public sealed record TrainingSettings(string[] ClassNames, int Epochs = 8, int BatchSize = 8, double LearningRate = 1e-2, int HeadChannels = 64,
+        int Seed = 42, TrainableParameters Trainable = TrainableParameters.AdaptersHeadAndBiases);
+
+    /// <summary>Trains the pipeline on <paramref name="trainData"/> (columns ImagePath and Mask, the mask already loaded).</summary>
+    public static ITransformer RetrainPipeline(MLContext mlContext, IDataView trainData, TrainingSettings settings) =>
+        BuildPipeline(mlContext, settings).Fit(trainData);
+
+    /// <summary>LoadImages(ImagePath) -> RepAdapter segmentation (multi-level head on ML.NET's ResNet-18) -> PredictedMask.</summary>
+    public static IEstimator<ITransformer> BuildPipeline(MLContext mlContext, TrainingSettings settings)
+    {
+        var options = new RepAdapterSegmentationTrainer.Options
+        {
+            ImageColumnName = "Image",
+            MaskColumnName = "Mask",
+            Architecture = PretrainedBackbones.MLNetResNet18,
+            ClassNames = settings.ClassNames,
+            Trainable = settings.Trainable,
+            Head = SegmentationHeadKind.MultiLevel,
+            HeadChannels = settings.HeadChannels,
+            Epochs = settings.Epochs,
+            BatchSize = settings.BatchSize,
+            LearningRate = settings.LearningRate,
+            WarmupEpochs = 0,
+            Seed = settings.Seed,
+        };
+        return mlContext.Transforms.LoadImages("Image", "", "ImagePath")
+            .Append(mlContext.MulticlassClassification.Trainers.RepAdapterSegmentation(options));
+    }
+}

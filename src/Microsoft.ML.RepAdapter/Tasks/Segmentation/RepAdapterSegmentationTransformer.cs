@@ -1,0 +1,207 @@
+using System.Text.Json;
+using Microsoft.ML;
+using Microsoft.ML.Data;
+using Microsoft.ML.RepAdapter.Backbones;
+using Microsoft.ML.RepAdapter.MLNet;
+using Microsoft.ML.RepAdapter.Segmentation;
+using Microsoft.ML.Runtime;
+using Microsoft.ML.Transforms.Image;
+using static TorchSharp.torch;
+
+[assembly: LoadableClass(typeof(RepAdapterSegmentationTransformer), null, typeof(SignatureLoadModel),
+    RepAdapterSegmentationTransformer.UserName, RepAdapterSegmentationTransformer.LoaderSignature)]
+[assembly: LoadableClass(typeof(IRowMapper), typeof(RepAdapterSegmentationTransformer), null, typeof(SignatureLoadRowMapper),
+    RepAdapterSegmentationTransformer.UserName, RepAdapterSegmentationTransformer.LoaderSignature)]
+
+namespace Microsoft.ML.RepAdapter.Segmentation;
+
+/// <summary>
+/// Segments images with a fine-tuned backbone and decode head whose adapters are already merged. Outputs the predicted
+/// mask at each input image's own resolution: a vector of class indices (row-major, width x height of the input image;
+/// the column's "ClassNames" annotation names them), and on request a colourised mask image and per-pixel class
+/// probabilities. Logits are resized bilinearly to the image's size before the argmax, as mmsegmentation does.
+/// </summary>
+public sealed class RepAdapterSegmentationTransformer : RepAdapterTransformerBase
+{
+    internal const string LoaderSignature = "RepAdaptImgSeg";
+    internal const string UserName = "RepAdapter Semantic Segmentation";
+
+    /// <summary>The annotation on the predicted-mask column holding the class names (text vector), for evaluation.</summary>
+    public const string ClassNamesAnnotation = "ClassNames";
+
+    private readonly string[] _classNames;
+
+    internal RepAdapterSegmentationTransformer(IHostEnvironment env, SegmentationNetwork network, ImageInputSpec input, IReadOnlyList<string> classNames,
+        int ignoreIndex, TrainingSummary summary, string imageColumnName, string predictedMaskColumnName, string? colorizedMaskColumnName,
+        string? scoresColumnName, int scoringBatchSize, Device device)
+        : base(Contracts.CheckRef(env, nameof(env)).Register(nameof(RepAdapterSegmentationTransformer)), network, input, summary, imageColumnName,
+            scoringBatchSize, device)
+    {
+        Host.Check(network.NumClasses == classNames.Count, $"The network predicts {network.NumClasses} classes but {classNames.Count} names were given.");
+        Model = network;
+        _classNames = [.. classNames];
+        IgnoreIndex = ignoreIndex;
+        PredictedMaskColumnName = predictedMaskColumnName;
+        ColorizedMaskColumnName = colorizedMaskColumnName;
+        ScoresColumnName = scoresColumnName;
+    }
+
+    /// <summary>The merged network (plain backbone + decode head). Shared, not copied: do not dispose it separately.</summary>
+    public SegmentationNetwork Model { get; }
+
+    /// <summary>Class names in class-index order.</summary>
+    public IReadOnlyList<string> ClassNames => _classNames;
+
+    /// <summary>Classes predicted per pixel.</summary>
+    public int NumberOfClasses => _classNames.Length;
+
+    /// <summary>The mask value of unlabelled pixels in the training data.</summary>
+    public int IgnoreIndex { get; }
+
+    /// <summary>The output column of class indices.</summary>
+    public string PredictedMaskColumnName { get; }
+
+    /// <summary>The output column of colourised masks, or null.</summary>
+    public string? ColorizedMaskColumnName { get; }
+
+    /// <summary>The output column of per-pixel probabilities, or null.</summary>
+    public string? ScoresColumnName { get; }
+
+    /// <summary>The colour of class <paramref name="classIndex"/> in colourised masks (R, G, B): evenly spread hues.</summary>
+    public static (byte R, byte G, byte B) ClassColor(int classIndex)
+    {
+        if (classIndex == 0) return (0, 0, 0);
+        double hue = (classIndex * 0.618033988749895) % 1.0 * 6, f = hue - Math.Floor(hue);
+        byte v = 230, p = 40, q = (byte)(230 - 190 * f), t = (byte)(40 + 190 * f);
+        return ((int)hue) switch { 0 => (v, t, p), 1 => (q, v, p), 2 => (p, v, t), 3 => (p, q, v), 4 => (t, p, v), _ => (v, p, q) };
+    }
+
+    /// <summary>What one row's forward pass gave: class indices (and probabilities) at the image's own size.</summary>
+    private sealed record SegmentedRow(uint[] Mask, int Width, int Height, float[]? Scores);
+
+    /// <summary>The output columns: the mask, then the optional colourised image and scores.</summary>
+    internal static IEnumerable<(string Name, DataViewType ItemType, SchemaShape.Column.VectorKind Kind)> OutputKinds(string mask, string? colorized, string? scores)
+    {
+        yield return (mask, NumberDataViewType.UInt32, SchemaShape.Column.VectorKind.VariableVector);
+        if (colorized is not null) yield return (colorized, new ImageDataViewType(), SchemaShape.Column.VectorKind.Scalar);
+        if (scores is not null) yield return (scores, NumberDataViewType.Single, SchemaShape.Column.VectorKind.VariableVector);
+    }
+
+    private IEnumerable<(string Name, DataViewType ItemType, SchemaShape.Column.VectorKind Kind)> Outputs =>
+        OutputKinds(PredictedMaskColumnName, ColorizedMaskColumnName, ScoresColumnName);
+
+    private protected override DataViewSchema.DetachedColumn[] OutputColumns(DataViewSchema inputSchema)
+    {
+        var names = new VBuffer<ReadOnlyMemory<char>>(_classNames.Length, [.. _classNames.Select(n => n.AsMemory())]);
+        var annotations = new DataViewSchema.Annotations.Builder();
+        annotations.Add(ClassNamesAnnotation, new VectorDataViewType(TextDataViewType.Instance, _classNames.Length),
+            (ref VBuffer<ReadOnlyMemory<char>> dst) => names.CopyTo(ref dst));
+        return [.. Outputs.Select((c, i) => new DataViewSchema.DetachedColumn(c.Name,
+            c.Kind == SchemaShape.Column.VectorKind.Scalar ? c.ItemType : new VectorDataViewType((PrimitiveDataViewType)c.ItemType),
+            i == 0 ? annotations.ToAnnotations() : null))];
+    }
+
+    private protected override object[] DecodeOutputs(Tensor output, IReadOnlyList<ImageRead> images)
+    {
+        var rows = new object[images.Count];
+        for (int i = 0; i < images.Count; i++)
+        {
+            using var scope = NewDisposeScope();
+            var (width, height) = (images[i].Width, images[i].Height);
+            var logits = nn.functional.interpolate(output.narrow(0, i, 1), [height, width], mode: InterpolationMode.Bilinear, align_corners: false)[0];
+            var mask = logits.argmax(0).to(ScalarType.Int32).data<int>().Select(k => (uint)k).ToArray();
+            // A NaN logit would make argmax meaningless: such a pixel gets no class (the ignore value) instead.
+            var nan = logits.isnan().any(dim: 0);
+            if (nan.any().item<bool>())
+            {
+                var bad = nan.flatten().data<bool>().ToArray();
+                for (int p = 0; p < mask.Length; p++) if (bad[p]) mask[p] = (uint)IgnoreIndex;
+            }
+            float[]? scores = ScoresColumnName is null ? null : logits.softmax(0).data<float>().ToArray();
+            rows[i] = new SegmentedRow(mask, width, height, scores);
+        }
+        return rows;
+    }
+
+    private protected override Delegate MakeGetter(int column, Func<object> current)
+    {
+        if (column == 0)
+        {
+            return (ValueGetter<VBuffer<uint>>)((ref VBuffer<uint> dst) =>
+            {
+                var row = (SegmentedRow)current();
+                new VBuffer<uint>(row.Mask.Length, row.Mask).CopyTo(ref dst);
+            });
+        }
+        if (Outputs.ElementAt(column).Kind == SchemaShape.Column.VectorKind.Scalar)
+        {
+            return (ValueGetter<MLImage>)((ref MLImage dst) =>
+            {
+                dst?.Dispose();
+                dst = Colorize((SegmentedRow)current());
+            });
+        }
+        return (ValueGetter<VBuffer<float>>)((ref VBuffer<float> dst) =>
+        {
+            var row = (SegmentedRow)current();
+            new VBuffer<float>(row.Scores!.Length, row.Scores).CopyTo(ref dst);
+        });
+    }
+
+    private static MLImage Colorize(SegmentedRow row)
+    {
+        var bgra = new byte[row.Mask.Length * 4];
+        for (int p = 0; p < row.Mask.Length; p++)
+        {
+            var (r, g, b) = ClassColor((int)row.Mask[p]);
+            (bgra[4 * p], bgra[4 * p + 1], bgra[4 * p + 2], bgra[4 * p + 3]) = (b, g, r, 255);
+        }
+        return MLImage.CreateFromPixels(row.Width, row.Height, MLPixelFormat.Bgra32, bgra);
+    }
+
+    private static VersionInfo GetVersionInfo() => new(
+        modelSignature: "RPADPSEG",
+        verWrittenCur: 0x00010001,
+        verReadableCur: 0x00010001,
+        verWeCanReadBack: 0x00010001,
+        loaderSignature: LoaderSignature,
+        loaderAssemblyName: typeof(RepAdapterSegmentationTransformer).Assembly.FullName);
+
+    private protected override VersionInfo VersionInfo => GetVersionInfo();
+
+    private protected override void SaveColumns(ModelSaveContext ctx)
+    {
+        ctx.SaveNonEmptyString(PredictedMaskColumnName);
+        ctx.SaveStringOrNull(ColorizedMaskColumnName);
+        ctx.SaveStringOrNull(ScoresColumnName);
+    }
+
+    private protected override string DescribeNetwork() => Model.Describe();
+
+    private protected override void SaveTaskData(ModelSaveContext ctx)
+    {
+        ctx.Writer.Write(JsonSerializer.Serialize(_classNames));
+        ctx.Writer.Write(IgnoreIndex);
+    }
+
+    // Factory for SignatureLoadModel.
+    private static RepAdapterSegmentationTransformer Create(IHostEnvironment env, ModelLoadContext ctx)
+    {
+        Contracts.CheckValue(env, nameof(env));
+        env.CheckValue(ctx, nameof(ctx));
+        ctx.CheckAtModel(GetVersionInfo());
+        string image = ctx.LoadNonEmptyString(), mask = ctx.LoadNonEmptyString();
+        string? colorized = ctx.LoadStringOrNull(), scores = ctx.LoadStringOrNull();
+        var header = LoadHeader(env, ctx);
+        var classNames = JsonSerializer.Deserialize<string[]>(ctx.Reader.ReadString()) ?? throw env.ExceptDecode("Missing class names.");
+        int ignoreIndex = ctx.Reader.ReadInt32();
+        var network = SegmentationNetwork.FromDescription(header.NetworkJson);
+        LoadWeights(ctx, network);
+        return new RepAdapterSegmentationTransformer(env, network, network.Backbone.Input, classNames, ignoreIndex, header.Summary, image, mask,
+            colorized, scores, header.ScoringBatchSize, CPU);
+    }
+
+    // Factory for SignatureLoadRowMapper.
+    private static IRowMapper Create(IHostEnvironment env, ModelLoadContext ctx, DataViewSchema inputSchema) =>
+        Create(env, ctx).MakeRowMapper(inputSchema);
+}

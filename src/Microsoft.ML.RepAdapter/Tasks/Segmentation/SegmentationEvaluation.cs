@@ -1,0 +1,49 @@
+using Microsoft.ML.Data;
+using Microsoft.ML.RepAdapter.MLNet;
+using Microsoft.ML.Runtime;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.RepAdapter.Segmentation;
+
+/// <summary>Compares predicted masks with true masks over a whole data set.</summary>
+internal static class SegmentationEvaluation
+{
+    public static SegmentationMetrics Evaluate(IHostEnvironment env, IDataView data, string maskColumnName, string predictedMaskColumnName, int ignoreIndex)
+    {
+        var host = env.Register(nameof(SegmentationEvaluation));
+        host.CheckValue(data, nameof(data));
+        ImageColumn.Check(host, data.Schema, maskColumnName);
+        var predicted = data.Schema.GetColumnOrNull(predictedMaskColumnName) is { } found ? found
+            : throw host.ExceptSchemaMismatch(nameof(data), "predicted mask", predictedMaskColumnName);
+        var namesType = predicted.Annotations.Schema.GetColumnOrNull(RepAdapterSegmentationTransformer.ClassNamesAnnotation);
+        if (predicted.Type is not VectorDataViewType { ItemType: var item } || item != NumberDataViewType.UInt32 || namesType is null)
+            throw host.ExceptSchemaMismatch(nameof(data), "predicted mask", predictedMaskColumnName,
+                "the class indices of a RepAdapterSegmentationTransformer (with its class names)", predicted.Type.ToString());
+        var names = default(VBuffer<ReadOnlyMemory<char>>);
+        predicted.Annotations.GetValue(RepAdapterSegmentationTransformer.ClassNamesAnnotation, ref names);
+        string[] classNames = [.. names.DenseValues().Select(n => n.ToString())];
+        var objective = new SegmentationObjective(classNames.Length, ignoreIndex);
+
+        var counts = new long[classNames.Length * classNames.Length];
+        using var cursor = data.GetRowCursor([data.Schema[maskColumnName], predicted]);
+        var readMask = ImageColumn.CreateDecoder(cursor, maskColumnName, MaskImages.ClassIndices);
+        var getPredicted = cursor.GetGetter<VBuffer<uint>>(predicted);
+        var values = default(VBuffer<uint>);
+        while (cursor.MoveNext())
+        {
+            host.CheckAlive();
+            using var scope = NewDisposeScope();
+            var truth = readMask().flatten().to(ScalarType.Int64);
+            getPredicted(ref values);
+            if (values.Length != truth.shape[0])
+                throw host.Except($"Row {cursor.Position}: '{predictedMaskColumnName}' has {values.Length} pixels, the mask in '{maskColumnName}' {truth.shape[0]}: they must come from the same image.");
+            var prediction = tensor(values.DenseValues().Select(v => (long)v).ToArray());
+            var labelled = truth.masked_select(truth.ne(ignoreIndex));
+            long largest = labelled.numel() == 0 ? -1 : labelled.max().item<long>();
+            if (largest >= classNames.Length)
+                throw host.Except($"Row {cursor.Position}: mask column '{maskColumnName}' holds class index {largest}, but the model has {classNames.Length} classes.");
+            objective.AddConfusion(counts, prediction, truth, predictionsAreIndices: true);
+        }
+        return SegmentationObjective.Metrics(counts, classNames);
+    }
+}

@@ -1,0 +1,113 @@
+using Microsoft.ML.Data;
+using Microsoft.ML.RepAdapter.Backbones;
+using Microsoft.ML.RepAdapter.MLNet;
+using Microsoft.ML.RepAdapter.Training;
+using Microsoft.ML.Runtime;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.RepAdapter.Segmentation;
+
+/// <summary>
+/// Semantic segmentation: a mask per row (a class index per pixel, the ignore value where unlabelled), a decode head
+/// on the backbone's multi-level features, per-pixel cross-entropy, mean IoU.
+/// </summary>
+internal sealed class SegmentationTask : ImageTask
+{
+    private readonly string _maskColumnName;
+    private readonly SegmentationHeadKind _head;
+    private readonly int _headChannels;
+    private readonly int _ignoreIndex;
+    private readonly string[]? _classNames;
+    private int? _numClasses;
+    private SegmentationObjective? _objective;
+
+    public SegmentationTask(IHost host, RepAdapterSegmentationTrainer.Options options) : base(host, options.ImageColumnName)
+    {
+        _maskColumnName = options.MaskColumnName;
+        _head = options.Head;
+        _headChannels = options.HeadChannels;
+        _ignoreIndex = options.IgnoreIndex;
+        _classNames = options.ClassNames;
+        _numClasses = options.ClassNames?.Length ?? options.NumberOfClasses;
+    }
+
+    /// <summary>Classes: from the options, else (after reading the training data) the largest class index in its masks + 1.</summary>
+    public override int NumClasses => _numClasses ?? throw new InvalidOperationException("The number of classes is known once the training masks are read.");
+
+    public IReadOnlyList<string> ClassNames => _classNames ?? [.. Enumerable.Range(0, NumClasses).Select(k => k.ToString(System.Globalization.CultureInfo.InvariantCulture))];
+
+    public int IgnoreIndex => _ignoreIndex;
+
+    public override int BackboneClasses => 0;
+
+    public override ITrainingObjective Objective => _objective ??= new SegmentationObjective(NumClasses, _ignoreIndex);
+
+    protected override IEnumerable<DataViewSchema.Column> TargetColumns(DataViewSchema schema)
+    {
+        ImageColumn.Check(Host, schema, _maskColumnName);
+        return [schema[_maskColumnName]];
+    }
+
+    protected override Func<ImageRead, Tensor> CreateTargetReader(DataViewRowCursor cursor, ImagePreprocessor preprocessor, string what)
+    {
+        var readMask = ImageColumn.CreateDecoder(cursor, _maskColumnName, MaskImages.ClassIndices);
+        int size = preprocessor.Spec.ImageSize;
+        return image =>
+        {
+            string where = $"Mask column '{_maskColumnName}', row {cursor.Position} of the {what}";
+            using var scope = NewDisposeScope();
+            var mask = readMask();
+            if (mask.shape[0] != image.Height || mask.shape[1] != image.Width)
+                throw new InvalidDataException($"{where}: the mask is {mask.shape[1]}x{mask.shape[0]} pixels, its image {image.Width}x{image.Height}; they must have the same size.");
+            var labelled = mask.ne(_ignoreIndex);
+            if (!labelled.any().item<bool>())
+                throw new InvalidDataException($"{where}: every pixel holds the ignore value {_ignoreIndex}; a training mask needs labelled pixels.");
+            if (_numClasses is int classes && mask.masked_select(labelled).max().item<byte>() is var largest && largest >= classes)
+            {
+                var at = mask.eq(largest).nonzero()[0].data<long>().ToArray();
+                throw new InvalidDataException(
+                    $"{where}: class index {largest} at pixel (x {at[1]}, y {at[0]}) is out of range: {classes} classes (0..{classes - 1}), and {_ignoreIndex} for unlabelled pixels.");
+            }
+            // Nearest neighbour keeps class indices (never a blend of two classes).
+            var resized = nn.functional.interpolate(mask.view(1, 1, mask.shape[0], mask.shape[1]).to(float32), [size, size], mode: InterpolationMode.Nearest);
+            return resized.view(size, size).to(ScalarType.Int64).MoveToOuterDisposeScope();
+        };
+    }
+
+    protected override void CheckTrainingTargets(Tensor targets)
+    {
+        using var scope = NewDisposeScope();
+        var present = targets.masked_select(targets.ne(_ignoreIndex)).unique().Item1.data<long>().ToArray();
+        _numClasses ??= (int)present.Max() + 1;
+        if (present.Length < 2)
+            throw Host.Except($"The training masks in '{_maskColumnName}' hold a single class ({present[0]}): segmentation needs at least two (e.g. background and an object).");
+    }
+
+    public override nn.Module<Tensor, Tensor> CreateNetwork(Backbone backbone) =>
+        new SegmentationNetwork(backbone, new SegmentationHeadConfig(_head, _headChannels, NumClasses, backbone.FeatureLevels));
+}
+
+/// <summary>Masks as images: a class index per pixel, stored as a grayscale value.</summary>
+internal static class MaskImages
+{
+    /// <summary>
+    /// The class index of every pixel, uint8 [H, W]: the gray value of a grayscale image (R = G = B). A colour image is
+    /// refused: its colours are not class indices (a palette PNG must be converted to grayscale indices first).
+    /// </summary>
+    public static Tensor ClassIndices(MLImage mask)
+    {
+        byte[] bgr = mask.GetBGRPixels;
+        for (int i = 0; i < bgr.Length; i += 3)
+        {
+            if (bgr[i] != bgr[i + 1] || bgr[i] != bgr[i + 2])
+            {
+                int pixel = i / 3;
+                throw new InvalidDataException(
+                    $"the mask is not grayscale: pixel (x {pixel % mask.Width}, y {pixel / mask.Width}) is RGB ({bgr[i + 2]}, {bgr[i + 1]}, {bgr[i]}); "
+                    + "a mask holds one class index per pixel as its gray value (convert palette or colour masks to indices).");
+            }
+        }
+        using var scope = NewDisposeScope();
+        return tensor(bgr, ScalarType.Byte).view(mask.Height, mask.Width, 3).select(2, 0).contiguous().MoveToOuterDisposeScope();
+    }
+}

@@ -1,0 +1,188 @@
+using Microsoft.ML.Data;
+using Microsoft.ML.RepAdapter.Segmentation;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.RepAdapter.Tests.Segmentation;
+
+/// <summary>Outputs on request, the evaluation's arithmetic, and bad masks named by column and row (tiny backbones).</summary>
+[TestClass]
+public class SegmentationInputTests
+{
+    public sealed class BytesRow
+    {
+        public byte[] Image { get; set; } = [];
+        public byte[] Mask { get; set; } = [];
+    }
+
+    /// <summary>An encoded grayscale PNG of <paramref name="gray"/> (row-major, <paramref name="width"/> wide).</summary>
+    internal static byte[] Png(byte[] gray, int width, int height)
+    {
+        var bgra = new byte[gray.Length * 4];
+        for (int p = 0; p < gray.Length; p++) (bgra[4 * p], bgra[4 * p + 1], bgra[4 * p + 2], bgra[4 * p + 3]) = (gray[p], gray[p], gray[p], 255);
+        using var image = MLImage.CreateFromPixels(width, height, MLPixelFormat.Bgra32, bgra);
+        string path = Path.Combine(Path.GetTempPath(), $"mask-{Guid.NewGuid():N}.png");
+        try
+        {
+            image.Save(path);
+            return File.ReadAllBytes(path);
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+
+    private static List<BytesRow> Rows(int count = 6) =>
+        [.. SegmentationData.Mosaics("train", count).Select(m => new BytesRow { Image = File.ReadAllBytes(m.ImagePath), Mask = File.ReadAllBytes(m.MaskPath) })];
+
+    private static RepAdapterSegmentationTrainer.Options Options(string backbone = "resnet_basic")
+    {
+        var tiny = Classification.TinyTrainerOptions.Create(epochs: 1, backbone: backbone);
+        return new RepAdapterSegmentationTrainer.Options
+        {
+            Backbone = tiny.Backbone,
+            Epochs = 1,
+            BatchSize = 4,
+            WarmupEpochs = 0,
+            LearningRate = 3e-3,
+            DropPathRate = 0,
+            HeadChannels = 8,
+        };
+    }
+
+    private static T FitFails<T>(List<BytesRow> rows, Action<RepAdapterSegmentationTrainer.Options>? configure = null) where T : Exception
+    {
+        var mlContext = new MLContext(seed: 1);
+        var options = Options();
+        configure?.Invoke(options);
+        return Assert.ThrowsExactly<T>(() => mlContext.MulticlassClassification.Trainers.RepAdapterSegmentation(options).Fit(mlContext.Data.LoadFromEnumerable(rows)));
+    }
+
+    [TestMethod]
+    public void AMaskOfAnotherSizeThanItsImageIsRefused()
+    {
+        var rows = Rows();
+        rows[2].Mask = Png(new byte[28 * 28], 28, 28);
+        var error = FitFails<InvalidDataException>(rows);
+        StringAssert.Contains(error.Message, "Mask column 'Mask', row 2");
+        StringAssert.Contains(error.Message, "28x28 pixels, its image 56x56");
+    }
+
+    [TestMethod]
+    public void AClassIndexOutOfRangeIsRefusedNamingThePixel()
+    {
+        var rows = Rows();
+        byte[] valid = [.. Enumerable.Range(0, 56 * 56).Select(p => (byte)(p % 3))];
+        foreach (var row in rows) row.Mask = Png(valid, 56, 56);
+        var mask = valid.ToArray();
+        mask[3 * 56 + 5] = 7;
+        rows[1].Mask = Png(mask, 56, 56);
+        var error = FitFails<InvalidDataException>(rows, o => o.ClassNames = ["background", "item", "other"]);
+        StringAssert.Contains(error.Message, "Mask column 'Mask', row 1");
+        StringAssert.Contains(error.Message, "class index 7 at pixel (x 5, y 3) is out of range: 3 classes");
+    }
+
+    [TestMethod]
+    public void AMaskWithoutALabelledPixelIsRefused()
+    {
+        var rows = Rows();
+        rows[3].Mask = Png(Enumerable.Repeat((byte)255, 56 * 56).ToArray(), 56, 56);
+        var error = FitFails<InvalidDataException>(rows);
+        StringAssert.Contains(error.Message, "Mask column 'Mask', row 3");
+        StringAssert.Contains(error.Message, "ignore value 255");
+    }
+
+    [TestMethod]
+    public void ASingleClassIsRefused()
+    {
+        var rows = Rows();
+        foreach (var row in rows) row.Mask = Png(new byte[56 * 56], 56, 56);
+        StringAssert.Contains(FitFails<InvalidOperationException>(rows).Message, "a single class (0)");
+    }
+
+    [TestMethod]
+    public void EmptyDataIsRefused() => StringAssert.Contains(FitFails<InvalidOperationException>([]).Message, "no rows");
+
+    [TestMethod]
+    public void UndecodableAndColourMasksAreRefusedNamingTheRow()
+    {
+        var rows = Rows();
+        rows[4].Mask = [1, 2, 3, 4];
+        var error = FitFails<InvalidDataException>(rows);
+        StringAssert.Contains(error.Message, "Image column 'Mask', row 4");
+        StringAssert.Contains(error.Message, "not a decodable image");
+
+        rows = Rows();
+        rows[5].Mask = rows[5].Image.ToArray();
+        using (var colour = MLImage.CreateFromPixels(56, 56, MLPixelFormat.Bgra32, [.. Enumerable.Range(0, 56 * 56).SelectMany(_ => new byte[] { 10, 20, 30, 255 })]))
+        {
+            string path = Path.Combine(Path.GetTempPath(), $"colour-{Guid.NewGuid():N}.png");
+            colour.Save(path);
+            rows[5].Mask = File.ReadAllBytes(path);
+            File.Delete(path);
+        }
+        error = FitFails<InvalidDataException>(rows);
+        StringAssert.Contains(error.Message, "'Mask', row 5");
+        StringAssert.Contains(error.Message, "not grayscale: pixel (x 0, y 0) is RGB (30, 20, 10)");
+    }
+
+    [TestMethod]
+    public void ColourisedMasksAndPerPixelScoresComeOnRequest()
+    {
+        var mlContext = new MLContext(seed: 1);
+        var options = Options("vit");
+        options.Head = SegmentationHeadKind.Naive;
+        options.ColorizedMaskColumnName = "Overlay";
+        options.ScoresColumnName = "Scores";
+        var data = mlContext.Data.LoadFromEnumerable(Rows(8));
+        var transformer = mlContext.MulticlassClassification.Trainers.RepAdapterSegmentation(options).Fit(data);
+        Assert.AreEqual(11, transformer.NumberOfClasses, "the largest class index in the training masks + 1");
+        var scored = transformer.Transform(data);
+        var masks = scored.GetColumn<uint[]>("PredictedMask").ToList();
+        var scores = scored.GetColumn<float[]>("Scores").ToList();
+        using var cursor = scored.GetRowCursor([scored.Schema["Overlay"]]);
+        var overlay = cursor.GetGetter<MLImage>(scored.Schema["Overlay"]);
+        MLImage image = null!;
+        for (int row = 0; cursor.MoveNext(); row++)
+        {
+            overlay(ref image);
+            Assert.AreEqual(56, image.Width);
+            Assert.AreEqual(56, image.Height);
+            Assert.HasCount(11 * 56 * 56, scores[row]);
+            using var probabilities = tensor(scores[row]).view(11, 56 * 56);
+            Assert.AreEqual(0f, (probabilities.sum([0]) - 1).abs().max().item<float>(), 1e-4f, "probabilities per pixel");
+            CollectionAssert.AreEqual(masks[row], probabilities.argmax(0).data<long>().Select(k => (uint)k).ToArray(), "the mask is the scores' argmax");
+            var (r, g, b) = RepAdapterSegmentationTransformer.ClassColor((int)masks[row][0]);
+            var bgr = image.GetBGRPixels;
+            Assert.AreEqual((b, g, r), (bgr[0], bgr[1], bgr[2]), "the overlay shows the first pixel's class colour");
+        }
+        image?.Dispose();
+    }
+
+    [TestMethod]
+    public void EvaluationCountsIoUPerClassOverLabelledPixels()
+    {
+        // Truth 2 x 3: [0 0 1 / 1 2 255]; prediction [0 1 1 / 1 2 0]. Class 0: 1 hit, truth 2, predicted 1 -> IoU 1/2.
+        // Class 1: 2 hits, truth 2, predicted 3 -> 2/3. Class 2: 1/1. The ignored pixel is left out. 4 of 5 pixels correct.
+        var mlContext = new MLContext(seed: 1);
+        var definition = SchemaDefinition.Create(typeof(ScoredRow));
+        var names = new VBuffer<ReadOnlyMemory<char>>(3, ["a".AsMemory(), "b".AsMemory(), "c".AsMemory()]);
+        definition["PredictedMask"].AddAnnotation(RepAdapterSegmentationTransformer.ClassNamesAnnotation, names,
+            new VectorDataViewType(TextDataViewType.Instance, 3));
+        var row = new ScoredRow { Mask = Png([0, 0, 1, 1, 2, 255], 3, 2), PredictedMask = [0, 1, 1, 1, 2, 0] };
+        var metrics = mlContext.MulticlassClassification.EvaluateSegmentation(mlContext.Data.LoadFromEnumerable([row], definition));
+        Assert.AreEqual(0.5, metrics.PerClassIoU[0], 1e-12);
+        Assert.AreEqual(2.0 / 3, metrics.PerClassIoU[1], 1e-12);
+        Assert.AreEqual(1.0, metrics.PerClassIoU[2], 1e-12);
+        Assert.AreEqual((0.5 + 2.0 / 3 + 1) / 3, metrics.MeanIoU, 1e-12);
+        Assert.AreEqual(0.8, metrics.PixelAccuracy, 1e-12);
+        Assert.AreEqual(1L, metrics.ConfusionMatrix[0, 1]);
+        CollectionAssert.AreEqual(new[] { "a", "b", "c" }, metrics.ClassNames.ToArray());
+    }
+
+    public sealed class ScoredRow
+    {
+        public byte[] Mask { get; set; } = [];
+        public uint[] PredictedMask { get; set; } = [];
+    }
+}
