@@ -11,7 +11,7 @@ public partial class MLModel
 {
     /// <summary>Training settings of the sample (a CPU-sized run on ML.NET's pretrained ResNet-18).</summary>
     public sealed record TrainingSettings(string[] ClassNames, int Epochs = 8, int BatchSize = 8, double LearningRate = 1e-2, int HeadChannels = 64,
-        int Seed = 42, TrainableParameters Trainable = TrainableParameters.AdaptersHeadAndBiases);
+        int Seed = 42, TrainableParameters Trainable = TrainableParameters.AdaptersHeadAndBiases, float AdapterScale = 1f);
 
     /// <summary>Trains the pipeline on <paramref name="trainData"/> (columns ImagePath and Mask, the mask already loaded).</summary>
     public static ITransformer RetrainPipeline(MLContext mlContext, IDataView trainData, TrainingSettings settings) =>
@@ -27,6 +27,7 @@ public partial class MLModel
             Architecture = PretrainedBackbones.MLNetResNet18,
             ClassNames = settings.ClassNames,
             Trainable = settings.Trainable,
+            AdapterScale = settings.AdapterScale,
             Head = SegmentationHeadKind.MultiLevel,
             HeadChannels = settings.HeadChannels,
             Epochs = settings.Epochs,

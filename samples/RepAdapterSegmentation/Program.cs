@@ -39,7 +39,7 @@ IDataView WithMasks(List<SegmentationMosaics.Mosaic> rows)
 var trainData = WithMasks(trainRows);
 var testData = WithMasks(testRows);
 
-var settings = new MLModel.TrainingSettings(classNames, arguments.Epochs, LearningRate: arguments.LearningRate, Seed: arguments.Seed);
+var settings = new MLModel.TrainingSettings(classNames, arguments.Epochs, LearningRate: arguments.LearningRate, Seed: arguments.Seed, AdapterScale: arguments.Scale);
 var results = new List<(string Name, SegmentationMetrics Metrics, TimeSpan Time, long Trainable)>();
 ITransformer? repAdapterModel = null;
 foreach (var (name, trainable) in new[] { ("RepAdapter", arguments.Trainable), ("Head only", TrainableParameters.HeadOnly) })
@@ -115,11 +115,11 @@ internal static class Overlay
     }
 }
 
-internal sealed record Arguments(int Train, int Test, int Epochs, int Seed, double LearningRate, TrainableParameters Trainable)
+internal sealed record Arguments(int Train, int Test, int Epochs, int Seed, double LearningRate, TrainableParameters Trainable, float Scale)
 {
     public static Arguments Parse(string[] args)
     {
-        var a = new Arguments(240, 100, 8, 42, 1e-2, TrainableParameters.AdaptersHeadAndBiases);
+        var a = new Arguments(240, 100, 8, 42, 1e-2, TrainableParameters.AdaptersHeadAndBiases, 0.1f);
         for (int i = 0; i < args.Length; i += 2)
         {
             string value = i + 1 < args.Length ? args[i + 1] : throw new ArgumentException($"{args[i]} needs a value.");
@@ -131,6 +131,7 @@ internal sealed record Arguments(int Train, int Test, int Epochs, int Seed, doub
                 "--seed" => a with { Seed = int.Parse(value) },
                 "--lr" => a with { LearningRate = double.Parse(value, System.Globalization.CultureInfo.InvariantCulture) },
                 "--trainable" => a with { Trainable = Enum.Parse<TrainableParameters>(value) },
+                "--scale" => a with { Scale = float.Parse(value, System.Globalization.CultureInfo.InvariantCulture) },
                 var unknown => throw new ArgumentException($"Unknown option {unknown}."),
             };
         }

@@ -1,0 +1,388 @@
+using Microsoft.ML.RepAdapter.Torch;
+using Microsoft.ML.RepAdapter.Adapters;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.RepAdapter.Backbones;
+
+/// <summary>The MLP's activation: GELU (ViT), or CLIP's QuickGELU x * sigmoid(1.702 x).</summary>
+public enum MlpActivation
+{
+    /// <summary>GELU (erf form), as ViT and most CLIP models trained after OpenAI's.</summary>
+    Gelu,
+    /// <summary>x * sigmoid(1.702 x), as OpenAI's CLIP.</summary>
+    QuickGelu,
+}
+
+/// <summary>
+/// Configuration of a <see cref="VisionTransformer"/> (timm's VisionTransformer arguments).
+/// <paramref name="RepresentationSize"/> adds the old pre-logits layer (fc + tanh) of Google's ImageNet-21k checkpoints.
+/// <paramref name="PreNorm"/> (timm's <c>pre_norm</c>, CLIP's <c>ln_pre</c>) normalises the embedded tokens before the
+/// blocks and drops the patch embedding's bias; <paramref name="ImageProjection"/> is CLIP's bias-free image projection
+/// after the final norm, whose output is then the pooled feature.
+/// </summary>
+public sealed record VisionTransformerConfig(
+    int ImageSize = 224,
+    int PatchSize = 16,
+    int EmbedDim = 768,
+    int Depth = 12,
+    int NumHeads = 12,
+    double MlpRatio = 4.0,
+    bool QkvBias = true,
+    int? RepresentationSize = null,
+    int NumClasses = 1000,
+    double DropPathRate = 0.0,
+    double LayerNormEps = 1e-6,
+    bool PreNorm = false,
+    MlpActivation Activation = MlpActivation.Gelu,
+    int? ImageProjection = null)
+{
+    /// <summary>Patches per side.</summary>
+    public int GridSize => ImageSize / PatchSize;
+
+    /// <summary>Patches per image.</summary>
+    public int NumPatches => GridSize * GridSize;
+
+    /// <summary>Width of the MLP's hidden layer.</summary>
+    public int MlpHidden => (int)(EmbedDim * MlpRatio);
+
+    public void Validate()
+    {
+        if (ImageSize <= 0 || PatchSize <= 0 || ImageSize % PatchSize != 0)
+            throw new ArgumentException($"Image size {ImageSize} must be a positive multiple of patch size {PatchSize}.");
+        if (EmbedDim % NumHeads != 0)
+            throw new ArgumentException($"Embedding width {EmbedDim} must be divisible by the {NumHeads} heads.");
+        if (Depth <= 0) throw new ArgumentException($"Depth must be positive, got {Depth}.");
+        if (DropPathRate is < 0 or >= 1) throw new ArgumentException($"Drop-path rate must be in [0, 1), got {DropPathRate}.");
+        if (RepresentationSize is not null && ImageProjection is not null) throw new ArgumentException("A ViT has a pre-logits layer or an image projection, not both.");
+    }
+}
+
+/// <summary>
+/// Vision Transformer (Dosovitskiy et al. 2021) as in timm's <c>vision_transformer.py</c>: patch embedding, class
+/// token, absolute position embeddings, pre-norm blocks with fused qkv and a GELU MLP, final norm, optional pre-logits,
+/// head. Attention qkv and MLP fc1 are <see cref="AdaptableLinear"/>s: the RepAdapter sites.
+/// </summary>
+public sealed class VisionTransformer : Backbone
+{
+    private readonly PatchEmbed patch_embed;
+    private readonly Parameter cls_token;
+    private readonly Parameter pos_embed;
+    private readonly ModuleList<Block> blocks;
+    private readonly LayerNorm norm;
+    private readonly LayerNorm? norm_pre;
+    private PreLogits? pre_logits;
+    private readonly Linear? proj;
+    private Linear? head;
+    private readonly ImageInputSpec _input;
+
+    public VisionTransformer(VisionTransformerConfig config, string architecture = "vit", ImageInputSpec? input = null)
+        : base(nameof(VisionTransformer))
+    {
+        config.Validate();
+        Config = config;
+        Architecture = architecture;
+        _input = input ?? ImageInputSpec.ImageNet(config.ImageSize);
+        int d = config.EmbedDim;
+        patch_embed = new PatchEmbed(config.PatchSize, d, bias: !config.PreNorm);
+        cls_token = new Parameter(zeros(1, 1, d));
+        pos_embed = new Parameter(zeros(1, config.NumPatches + 1, d));
+        // Stochastic depth grows linearly with depth (timm's rule).
+        var dropPath = Enumerable.Range(0, config.Depth).Select(i => config.Depth == 1 ? 0 : config.DropPathRate * i / (config.Depth - 1)).ToArray();
+        blocks = new ModuleList<Block>(Enumerable.Range(0, config.Depth).Select(i => new Block(config, dropPath[i])).ToArray());
+        norm = nn.LayerNorm(d, config.LayerNormEps);
+        if (config.PreNorm) norm_pre = nn.LayerNorm(d, config.LayerNormEps);
+        if (config.RepresentationSize is int representation) pre_logits = new PreLogits(d, representation);
+        if (config.ImageProjection is int projection) proj = nn.Linear(d, projection, hasBias: false);
+        RegisterComponents();
+        InitWeights();
+        ResetClassifier(config.NumClasses);
+    }
+
+    public VisionTransformerConfig Config { get; private set; }
+
+    public override string Architecture { get; }
+
+    public override ImageInputSpec Input => _input;
+
+    public override BackboneFamily Family => VisionTransformerFamily.Instance;
+
+    public override BackboneDescriptor Describe() => BackboneDescriptor.Create(Architecture, Input, Family, Config);
+
+    public override int FeatureDim => Config.ImageProjection ?? Config.RepresentationSize ?? Config.EmbedDim;
+
+    public override int NumClasses => Config.NumClasses;
+
+    public IReadOnlyList<Block> Blocks => [.. blocks];
+
+    public override string HeadName => "head";
+
+    /// <inheritdoc/>
+    /// <remarks>A plain nn.Linear with PyTorch's default init, as timm's <c>reset_classifier</c> that the official RepAdapter code calls.</remarks>
+    public override void ResetClassifier(int numClasses)
+    {
+        head = ReplaceHead(head, numClasses);
+        Config = Config with { NumClasses = numClasses };
+    }
+
+    public override IReadOnlyList<AdapterSite> AdapterSites(AdapterPlacement placement)
+    {
+        var sites = new List<AdapterSite>();
+        for (int i = 0; i < blocks.Count; i++)
+        {
+            sites.Add(new AdapterSite($"blocks.{i}.attn.qkv", blocks[i].Attn.Qkv));
+            if (placement == AdapterPlacement.Block) sites.Add(new AdapterSite($"blocks.{i}.mlp.fc1", blocks[i].Mlp.Fc1));
+        }
+        return sites;
+    }
+
+    /// <summary>Token sequence after the final norm, [B, 1 + patches, D].</summary>
+    public Tensor ForwardTokens(Tensor images)
+    {
+        using var scope = NewDisposeScope();
+        CheckInput(images);
+        Tensor x = Embed(images);
+        foreach (var block in blocks) x = block.forward(x);
+        return norm.forward(x).MoveToOuterDisposeScope();
+    }
+
+    public override Tensor ForwardFeatures(Tensor images)
+    {
+        using var scope = NewDisposeScope();
+        Tensor cls = ForwardTokens(images).select(1, 0);
+        if (pre_logits is not null) cls = pre_logits.forward(cls);
+        if (proj is not null) cls = proj.forward(cls);
+        return cls.MoveToOuterDisposeScope();
+    }
+
+    public override Tensor ForwardFeatureMap(Tensor images)
+    {
+        using var scope = NewDisposeScope();
+        return ToMap(ForwardTokens(images), images.shape[0]).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// Four evenly spaced blocks (for depth 24: blocks 5, 11, 17, 23, as SETR's multi-level heads take), or every block
+    /// of a shallower model; each at the patch stride.
+    /// </summary>
+    public override IReadOnlyList<FeatureLevel> FeatureLevels =>
+        [.. IntermediateBlocks.Select(i => new FeatureLevel($"blocks.{i}", Config.EmbedDim, Config.PatchSize))];
+
+    private IEnumerable<int> IntermediateBlocks =>
+        Enumerable.Range(1, 4).Select(j => Math.Max(0, j * Config.Depth / 4 - 1)).Distinct();
+
+    /// <summary>The outputs of <see cref="FeatureLevels"/>' blocks, through the final norm, as [B, D, grid, grid] maps.</summary>
+    public override IReadOnlyList<Tensor> ForwardIntermediates(Tensor images)
+    {
+        using var scope = NewDisposeScope();
+        CheckInput(images);
+        var wanted = IntermediateBlocks.ToHashSet();
+        var maps = new List<Tensor>();
+        Tensor x = Embed(images);
+        for (int i = 0; i < blocks.Count && maps.Count < wanted.Count; i++)
+        {
+            x = blocks[i].forward(x);
+            if (wanted.Contains(i)) maps.Add(ToMap(norm.forward(x), images.shape[0]));
+        }
+        foreach (var map in maps) map.MoveToOuterDisposeScope();
+        return maps;
+    }
+
+    /// <summary>Class token and patch tokens with position embeddings, [B, 1 + patches, D] (pre-normed when configured).</summary>
+    private Tensor Embed(Tensor images)
+    {
+        using var scope = NewDisposeScope();
+        Tensor x = patch_embed.forward(images);
+        x = cat([cls_token.expand(x.shape[0], -1, -1), x], 1) + pos_embed;
+        if (norm_pre is not null) x = norm_pre.forward(x);
+        return x.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Patch tokens [B, 1 + g*g, D] (class token dropped) as a [B, D, g, g] map.</summary>
+    private Tensor ToMap(Tensor tokens, long batch)
+    {
+        int g = Config.GridSize;
+        return tokens.narrow(1, 1, Config.NumPatches).transpose(1, 2).reshape(batch, Config.EmbedDim, g, g);
+    }
+
+    public override Tensor ForwardHead(Tensor features) => head is null ? features.alias() : head.forward(features);
+
+    /// <summary>
+    /// Resamples position embeddings [1, prefix + h*w, D] to a new grid as timm's <c>resample_abs_pos_embed</c> does by
+    /// default (bicubic, antialiased, align_corners false); prefix tokens (class token) are kept as they are. Older timm
+    /// (<c>resize_pos_embed</c>) did not antialias: pass <paramref name="antialias"/> false to reproduce it.
+    /// </summary>
+    public static Tensor ResamplePositionEmbedding(Tensor posEmbed, int newGrid, int prefixTokens = 1, bool antialias = true)
+    {
+        using var scope = NewDisposeScope();
+        long total = posEmbed.shape[1] - prefixTokens;
+        int oldGrid = (int)Math.Round(Math.Sqrt(total));
+        if (oldGrid * oldGrid != total)
+            throw new ArgumentException($"Position embedding with {total} patch positions is not a square grid.");
+        if (oldGrid == newGrid) return posEmbed.clone().MoveToOuterDisposeScope();
+        long d = posEmbed.shape[2];
+        Tensor prefix = posEmbed.narrow(1, 0, prefixTokens);
+        Tensor grid = posEmbed.narrow(1, prefixTokens, total).reshape(1, oldGrid, oldGrid, d).permute(0, 3, 1, 2);
+        grid = nn.functional.interpolate(grid.to(float32), [newGrid, newGrid], mode: InterpolationMode.Bicubic, align_corners: false, antialias: antialias);
+        grid = grid.permute(0, 2, 3, 1).reshape(1, newGrid * newGrid, d).to(posEmbed.dtype);
+        return cat([prefix, grid], 1).MoveToOuterDisposeScope();
+    }
+
+    private void CheckInput(Tensor images)
+    {
+        if (images.dim() != 4 || images.shape[1] != 3 || images.shape[2] != Config.ImageSize || images.shape[3] != Config.ImageSize)
+            throw new ArgumentException(
+                $"{Architecture} expects images [B, 3, {Config.ImageSize}, {Config.ImageSize}], got [{string.Join(", ", images.shape)}].");
+    }
+
+    private void InitWeights()
+    {
+        // timm's default ("jax"-free) init: truncated normal 0.02 for embeddings and linears, zero biases.
+        using var _ = no_grad();
+        TruncatedNormal.Fill(pos_embed, std: 0.02);
+        nn.init.normal_(cls_token, std: 1e-6);
+        foreach (var (_, module) in named_modules())
+        {
+            (Tensor? weight, Tensor? bias) = module switch
+            {
+                Linear linear => (linear.weight, linear.bias),
+                AdaptableLinear adaptable => (adaptable.weight, adaptable.bias),
+                _ => (null, null),
+            };
+            if (weight is null) continue;
+            TruncatedNormal.Fill(weight, std: 0.02);
+            if (bias is not null) nn.init.zeros_(bias);
+        }
+    }
+
+    /// <summary>Non-overlapping patches to tokens: conv with kernel = stride = patch, then [B, patches, D].</summary>
+    public sealed class PatchEmbed : nn.Module<Tensor, Tensor>
+    {
+        private readonly Conv2d proj;
+
+        public PatchEmbed(int patchSize, int embedDim, bool bias = true) : base(nameof(PatchEmbed))
+        {
+            proj = nn.Conv2d(3, embedDim, patchSize, stride: patchSize, bias: bias);
+            RegisterComponents();
+        }
+
+        public override Tensor forward(Tensor images)
+        {
+            using var scope = NewDisposeScope();
+            return proj.forward(images).flatten(2).transpose(1, 2).MoveToOuterDisposeScope();
+        }
+    }
+
+    /// <summary>Multi-head self-attention with a fused qkv projection.</summary>
+    public sealed class Attention : nn.Module<Tensor, Tensor>
+    {
+        private readonly AdaptableLinear qkv;
+        private readonly Linear proj;
+        private readonly int _heads;
+
+        public Attention(int dim, int heads, bool qkvBias) : base(nameof(Attention))
+        {
+            _heads = heads;
+            qkv = new AdaptableLinear(dim, dim * 3, qkvBias);
+            proj = nn.Linear(dim, dim);
+            RegisterComponents();
+        }
+
+        public AdaptableLinear Qkv => qkv;
+
+        public override Tensor forward(Tensor x)
+        {
+            using var scope = NewDisposeScope();
+            long b = x.shape[0], n = x.shape[1], c = x.shape[2];
+            Tensor[] qkvParts = qkv.forward(x).reshape(b, n, 3, _heads, c / _heads).permute(2, 0, 3, 1, 4).unbind(0);
+            Tensor attended = nn.functional.scaled_dot_product_attention(qkvParts[0], qkvParts[1], qkvParts[2]);
+            return proj.forward(attended.transpose(1, 2).reshape(b, n, c)).MoveToOuterDisposeScope();
+        }
+    }
+
+    /// <summary>Two-layer MLP with GELU (or CLIP's QuickGELU).</summary>
+    public sealed class Mlp : nn.Module<Tensor, Tensor>
+    {
+        private readonly AdaptableLinear fc1;
+        private readonly nn.Module<Tensor, Tensor> act;
+        private readonly Linear fc2;
+
+        public Mlp(int dim, int hidden, MlpActivation activation = MlpActivation.Gelu) : base(nameof(Mlp))
+        {
+            fc1 = new AdaptableLinear(dim, hidden);
+            act = activation == MlpActivation.QuickGelu ? new QuickGelu() : nn.GELU();
+            fc2 = nn.Linear(hidden, dim);
+            RegisterComponents();
+        }
+
+        public AdaptableLinear Fc1 => fc1;
+
+        public override Tensor forward(Tensor x)
+        {
+            using var scope = NewDisposeScope();
+            return fc2.forward(act.forward(fc1.forward(x))).MoveToOuterDisposeScope();
+        }
+    }
+
+    /// <summary>Pre-norm transformer block: x + attn(norm1 x), then x + mlp(norm2 x), each behind drop path.</summary>
+    public sealed class Block : nn.Module<Tensor, Tensor>
+    {
+        private readonly LayerNorm norm1;
+        private readonly Attention attn;
+        private readonly DropPath drop_path1;
+        private readonly LayerNorm norm2;
+        private readonly Mlp mlp;
+        private readonly DropPath drop_path2;
+
+        public Block(VisionTransformerConfig config, double dropPath) : base(nameof(Block))
+        {
+            norm1 = nn.LayerNorm(config.EmbedDim, config.LayerNormEps);
+            attn = new Attention(config.EmbedDim, config.NumHeads, config.QkvBias);
+            drop_path1 = new DropPath(dropPath);
+            norm2 = nn.LayerNorm(config.EmbedDim, config.LayerNormEps);
+            mlp = new Mlp(config.EmbedDim, config.MlpHidden, config.Activation);
+            drop_path2 = new DropPath(dropPath);
+            RegisterComponents();
+        }
+
+        public Attention Attn => attn;
+        public Mlp Mlp => mlp;
+
+        public override Tensor forward(Tensor x)
+        {
+            using var scope = NewDisposeScope();
+            x = x + drop_path1.forward(attn.forward(norm1.forward(x)));
+            x = x + drop_path2.forward(mlp.forward(norm2.forward(x)));
+            return x.MoveToOuterDisposeScope();
+        }
+    }
+
+    /// <summary>Old timm / Google in21k pre-logits: tanh(fc(x)). Frozen with the backbone.</summary>
+    public sealed class PreLogits : nn.Module<Tensor, Tensor>
+    {
+        private readonly Linear fc;
+
+        public PreLogits(int dim, int representation) : base(nameof(PreLogits))
+        {
+            fc = nn.Linear(dim, representation);
+            RegisterComponents();
+        }
+
+        public override Tensor forward(Tensor x)
+        {
+            using var scope = NewDisposeScope();
+            return fc.forward(x).tanh().MoveToOuterDisposeScope();
+        }
+    }
+
+    /// <summary>OpenAI CLIP's activation: x * sigmoid(1.702 x).</summary>
+    public sealed class QuickGelu() : nn.Module<Tensor, Tensor>(nameof(QuickGelu))
+    {
+        public override Tensor forward(Tensor x)
+        {
+            using var scope = NewDisposeScope();
+            return (x * (x * 1.702).sigmoid()).MoveToOuterDisposeScope();
+        }
+    }
+}
