@@ -9,26 +9,40 @@ public static class RepAdapterCatalog
 {
     /// <summary>
     /// Fine-tunes a pretrained backbone with RepAdapter for image classification; adapters are merged after training.
+    /// The column parameters are those of ML.NET's <c>ImageClassification</c> trainer, so a Model Builder line works by
+    /// renaming the method. Without a checkpoint the backbone is ML.NET's pretrained ResNet-18 (no download).
     /// </summary>
     /// <param name="labelColumnName">A key column (MapValueToKey).</param>
-    /// <param name="imageColumnName">An image column (LoadImages) or encoded image bytes (LoadRawImageBytes).</param>
+    /// <param name="featureColumnName">The image column: MLImage (LoadImages) or encoded image bytes (LoadRawImageBytes, Model Builder's ImageSource).</param>
+    /// <param name="scoreColumnName">The output column of class probabilities.</param>
+    /// <param name="predictedLabelColumnName">The output column of the predicted key.</param>
+    /// <param name="validationSet">Reported after each epoch (never pass the test data).</param>
     /// <param name="checkpointPath">Pretrained weights (.npz, .safetensors, .pth); the architecture is read from them.</param>
-    /// <param name="architecture">Backbone preset when it cannot be inferred, or <c>mlnet_resnet18</c> (ML.NET's own ResNet-18).</param>
+    /// <param name="architecture">Backbone preset when it cannot be inferred from the checkpoint.</param>
+    /// <param name="epochs">Training epochs (a tenth of them warm up the learning rate).</param>
+    /// <param name="batchSize">Images per optimiser step.</param>
+    /// <param name="learningRate">AdamW's peak learning rate.</param>
+    /// <param name="adapterScale">The adapter scale s.</param>
     public static RepAdapterImageClassificationTrainer RepAdapter(
         this MulticlassClassificationCatalog.MulticlassClassificationTrainers catalog,
         string labelColumnName = DefaultColumnNames.Label,
-        string imageColumnName = "Image",
+        string featureColumnName = "Image",
+        string scoreColumnName = DefaultColumnNames.Score,
+        string predictedLabelColumnName = DefaultColumnNames.PredictedLabel,
+        IDataView? validationSet = null,
         string? checkpointPath = null,
         string? architecture = null,
         int epochs = 100,
         int batchSize = 64,
         double learningRate = 1e-3,
-        float adapterScale = 1f,
-        IDataView? validationSet = null) =>
+        float adapterScale = 1f) =>
         catalog.RepAdapter(new RepAdapterImageClassificationTrainer.Options
         {
             LabelColumnName = labelColumnName,
-            ImageColumnName = imageColumnName,
+            ImageColumnName = featureColumnName,
+            ScoreColumnName = scoreColumnName,
+            PredictedLabelColumnName = predictedLabelColumnName,
+            ValidationSet = validationSet,
             Architecture = architecture,
             CheckpointPath = checkpointPath,
             Epochs = epochs,
@@ -37,7 +51,6 @@ public static class RepAdapterCatalog
             BatchSize = batchSize,
             LearningRate = learningRate,
             AdapterScale = adapterScale,
-            ValidationSet = validationSet,
         });
 
     /// <summary>Fine-tunes with every option of <see cref="RepAdapterImageClassificationTrainer.Options"/>.</summary>

@@ -13,6 +13,7 @@
 using System.Text.Json;
 using Microsoft.ML;
 using Microsoft.ML.Data;
+using Microsoft.ML.RepAdapter.Formats;
 using Microsoft.ML.RepAdapter;
 using Microsoft.ML.RepAdapter.Backbones;
 using Microsoft.ML.RepAdapter.Checkpoints;

@@ -18,6 +18,9 @@ public abstract class Backbone : nn.Module<Tensor, Tensor>, IAdaptableModel
     /// <summary>The preset or architecture name, e.g. <c>vit_base_patch16_224</c>.</summary>
     public abstract string Architecture { get; }
 
+    /// <summary>The family this backbone belongs to (its presets, checkpoint layouts and weight fix-ups).</summary>
+    public abstract BackboneFamily Family { get; }
+
     /// <summary>Input size and normalisation the backbone was pretrained with.</summary>
     public abstract ImageInputSpec Input { get; }
 
@@ -60,7 +63,10 @@ public abstract class Backbone : nn.Module<Tensor, Tensor>, IAdaptableModel
     /// <summary>Replaces the head by a freshly initialised one for <paramref name="numClasses"/> classes (0 removes it).</summary>
     public abstract void ResetClassifier(int numClasses);
 
-    /// <summary>Module name of the classification head in checkpoints: timm's <c>head</c>, torchvision's <c>fc</c>.</summary>
+    /// <summary>
+    /// Module path of the classification head in checkpoints: timm's <c>head</c> (ViT) or <c>head.fc</c> (Swin,
+    /// ConvNeXt), torchvision's <c>fc</c>.
+    /// </summary>
     public abstract string HeadName { get; }
 
     /// <summary>Whether the named parameter belongs to the task head (trained in every policy).</summary>
@@ -68,21 +74,24 @@ public abstract class Backbone : nn.Module<Tensor, Tensor>, IAdaptableModel
 
     /// <summary>
     /// Swaps the head module <paramref name="current"/> for a new Linear(FeatureDim, <paramref name="numClasses"/>) with
-    /// PyTorch's default init under <see cref="HeadName"/> (none for 0), built outside any caller's dispose scope and in
-    /// this backbone's training/eval mode (TorchSharp starts every new module in training mode).
+    /// PyTorch's default init (none for 0), registered on <paramref name="owner"/> (this backbone by default) under the
+    /// last part of <see cref="HeadName"/>, built outside any caller's dispose scope and in this backbone's training/eval
+    /// mode (TorchSharp starts every new module in training mode).
     /// </summary>
-    protected Linear? ReplaceHead(Linear? current, int numClasses) => ModuleScopes.Unscoped(() =>
+    protected Linear? ReplaceHead(Linear? current, int numClasses, nn.Module? owner = null) => ModuleScopes.Unscoped(() =>
     {
         if (numClasses < 0) throw new ArgumentOutOfRangeException(nameof(numClasses), numClasses, "Class count cannot be negative.");
+        owner ??= this;
+        string name = HeadName.Split('.')[^1];
         if (current is not null)
         {
-            register_module(HeadName, null!);
+            owner.register_module(name, null!);
             current.Dispose();
         }
         if (numClasses == 0) return null;
         var head = nn.Linear(FeatureDim, numClasses);
         head.train(training);
-        register_module(HeadName, head);
+        owner.register_module(name, head);
         return head;
     });
 

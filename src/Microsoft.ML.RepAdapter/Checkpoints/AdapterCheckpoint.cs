@@ -5,6 +5,7 @@ using System.Text;
 using System.Text.RegularExpressions;
 using Microsoft.ML.RepAdapter.Adapters;
 using Microsoft.ML.RepAdapter.Backbones;
+using Microsoft.ML.RepAdapter.Formats;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -112,8 +113,9 @@ public static partial class AdapterCheckpoint
 
     /// <summary>
     /// Imports adapters saved by the official RepAdapter code (luogen1996/RepAdapter), whose names are
-    /// <c>blocks.{i}.adapter_attn.*</c> (in front of attn.qkv) and <c>blocks.{i}.adapter_mlp.*</c> (in front of mlp.fc1),
-    /// plus <c>head.*</c> when saved. Hidden size, groups and placement come from the shapes; the scale s is not
+    /// <c>blocks.{i}.adapter_attn.*</c> (in front of attn.qkv) and <c>blocks.{i}.adapter_mlp.*</c> (in front of mlp.fc1)
+    /// for a ViT (the backbone's family maps them: <see cref="BackboneFamily.OfficialAdapterSite"/>), plus <c>head.*</c>
+    /// when saved. Hidden size, groups and placement come from the shapes; the scale s is not
     /// stored by the official code: it is <paramref name="scale"/>, else a "scale" metadata entry, else an error.
     /// The file may hold only those (what the official <c>save</c> writes) or a whole <c>model.state_dict()</c> of the
     /// adapted timm ViT: then its backbone tensors are loaded into <paramref name="backbone"/> too, strictly, so a backbone
@@ -123,7 +125,8 @@ public static partial class AdapterCheckpoint
     /// <returns>The adapter configuration used.</returns>
     public static AdapterConfig ImportOfficial(Backbone backbone, string path, float? scale = null, double dropout = 0.1)
     {
-        if (backbone is not VisionTransformer) throw new ArgumentException("Official RepAdapter checkpoints are for ViT backbones.", nameof(backbone));
+        if (backbone.Family.OfficialAdapterSite("blocks.0.adapter_attn") is null)
+            throw new ArgumentException($"The official RepAdapter code adapts ViTs; {backbone.Architecture} ({backbone.Family.Name}) has no official adapter names.", nameof(backbone));
         using var scope = NewDisposeScope();
         using var checkpoint = CheckpointReader.Read(path);
         var adapterAndHead = new OrderedDictionary<string, Tensor>();
@@ -131,8 +134,8 @@ public static partial class AdapterCheckpoint
         foreach (var (key, tensor) in checkpoint.Tensors)
         {
             var match = OfficialName().Match(key);
-            if (match.Success)
-                adapterAndHead.Add($"blocks.{match.Groups[1].Value}.{(match.Groups[2].Value == "attn" ? "attn.qkv" : "mlp.fc1")}.adapter.{match.Groups[3].Value}", tensor);
+            if (match.Success && backbone.Family.OfficialAdapterSite(match.Groups[1].Value) is string site)
+                adapterAndHead.Add($"{site}.adapter.{match.Groups[2].Value}", tensor);
             else if (backbone.IsHeadParameter(key)) adapterAndHead.Add(key, tensor);
             else backboneWeights.Add(key, tensor);
         }
@@ -161,7 +164,7 @@ public static partial class AdapterCheckpoint
         var saved = backbone.state_dict().ToDictionary(p => p.Key, p => p.Value.detach().clone());
         try
         {
-            BackboneWeights.Apply(backbone, path, checkpoint.Format, new ConvertedCheckpoint(CheckpointLayout.TimmViT, backboneWeights, new Dictionary<string, string>()));
+            BackboneWeights.Apply(backbone, path, checkpoint.Format, new ConvertedCheckpoint("official RepAdapter model", backboneWeights, new Dictionary<string, string>()));
             AttachAndLoad(backbone, config, numClasses, adapterAndHead, path);
             return config;
         }
@@ -177,7 +180,8 @@ public static partial class AdapterCheckpoint
         }
     }
 
-    [GeneratedRegex(@"^blocks\.(\d+)\.adapter_(attn|mlp)\.(.+)$")]
+    // The official code's adapter modules are named adapter_attn / adapter_mlp in their block: (module path)(parameter).
+    [GeneratedRegex(@"^(.+\.adapter_(?:attn|mlp))\.(conv_[AB]\.(?:weight|bias))$")]
     private static partial Regex OfficialName();
 
     /// <summary>

@@ -1,4 +1,5 @@
 using Microsoft.ML.RepAdapter.Torch;
+using Microsoft.ML.RepAdapter.Formats;
 using System.Text;
 using Microsoft.ML.RepAdapter.Adapters;
 using Microsoft.ML.RepAdapter.Backbones;
@@ -12,7 +13,7 @@ namespace Microsoft.ML.RepAdapter.Checkpoints;
 /// </summary>
 /// <param name="Path">The checkpoint file.</param>
 /// <param name="Format">Its container format, detected from the content.</param>
-/// <param name="Layout">Its naming convention, detected from the tensor names.</param>
+/// <param name="Layout">Its naming convention (a <see cref="CheckpointLayout"/>'s name), detected from the tensor names.</param>
 /// <param name="LoadedKeys">Model tensors set from the checkpoint (library names).</param>
 /// <param name="IgnoredCheckpointKeys">Checkpoint tensors left out on purpose, with the reason (e.g. the old head when the class count differs).</param>
 /// <param name="UnloadedModelKeys">Model tensors the checkpoint did not set, on purpose, with the reason (e.g. a new head).</param>
@@ -20,15 +21,16 @@ namespace Microsoft.ML.RepAdapter.Checkpoints;
 public sealed record LoadReport(
     string Path,
     CheckpointFormat Format,
-    CheckpointLayout Layout,
+    string Layout,
     IReadOnlyList<string> LoadedKeys,
     IReadOnlyDictionary<string, string> IgnoredCheckpointKeys,
     IReadOnlyDictionary<string, string> UnloadedModelKeys,
     IReadOnlyList<string> Notes)
 {
+    /// <summary>The report as log lines: the file, what was loaded, and every exception with its reason.</summary>
     public override string ToString()
     {
-        var text = new StringBuilder($"{Path} ({Format}, {Layout} layout): {LoadedKeys.Count} tensors loaded.");
+        var text = new StringBuilder($"{Path} ({Format}, {Layout}): {LoadedKeys.Count} tensors loaded.");
         foreach (var (key, reason) in IgnoredCheckpointKeys) text.Append($"\n  ignored '{key}': {reason}");
         foreach (var (key, reason) in UnloadedModelKeys) text.Append($"\n  not loaded '{key}': {reason}");
         foreach (string note in Notes) text.Append($"\n  {note}");
@@ -51,7 +53,7 @@ public static class BackboneWeights
     {
         using var scope = NewDisposeScope();
         using var checkpoint = CheckpointReader.Read(checkpointPath);
-        var converted = CheckpointLayouts.Convert(checkpoint);
+        var converted = CheckpointConversion.Convert(checkpoint, [backbone.Family]).Converted;
         return Apply(backbone, checkpoint.Path, checkpoint.Format, converted);
     }
 
@@ -67,18 +69,13 @@ public static class BackboneWeights
         var copies = new List<(string Key, Tensor Target, Tensor Source)>();
         var problems = new List<(string Key, string Problem)>();
 
-        bool preLogitsDropped = weights.Keys.Any(IsPreLogits) && !model.Keys.Any(IsPreLogits);
+        foreach (var (key, reason) in backbone.Family.LeftOut(weights, backbone)) ignored[key] = reason;
         foreach (var (key, source) in weights)
         {
-            if (preLogitsDropped && IsPreLogits(key))
-            {
-                ignored[key] = "the pre-logits layer is not kept (keepPreLogits: false).";
-                continue;
-            }
+            if (ignored.ContainsKey(key)) continue;
             if (backbone.IsHeadParameter(key))
             {
-                if (preLogitsDropped) ignored[key] = "this head was trained on the pre-logits output, which is not kept.";
-                else if (!model.TryGetValue(key, out var head)) ignored[key] = "the model has no head (numClasses 0).";
+                if (!model.TryGetValue(key, out var head)) ignored[key] = "the model has no head (numClasses 0).";
                 else if (!head.shape.SequenceEqual(source.shape))
                     ignored[key] = $"class count differs (checkpoint {Describe.ShapeOf(source)}, model {Describe.ShapeOf(head)}): the model keeps its new head.";
                 else copies.Add((key, head, source));
@@ -90,11 +87,10 @@ public static class BackboneWeights
                 continue;
             }
             var value = source;
-            if (key == "pos_embed" && backbone is VisionTransformer vit && !source.shape.SequenceEqual(target.shape)
-                && source.dim() == 3 && source.shape[2] == target.shape[2])
+            if (!source.shape.SequenceEqual(target.shape) && backbone.Family.Resize(path, key, source, backbone) is (Tensor resized, string note))
             {
-                value = ResamplePositionEmbedding(path, source, vit.Config.GridSize);
-                notes.Add($"pos_embed resampled from {Describe.ShapeOf(source)} to {Describe.ShapeOf(value)} (bicubic, class token kept).");
+                value = resized;
+                notes.Add(note);
             }
             if (!value.shape.SequenceEqual(target.shape))
                 problems.Add((key, $"shape: expected {Describe.ShapeOf(target)}, found {Describe.ShapeOf(value)}"));
@@ -125,19 +121,5 @@ public static class BackboneWeights
             foreach (var (_, target, source) in copies) target.copy_(source.to(target.dtype, target.device));
         }
         return new LoadReport(path, format, converted.Layout, copies.Select(c => c.Key).ToList(), ignored, unloaded, notes);
-    }
-
-    private static bool IsPreLogits(string key) => key.StartsWith("pre_logits.", StringComparison.Ordinal);
-
-    private static Tensor ResamplePositionEmbedding(string path, Tensor posEmbed, int grid)
-    {
-        try
-        {
-            return VisionTransformer.ResamplePositionEmbedding(posEmbed.to(ScalarType.Float32), grid);
-        }
-        catch (ArgumentException e)
-        {
-            throw new CheckpointException(path, "pos_embed", $"cannot resample {Describe.ShapeOf(posEmbed)} to a {grid}x{grid} grid: {e.Message}", e);
-        }
     }
 }

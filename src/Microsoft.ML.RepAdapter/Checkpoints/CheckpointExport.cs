@@ -1,3 +1,4 @@
+using Microsoft.ML.RepAdapter.Formats;
 using Microsoft.ML.RepAdapter.Adapters;
 using Microsoft.ML.RepAdapter.Backbones;
 

@@ -74,7 +74,11 @@ public abstract class RepAdapterTrainerBase<TOptions, TTransformer> : IEstimator
         CheckInputSchema(SchemaShape.Create(input.Schema));
         using var ch = Host.Start($"Training {TrainerName}");
         if (TrainerOptions.NumberOfThreads is int threads) set_num_threads(threads);
-        var device = TorchDevices.Select(TrainerOptions.GpuDeviceId, TrainerOptions.FallbackToCpu);
+        // MLContext's seed, GpuDeviceId and FallbackToCpu, unless the options override them (as ML.NET's TorchSharp trainers).
+        var context = Host as IHostEnvironmentInternal;
+        int seed = TrainerOptions.Seed ?? context?.Seed ?? 42;
+        var device = TorchDevices.Select(TrainerOptions.GpuDeviceId ?? context?.GpuDeviceId,
+            TrainerOptions.FallbackToCpu ?? context?.FallbackToCpu ?? false, ch.Warning);
         var task = CreateTask(input);
 
         var (source, ownsSource) = CreateBackbone(ch, task.BackboneClasses);
@@ -88,8 +92,8 @@ public abstract class RepAdapterTrainerBase<TOptions, TTransformer> : IEstimator
 
         float scale = TrainerOptions.AdapterScale;
         Dictionary<string, double>? searched = null;
-        if (TrainerOptions.SearchScale && TrainerOptions.UsesAdapters) (scale, searched) = SearchScale(ch, task, runs, source, data, validation, device);
-        var network = TrainOnce(ch, task, runs, source, data, validation, scale, device, "final");
+        if (TrainerOptions.SearchScale && TrainerOptions.UsesAdapters) (scale, searched) = SearchScale(ch, task, runs, source, data, validation, seed, device);
+        var network = TrainOnce(ch, task, runs, source, data, validation, scale, seed, device, "final");
         try
         {
             long trainable = network.CountParameters(trainableOnly: true);
@@ -112,9 +116,9 @@ public abstract class RepAdapterTrainerBase<TOptions, TTransformer> : IEstimator
     /// stratified hold-out of the training data (the final model is then retrained on all of it).
     /// </summary>
     private (float scale, Dictionary<string, double> metric) SearchScale(IChannel ch, ImageTask task, BackboneDescriptor runs, Backbone source,
-        LabeledImages data, LabeledImages? validation, Device device)
+        LabeledImages data, LabeledImages? validation, int seed, Device device)
     {
-        var (train, holdout) = validation is null ? data.SplitStratified(TrainerOptions.ValidationFraction, TrainerOptions.Seed) : (data, validation);
+        var (train, holdout) = validation is null ? data.SplitStratified(TrainerOptions.ValidationFraction, seed) : (data, validation);
         try
         {
             if (holdout.Count == 0) throw Host.Except("The scale search needs validation images: give a ValidationSet or more training images per class.");
@@ -122,7 +126,7 @@ public abstract class RepAdapterTrainerBase<TOptions, TTransformer> : IEstimator
             string name = task.Objective.MetricName;
             foreach (float candidate in TrainerOptions.ScaleCandidates)
             {
-                using var network = TrainOnce(ch, task, runs, source, train, null, candidate, device, $"scale {Key(candidate)}");
+                using var network = TrainOnce(ch, task, runs, source, train, null, candidate, seed, device, $"scale {Key(candidate)}");
                 metric[Key(candidate)] = FineTuning.Evaluate(network, runs.Input, holdout, task.Objective, device, TrainerOptions.BatchSize);
                 ch.Info($"Scale search: s = {Key(candidate)} -> validation {name} {metric[Key(candidate)]:P2}");
             }
@@ -143,14 +147,14 @@ public abstract class RepAdapterTrainerBase<TOptions, TTransformer> : IEstimator
     private static string Key(float scale) => scale.ToString("G", System.Globalization.CultureInfo.InvariantCulture);
 
     private nn.Module<Tensor, Tensor> TrainOnce(IChannel ch, ImageTask task, BackboneDescriptor runs, Backbone source,
-        LabeledImages train, LabeledImages? validation, float scale, Device device, string run)
+        LabeledImages train, LabeledImages? validation, float scale, int seed, Device device, string run)
     {
         var backbone = runs.Build();
         nn.Module<Tensor, Tensor> network = backbone;
         try
         {
             backbone.load_state_dict(source.state_dict(), strict: true);
-            TorchDevices.Seed(TrainerOptions.Seed);
+            TorchDevices.Seed(seed);
             network = task.CreateNetwork(backbone);
             var adaptable = (IAdaptableModel)network;
             if (TrainerOptions.UsesAdapters) adaptable.AttachAdapters(TrainerOptions.Adapters(scale));
@@ -167,7 +171,7 @@ public abstract class RepAdapterTrainerBase<TOptions, TTransformer> : IEstimator
                 e.SetMetric(0, last.Loss);
                 e.SetMetric(1, last.TrainAccuracy);
             });
-            FineTuning.Train(network, runs.Input, train, validation, task.Objective, TrainerOptions.Settings, device,
+            FineTuning.Train(network, runs.Input, train, validation, task.Objective, TrainerOptions.Settings(seed), device,
                 progress: r => { last = r; ch.Info(r.ToString()); },
                 checkAlive: Host.CheckAlive);
             return network;
@@ -191,7 +195,7 @@ public abstract class RepAdapterTrainerBase<TOptions, TTransformer> : IEstimator
             ch.Info(loaded.Report.ToString());
             backbone = loaded.Backbone;
         }
-        else if (TrainerOptions.Architecture == PretrainedBackbones.MLNetResNet18)
+        else if (TrainerOptions.Architecture is null or PretrainedBackbones.MLNetResNet18)
         {
             var loaded = PretrainedBackbones.LoadMLNetResNet18(classes);
             ch.Info(loaded.Report.ToString());
@@ -199,7 +203,7 @@ public abstract class RepAdapterTrainerBase<TOptions, TTransformer> : IEstimator
         }
         else
         {
-            string preset = TrainerOptions.Architecture ?? "vit_base_patch16_224";
+            string preset = TrainerOptions.Architecture;
             ch.Warning($"No CheckpointPath: {preset} starts from random weights. Give pretrained weights for real fine-tuning.");
             backbone = BackbonePresets.Create(preset, classes, imageSize: TrainerOptions.ImageSize);
         }

@@ -16,8 +16,9 @@ public abstract class RepAdapterTrainerOptions
 
     /// <summary>
     /// Backbone preset (see <see cref="BackbonePresets"/>) or <see cref="PretrainedBackbones.MLNetResNet18"/>. With a
-    /// <see cref="CheckpointPath"/> it is optional (null: the architecture is read from the checkpoint); without one,
-    /// null means <c>vit_base_patch16_224</c> from random weights.
+    /// <see cref="CheckpointPath"/> it is optional (null: the architecture is read from the checkpoint). Without one, null
+    /// means ML.NET's pretrained ResNet-18 (works offline), and a preset name means that architecture from random
+    /// weights, which is only useful for tests.
     /// </summary>
     public string? Architecture;
 
@@ -100,20 +101,27 @@ public abstract class RepAdapterTrainerOptions
     public double FinalLearningRate = 1e-5;
 
     /// <summary>
-    /// Seeds shuffling, the new head, adapters, dropout and drop path. On the CPU a run is bitwise reproducible for the
-    /// same seed and data on the same machine with the same thread count; across CPUs (libtorch's and oneDNN's kernels)
-    /// or thread counts float rounding differs, so results agree only approximately.
+    /// Seeds shuffling, the new head, adapters, dropout and drop path; null takes the MLContext's seed (42 when it has
+    /// none). On the CPU a run is bitwise reproducible for the same seed and data on the same machine with the same
+    /// thread count; across CPUs (libtorch's and oneDNN's kernels) or thread counts float rounding differs, so results
+    /// agree only approximately.
     /// </summary>
-    public int Seed = 42;
+    public int? Seed;
 
     /// <summary>Reported after each epoch; also used for the scale search when given. Never pass the test data.</summary>
     public IDataView? ValidationSet;
 
-    /// <summary>CUDA device to train on (needs the CUDA TorchSharp backend); null trains on the CPU.</summary>
+    /// <summary>
+    /// CUDA device to train on (needs the CUDA TorchSharp backend); null takes the MLContext's <c>GpuDeviceId</c> (none:
+    /// the CPU).
+    /// </summary>
     public int? GpuDeviceId;
 
-    /// <summary>Train on the CPU when the requested GPU is not available (otherwise that is an error).</summary>
-    public bool FallbackToCpu = true;
+    /// <summary>
+    /// Train on the CPU (with a warning) when the requested GPU is not available, otherwise that is an error; null takes
+    /// the MLContext's <c>FallbackToCpu</c>.
+    /// </summary>
+    public bool? FallbackToCpu;
 
     /// <summary>Torch intra-op threads; null keeps TorchSharp's default. Like the seed, this is a process-wide torch setting.</summary>
     public int? NumberOfThreads;
@@ -121,7 +129,7 @@ public abstract class RepAdapterTrainerOptions
     /// <summary>Rows scored per forward pass by the transformer's batch Transform.</summary>
     public int ScoringBatchSize = 32;
 
-    internal FineTuneSettings Settings => new(Epochs, BatchSize, LearningRate, WeightDecay, WarmupEpochs, WarmupLearningRate, FinalLearningRate, Seed);
+    internal FineTuneSettings Settings(int seed) => new(Epochs, BatchSize, LearningRate, WeightDecay, WarmupEpochs, WarmupLearningRate, FinalLearningRate, seed);
 
     internal AdapterConfig Adapters(float scale) => new(Method, Placement, AdapterHidden, AdapterGroups, scale, AdapterDropout);
 
@@ -131,7 +139,7 @@ public abstract class RepAdapterTrainerOptions
     internal virtual void Validate()
     {
         OptionCheck.That(!string.IsNullOrEmpty(ImageColumnName), nameof(ImageColumnName), ImageColumnName, "must name a column");
-        Settings.Validate();
+        Settings(Seed ?? 0).Validate();
         OptionCheck.That(ImageSize is null or > 0, nameof(ImageSize), ImageSize, "must be positive (or null for the backbone's)");
         OptionCheck.That(Mean is null || Mean.Length == 3 && Mean.All(float.IsFinite), nameof(Mean), Mean, "needs three finite values (or null)");
         OptionCheck.That(Std is null || Std.Length == 3 && Std.All(v => float.IsFinite(v) && v != 0), nameof(Std), Std,

@@ -145,6 +145,18 @@ public abstract class RepAdapterTransformerBase : RowToRowTransformerBase, ITran
     /// <summary>What <see cref="SaveModel"/> wrote between the task's columns and its data.</summary>
     private protected sealed record SavedHeader(int ScoringBatchSize, string NetworkJson, TrainingSummary Summary);
 
+    /// <summary>
+    /// Where a loaded model scores: the MLContext's <c>GpuDeviceId</c> when CUDA has it, else the CPU if its
+    /// <c>FallbackToCpu</c> allows (with a warning in the log), else an error.
+    /// </summary>
+    private protected static Device ScoringDevice(IHostEnvironment env)
+    {
+        var context = env as IHostEnvironmentInternal;
+        if (context?.GpuDeviceId is null) return CPU;
+        using var ch = env.Register("RepAdapterModelLoad").Start("Choosing the scoring device");
+        return TorchDevices.Select(context.GpuDeviceId, context.FallbackToCpu, ch.Warning);
+    }
+
     private protected static SavedHeader LoadHeader(IHostEnvironment env, ModelLoadContext ctx)
     {
         int batchSize = ctx.Reader.ReadInt32();

@@ -7,16 +7,16 @@ public static class TorchDevices
 {
     /// <summary>
     /// CUDA device <paramref name="gpuDeviceId"/> when requested and available; otherwise the CPU if
-    /// <paramref name="fallbackToCpu"/>, else an error that says why.
+    /// <paramref name="fallbackToCpu"/> (saying so through <paramref name="warn"/>), else an error that says why.
     /// </summary>
-    public static Device Select(int? gpuDeviceId, bool fallbackToCpu)
+    public static Device Select(int? gpuDeviceId, bool fallbackToCpu, Action<string>? warn = null)
     {
         if (gpuDeviceId is null) return CPU;
         if (cuda.is_available() && gpuDeviceId.Value < cuda.device_count()) return new Device(TorchSharp.DeviceType.CUDA, gpuDeviceId.Value);
-        if (fallbackToCpu) return CPU;
-        throw new InvalidOperationException(
-            $"GPU {gpuDeviceId} was requested but CUDA is not available to TorchSharp (build with -p:TorchSharpBackend=cuda on a CUDA machine), "
-            + "and FallbackToCpu is false.");
+        string why = $"GPU {gpuDeviceId} was requested but CUDA is not available to TorchSharp (build with -p:TorchSharpBackend=cuda on a CUDA machine)";
+        if (!fallbackToCpu) throw new InvalidOperationException($"{why}, and FallbackToCpu is false.");
+        warn?.Invoke($"{why}: falling back to the CPU.");
+        return CPU;
     }
 
     /// <summary>

@@ -1,3 +1,4 @@
+using Microsoft.ML.RepAdapter.Formats;
 using Microsoft.ML.RepAdapter.Adapters;
 using Microsoft.ML.RepAdapter.Backbones;
 using Microsoft.ML.RepAdapter.Checkpoints;
@@ -75,7 +76,7 @@ public class AdapterCheckpointTests
             Assert.AreEqual("pt", file.Metadata["format"]);
         }
         var (reloaded, report) = PretrainedBackbones.Load(path, numHeads: 2);
-        Assert.AreEqual(CheckpointLayout.TimmViT, report.Layout);
+        Assert.AreEqual("timm ViT", report.Layout);
         AssertLogits("logits_merged", reloaded, "exported and reloaded");
     }
 

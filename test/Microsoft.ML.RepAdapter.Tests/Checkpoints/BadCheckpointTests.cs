@@ -1,3 +1,4 @@
+using Microsoft.ML.RepAdapter.Formats;
 using Microsoft.ML.RepAdapter.Torch;
 using System.IO.Compression;
 using System.Text;

@@ -1,3 +1,4 @@
+using Microsoft.ML.RepAdapter.Formats;
 using Microsoft.ML.RepAdapter.Checkpoints;
 using static TorchSharp.torch;
 

@@ -1,5 +1,6 @@
 using System.IO.Compression;
 using System.Text;
+using Microsoft.ML.RepAdapter.Formats;
 using Microsoft.ML.RepAdapter.Checkpoints;
 
 namespace Microsoft.ML.RepAdapter.Tests.Checkpoints;

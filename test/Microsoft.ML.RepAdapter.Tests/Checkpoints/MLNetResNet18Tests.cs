@@ -1,5 +1,6 @@
 using Microsoft.ML;
 using Microsoft.ML.Data;
+using Microsoft.ML.RepAdapter.Formats;
 using Microsoft.ML.RepAdapter.Backbones;
 using Microsoft.ML.RepAdapter.Checkpoints;
 using Microsoft.ML.RepAdapter.MLNet;
@@ -26,7 +27,7 @@ public class MLNetResNet18Tests
         var resnet = (ResNet)backbone;
         Assert.AreEqual("mlnet_resnet18", backbone.Architecture);
         Assert.AreEqual(new ResNetConfig(ResNetBlock.Basic, [2, 2, 2, 3], [64, 128, 256, 512], NumClasses: 0, ImageSize: 224, HasInputOffset: true), resnet.Config);
-        Assert.AreEqual(CheckpointLayout.MLNetResNet18Onnx, report.Layout);
+        Assert.AreEqual("ML.NET ResNet-18 ONNX", report.Layout);
         Assert.HasCount(110 + 1, report.LoadedKeys, "every ONNX initializer, plus the input offset");
         Assert.IsTrue(report.UnloadedModelKeys.Keys.All(k => k.EndsWith(".num_batches_tracked")), report.ToString());
 
@@ -71,11 +72,12 @@ public class MLNetResNet18Tests
     }
 
     [TestMethod]
-    public void TheGenericLoaderPointsOnnxFilesToLoadMLNetResNet18()
+    public void TheGenericLoaderPointsOnnxFilesToTheBuiltInWeights()
     {
         string onnx = Path.Combine(AppContext.BaseDirectory, "DnnImageModels", "ResNet18Onnx", "ResNet18.onnx");
         var error = Assert.ThrowsExactly<CheckpointException>(() => PretrainedBackbones.Load(onnx));
-        StringAssert.Contains(error.Message, "LoadMLNetResNet18");
+        StringAssert.Contains(error.Message, "PretrainedBackbones.LoadBuiltIn");
+        StringAssert.Contains(error.Message, PretrainedBackbones.MLNetResNet18);
     }
 
     [TestMethod]

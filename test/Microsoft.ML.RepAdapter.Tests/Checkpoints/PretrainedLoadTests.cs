@@ -1,3 +1,4 @@
+using Microsoft.ML.RepAdapter.Formats;
 using Microsoft.ML.RepAdapter.Backbones;
 using Microsoft.ML.RepAdapter.Checkpoints;
 using TorchSharp;
@@ -30,11 +31,11 @@ public class PretrainedLoadTests
     }
 
     [TestMethod]
-    [DataRow("tiny_vit.safetensors", CheckpointFormat.SafeTensors, CheckpointLayout.TimmViT)]
-    [DataRow("tiny_vit.pth", CheckpointFormat.PyTorchZip, CheckpointLayout.TimmViT)]
-    [DataRow("tiny_vit_google.npz", CheckpointFormat.NumpyNpz, CheckpointLayout.GoogleViT)]
-    [DataRow("tiny_vit_hf.safetensors", CheckpointFormat.SafeTensors, CheckpointLayout.HuggingFaceViT)]
-    public void ViTLogitsMatchPyTorch(string file, CheckpointFormat format, CheckpointLayout layout)
+    [DataRow("tiny_vit.safetensors", CheckpointFormat.SafeTensors, "timm ViT")]
+    [DataRow("tiny_vit.pth", CheckpointFormat.PyTorchZip, "timm ViT")]
+    [DataRow("tiny_vit_google.npz", CheckpointFormat.NumpyNpz, "Google ViT .npz")]
+    [DataRow("tiny_vit_hf.safetensors", CheckpointFormat.SafeTensors, "Hugging Face ViT")]
+    public void ViTLogitsMatchPyTorch(string file, CheckpointFormat format, string layout)
     {
         var (backbone, report) = PretrainedBackbones.Load(CheckpointFiles.Fixture(file), numHeads: 2);
         var vit = (VisionTransformer)backbone;
@@ -64,7 +65,7 @@ public class PretrainedLoadTests
         }, "vit_model.safetensors");
         var (model, report) = PretrainedBackbones.Load(path, numHeads: 2);
         var (timm, _) = PretrainedBackbones.Load(CheckpointFiles.Fixture("tiny_vit.safetensors"), numHeads: 2);
-        Assert.AreEqual(CheckpointLayout.HuggingFaceViT, report.Layout);
+        Assert.AreEqual("Hugging Face ViT", report.Layout);
         Assert.AreEqual(0, model.NumClasses, "ViTModel has no classifier");
         CollectionAssert.AreEquivalent(new[] { "pooler.dense.weight", "pooler.dense.bias" }, report.IgnoredCheckpointKeys.Keys.ToList(), report.ToString());
         var input = CheckpointFiles.ViTExpected("input");
@@ -126,7 +127,7 @@ public class PretrainedLoadTests
         CollectionAssert.AreEqual(new[] { 1, 1, 1, 1 }, config.Layers);
         CollectionAssert.AreEqual(widths, config.StageWidths);
         Assert.AreEqual(5, config.NumClasses);
-        Assert.AreEqual(CheckpointLayout.TorchvisionResNet, report.Layout);
+        Assert.AreEqual("torchvision ResNet", report.Layout);
         Assert.IsEmpty(report.IgnoredCheckpointKeys, report.ToString());
         Assert.IsEmpty(report.UnloadedModelKeys, report.ToString());
         AssertMatches(CheckpointFiles.ResNetExpected(expected), Logits(backbone, CheckpointFiles.ResNetExpected("input")), file);
@@ -160,7 +161,7 @@ public class PretrainedLoadTests
         CheckpointExport.SaveMergedSafeTensors(original, path);
         var (loaded, _) = PretrainedBackbones.Load(path);
         Assert.AreEqual("vit_tiny_patch16_224", loaded.Architecture);
-        Assert.AreEqual(VisionTransformerConfig.Presets["vit_tiny_patch16_224"] with { NumClasses = 0 }, ((VisionTransformer)loaded).Config, "192 / 64 = 3 heads");
+        Assert.AreEqual(VisionTransformerFamily.PresetConfigs["vit_tiny_patch16_224"] with { NumClasses = 0 }, ((VisionTransformer)loaded).Config, "192 / 64 = 3 heads");
     }
 
     [TestMethod]

@@ -13,8 +13,9 @@ public partial class ArchitectureTests
     private static readonly Dictionary<string, int> Layers = new()
     {
         ["Torch"] = 0,           // TorchSharp helpers: dispose scopes, finiteness, init, devices
+        ["Formats"] = 1,         // checkpoint file formats (safetensors, npz, pth, ONNX): never name a family
         ["Adapters"] = 1,        // adapter config, layers, attach / train / merge
-        ["Backbones"] = 2,       // the families and the feature contract
+        ["Backbones"] = 2,       // the feature contract, the family registry and one folder per family
         ["Checkpoints"] = 3,     // reading weights into backbones, writing them out
         ["Training"] = 3,        // the fine-tuning loop over an objective
         ["MLNet"] = 4,           // trainer and transformer bases, image columns

@@ -6,15 +6,6 @@ using static TorchSharp.torch;
 
 namespace Microsoft.ML.RepAdapter.Backbones;
 
-/// <summary>The MLP's activation: GELU (ViT), or CLIP's QuickGELU x * sigmoid(1.702 x).</summary>
-public enum MlpActivation
-{
-    /// <summary>GELU (erf form), as ViT and most CLIP models trained after OpenAI's.</summary>
-    Gelu,
-    /// <summary>x * sigmoid(1.702 x), as OpenAI's CLIP.</summary>
-    QuickGelu,
-}
-
 /// <summary>
 /// Configuration of a <see cref="VisionTransformer"/> (timm's VisionTransformer arguments).
 /// <paramref name="RepresentationSize"/> adds the old pre-logits layer (fc + tanh) of Google's ImageNet-21k checkpoints.
@@ -301,30 +292,6 @@ public sealed class VisionTransformer : Backbone
         }
     }
 
-    /// <summary>Two-layer MLP with GELU (or CLIP's QuickGELU).</summary>
-    public sealed class Mlp : nn.Module<Tensor, Tensor>
-    {
-        private readonly AdaptableLinear fc1;
-        private readonly nn.Module<Tensor, Tensor> act;
-        private readonly Linear fc2;
-
-        public Mlp(int dim, int hidden, MlpActivation activation = MlpActivation.Gelu) : base(nameof(Mlp))
-        {
-            fc1 = new AdaptableLinear(dim, hidden);
-            act = activation == MlpActivation.QuickGelu ? new QuickGelu() : nn.GELU();
-            fc2 = nn.Linear(hidden, dim);
-            RegisterComponents();
-        }
-
-        public AdaptableLinear Fc1 => fc1;
-
-        public override Tensor forward(Tensor x)
-        {
-            using var scope = NewDisposeScope();
-            return fc2.forward(act.forward(fc1.forward(x))).MoveToOuterDisposeScope();
-        }
-    }
-
     /// <summary>Pre-norm transformer block: x + attn(norm1 x), then x + mlp(norm2 x), each behind drop path.</summary>
     public sealed class Block : nn.Module<Tensor, Tensor>
     {
@@ -373,16 +340,6 @@ public sealed class VisionTransformer : Backbone
         {
             using var scope = NewDisposeScope();
             return fc.forward(x).tanh().MoveToOuterDisposeScope();
-        }
-    }
-
-    /// <summary>OpenAI CLIP's activation: x * sigmoid(1.702 x).</summary>
-    public sealed class QuickGelu() : nn.Module<Tensor, Tensor>(nameof(QuickGelu))
-    {
-        public override Tensor forward(Tensor x)
-        {
-            using var scope = NewDisposeScope();
-            return (x * (x * 1.702).sigmoid()).MoveToOuterDisposeScope();
         }
     }
 }

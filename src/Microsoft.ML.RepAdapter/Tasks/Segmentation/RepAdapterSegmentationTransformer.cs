@@ -198,7 +198,7 @@ public sealed class RepAdapterSegmentationTransformer : RepAdapterTransformerBas
         var network = SegmentationNetwork.FromDescription(header.NetworkJson);
         LoadWeights(ctx, network);
         return new RepAdapterSegmentationTransformer(env, network, network.Backbone.Input, classNames, ignoreIndex, header.Summary, image, mask,
-            colorized, scores, header.ScoringBatchSize, CPU);
+            colorized, scores, header.ScoringBatchSize, ScoringDevice(env));
     }
 
     // Factory for SignatureLoadRowMapper.

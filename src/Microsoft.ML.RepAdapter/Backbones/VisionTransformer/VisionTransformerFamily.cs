@@ -1,0 +1,293 @@
+using System.Text.Json;
+using Microsoft.ML.RepAdapter.Formats;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.RepAdapter.Backbones;
+
+/// <summary>
+/// The Vision Transformer family: timm's presets and names, and the checkpoints it reads: timm state dicts, Google's
+/// original .npz files (big_vision / vision_transformer) and Hugging Face's ViTModel / ViTForImageClassification.
+/// </summary>
+public sealed class VisionTransformerFamily : BackboneFamily
+{
+    /// <summary>The family.</summary>
+    public static VisionTransformerFamily Instance { get; } = new();
+
+    private VisionTransformerFamily() { }
+
+    /// <summary>timm's preset names for the ViT variants.</summary>
+    public static IReadOnlyDictionary<string, VisionTransformerConfig> PresetConfigs { get; } = new Dictionary<string, VisionTransformerConfig>
+    {
+        ["vit_tiny_patch16_224"] = new(EmbedDim: 192, NumHeads: 3),
+        ["vit_small_patch16_224"] = new(EmbedDim: 384, NumHeads: 6),
+        ["vit_base_patch16_224"] = new(),
+        ["vit_base_patch32_224"] = new(PatchSize: 32),
+        ["vit_large_patch16_224"] = new(EmbedDim: 1024, Depth: 24, NumHeads: 16),
+        ["vit_large_patch14_224"] = new(PatchSize: 14, EmbedDim: 1024, Depth: 24, NumHeads: 16),
+        ["vit_base_patch16_384"] = new(ImageSize: 384),
+        ["vit_large_patch16_384"] = new(ImageSize: 384, EmbedDim: 1024, Depth: 24, NumHeads: 16),
+        // Google's ImageNet-21k ViT-B/16 (ViT-B_16.npz, the paper's backbone) with its pre-logits layer.
+        ["vit_base_patch16_224_in21k"] = new(RepresentationSize: 768, NumClasses: 21843),
+    };
+
+    /// <inheritdoc/>
+    public override string Name => "VisionTransformer";
+
+    /// <inheritdoc/>
+    public override IReadOnlyCollection<string> Presets => [.. PresetConfigs.Keys];
+
+    /// <inheritdoc/>
+    public override Backbone Create(string preset, PresetOverrides overrides)
+    {
+        var config = PresetConfigs[preset];
+        return new VisionTransformer(config with
+        {
+            DropPathRate = overrides.DropPathRate,
+            NumClasses = overrides.NumClasses ?? config.NumClasses,
+            ImageSize = overrides.ImageSize ?? config.ImageSize,
+        }, preset);
+    }
+
+    /// <inheritdoc/>
+    public override Backbone Build(string architecture, ImageInputSpec input, JsonElement config) =>
+        new VisionTransformer(config.Deserialize<VisionTransformerConfig>(BackboneDescriptor.Json)!, architecture, input);
+
+    /// <inheritdoc/>
+    public override JsonElement WithDropPathRate(JsonElement config, double rate) =>
+        JsonSerializer.SerializeToElement(config.Deserialize<VisionTransformerConfig>(BackboneDescriptor.Json)! with { DropPathRate = rate }, BackboneDescriptor.Json);
+
+    /// <inheritdoc/>
+    public override IReadOnlyList<CheckpointLayout> Layouts { get; } =
+    [
+        // timm's own names; a pre-normed ViT is CLIP's, whose family reads it.
+        new OwnNamesLayout("timm ViT", t => t.ContainsKey("patch_embed.proj.weight") && t.ContainsKey("cls_token") && !t.ContainsKey("norm_pre.weight")),
+        new GoogleLayout(),
+        new HuggingFaceLayout(),
+    ];
+
+    /// <summary>
+    /// Embedding width, depth, MLP ratio, patch size, qkv bias, pre-norm, pre-logits and the checkpoint's image size (from
+    /// the position embeddings) come from the shapes. The number of attention heads is not in the shapes: it is
+    /// <see cref="CheckpointOptions.NumHeads"/>, else the preset's, else width / 64 (the rule of ViT-Ti/S/B/L, not ViT-H),
+    /// and an error when the width is not a multiple of 64. The name is the preset that matches, if any.
+    /// </summary>
+    public override Backbone CreateFromWeights(string path, IReadOnlyDictionary<string, Tensor> w, string? preset, CheckpointOptions options)
+    {
+        var known = preset is null ? null : PresetConfigs.TryGetValue(preset, out var config) ? config
+            : throw new ArgumentException($"Unknown ViT preset '{preset}'. Known presets: {string.Join(", ", PresetConfigs.Keys)}.", nameof(preset));
+        var inferred = InferConfig(path, w, known, options);
+        string? matchingPreset = PresetConfigs.FirstOrDefault(p => p.Value with { NumClasses = inferred.NumClasses } == inferred).Key;
+        return new VisionTransformer(inferred, preset ?? matchingPreset ?? $"vit_patch{inferred.PatchSize}_dim{inferred.EmbedDim}_depth{inferred.Depth}");
+    }
+
+    /// <summary>
+    /// The config that checkpoint tensors in this family's names describe (see <see cref="CreateFromWeights"/>), or
+    /// <paramref name="preset"/> checked against them. Shared with the families whose models are ViTs (CLIP).
+    /// </summary>
+    public static VisionTransformerConfig InferConfig(string path, IReadOnlyDictionary<string, Tensor> w, VisionTransformerConfig? preset, CheckpointOptions options)
+    {
+        var cls = KeyTaker.Require(path, w, "cls_token", rank: 3);
+        var patch = KeyTaker.Require(path, w, "patch_embed.proj.weight", rank: 4);
+        var pos = KeyTaker.Require(path, w, "pos_embed", rank: 3);
+        int embedDim = (int)cls.shape[2];
+        int patchSize = (int)patch.shape[2];
+        if (patch.shape[3] != patchSize) throw new CheckpointException(path, "patch_embed.proj.weight", $"expected square patches, found {Describe.ShapeOf(patch)}.");
+        int grid = (int)Math.Round(Math.Sqrt(pos.shape[1] - 1));
+        if (grid * grid != pos.shape[1] - 1)
+            throw new CheckpointException(path, "pos_embed", $"expected 1 class token + a square grid of positions, found {Describe.ShapeOf(pos)}.");
+        bool hasPreLogits = w.ContainsKey("pre_logits.fc.weight");
+        if (options.KeepPreLogits && !hasPreLogits)
+            throw new CheckpointException(path, "pre_logits.fc.weight", "keepPreLogits: expected a pre-logits layer in the checkpoint, found none.");
+        int? representation = options.KeepPreLogits ? (int)KeyTaker.Require(path, w, "pre_logits.fc.weight", rank: 2).shape[0] : null;
+        int? projection = w.TryGetValue("proj.weight", out var proj) ? (int)proj.shape[0] : null;
+        // A head trained on the pre-logits output is useless without them (LeftOut ignores it then).
+        int checkpointClasses = w.TryGetValue("head.weight", out var head) && (options.KeepPreLogits || !hasPreLogits) ? (int)head.shape[0] : 0;
+
+        VisionTransformerConfig config;
+        if (preset is not null)
+        {
+            config = preset;
+            if (options.NumHeads is int heads) config = config with { NumHeads = heads };
+        }
+        else
+        {
+            int depth = 0;
+            while (w.ContainsKey($"blocks.{depth}.norm1.weight")) depth++;
+            var fc1 = KeyTaker.Require(path, w, "blocks.0.mlp.fc1.weight", rank: 2);
+            config = new VisionTransformerConfig(
+                ImageSize: grid * patchSize,
+                PatchSize: patchSize,
+                EmbedDim: embedDim,
+                Depth: depth,
+                NumHeads: options.NumHeads ?? DefaultHeads(path, embedDim),
+                MlpRatio: (double)fc1.shape[0] / embedDim,
+                QkvBias: w.ContainsKey("blocks.0.attn.qkv.bias"),
+                PreNorm: w.ContainsKey("norm_pre.weight"),
+                ImageProjection: projection);
+        }
+        return config with
+        {
+            ImageSize = options.ImageSize ?? config.ImageSize,
+            RepresentationSize = representation,
+            NumClasses = options.NumClasses ?? checkpointClasses,
+        };
+    }
+
+    private static int DefaultHeads(string path, int embedDim) =>
+        embedDim % 64 == 0 ? embedDim / 64
+            : throw new CheckpointException(path, "cls_token",
+                $"attention heads: the shapes do not determine them and the default rule (width / 64) needs a width that is a multiple of 64, found {embedDim}; pass numHeads or a preset.");
+
+    /// <summary>The pre-logits layer of an ImageNet-21k checkpoint when the backbone does not keep it, and the head trained on it.</summary>
+    public override IReadOnlyDictionary<string, string> LeftOut(IReadOnlyDictionary<string, Tensor> weights, Backbone target)
+    {
+        var left = new Dictionary<string, string>();
+        if (!weights.Keys.Any(IsPreLogits) || target.state_dict().Keys.Any(IsPreLogits)) return left;
+        foreach (var key in weights.Keys.Where(IsPreLogits)) left[key] = "the pre-logits layer is not kept (keepPreLogits: false).";
+        foreach (var key in weights.Keys.Where(target.IsHeadParameter)) left[key] = "this head was trained on the pre-logits output, which is not kept.";
+        return left;
+    }
+
+    private static bool IsPreLogits(string key) => key.StartsWith("pre_logits.", StringComparison.Ordinal);
+
+    /// <summary>Position embeddings at another grid are resampled to the backbone's, as timm does.</summary>
+    public override (Tensor Value, string Note)? Resize(string path, string key, Tensor source, Backbone target)
+    {
+        if (key != "pos_embed" || target is not VisionTransformer vit || source.dim() != 3 || source.shape[2] != vit.Config.EmbedDim) return null;
+        try
+        {
+            var resampled = VisionTransformer.ResamplePositionEmbedding(source.to(ScalarType.Float32), vit.Config.GridSize);
+            return (resampled, $"pos_embed resampled from {Describe.ShapeOf(source)} to {Describe.ShapeOf(resampled)} (bicubic, class token kept).");
+        }
+        catch (ArgumentException e)
+        {
+            throw new CheckpointException(path, "pos_embed", $"cannot resample {Describe.ShapeOf(source)} to a {vit.Config.GridSize}x{vit.Config.GridSize} grid: {e.Message}", e);
+        }
+    }
+
+    /// <summary>The official code's <c>blocks.{i}.adapter_attn</c> feeds <c>attn.qkv</c>, <c>adapter_mlp</c> feeds <c>mlp.fc1</c>.</summary>
+    public override string? OfficialAdapterSite(string officialModule)
+    {
+        var parts = officialModule.Split('.');
+        if (parts.Length != 3 || parts[0] != "blocks" || !int.TryParse(parts[1], out _)) return null;
+        return parts[2] switch
+        {
+            "adapter_attn" => $"blocks.{parts[1]}.attn.qkv",
+            "adapter_mlp" => $"blocks.{parts[1]}.mlp.fc1",
+            _ => null,
+        };
+    }
+
+    /// <summary>
+    /// Google ViT .npz -> timm (the inverse of what timm's _load_weights undoes): kernels are [in, out], q/k/v kernels
+    /// [D, heads, head_dim], out/kernel [heads, head_dim, D], embedding/kernel HWIO. "opt/target/" (Flax optimizer
+    /// checkpoints) is accepted as a prefix.
+    /// </summary>
+    private sealed class GoogleLayout : CheckpointLayout
+    {
+        public override string Name => "Google ViT .npz";
+
+        public override bool Matches(IReadOnlyDictionary<string, Tensor> tensors) =>
+            tensors.ContainsKey("embedding/kernel") || tensors.ContainsKey("opt/target/embedding/kernel");
+
+        public override ConvertedCheckpoint Convert(TensorCheckpoint checkpoint, IReadOnlyDictionary<string, Tensor> tensors)
+        {
+            var keys = new KeyTaker(checkpoint.Path, tensors);
+            string p = keys.Has("opt/target/embedding/kernel") ? "opt/target/" : "";
+            var w = new OrderedDictionary<string, Tensor>();
+            w["patch_embed.proj.weight"] = keys.Take(p + "embedding/kernel", rank: 4).permute(3, 2, 0, 1).contiguous();   // HWIO -> OIHW
+            w["patch_embed.proj.bias"] = keys.Take(p + "embedding/bias");
+            w["cls_token"] = keys.Take(p + "cls");
+            w["pos_embed"] = keys.Take(p + "Transformer/posembed_input/pos_embedding");
+            int depth = keys.CountBlocks(i => $"{p}Transformer/encoderblock_{i}/LayerNorm_0/scale");
+            for (int i = 0; i < depth; i++)
+            {
+                string s = $"{p}Transformer/encoderblock_{i}/", t = $"blocks.{i}.", mha = s + "MultiHeadDotProductAttention_1/";
+                w[t + "norm1.weight"] = keys.Take(s + "LayerNorm_0/scale");
+                w[t + "norm1.bias"] = keys.Take(s + "LayerNorm_0/bias");
+                // q/k/v kernel [D, heads, head_dim] -> rows of the fused [3D, D] weight.
+                string[] parts = ["query", "key", "value"];
+                w[t + "attn.qkv.weight"] = keys.Concat(parts.Select(n => mha + n + "/kernel").ToArray(), k => k.flatten(1).t(), rank: 3);
+                w[t + "attn.qkv.bias"] = keys.Concat(parts.Select(n => mha + n + "/bias").ToArray(), b => b.flatten(), rank: 2);
+                w[t + "attn.proj.weight"] = keys.Take(mha + "out/kernel", rank: 3).flatten(0, 1).t().contiguous();         // [heads, hd, D] -> [D, heads*hd]
+                w[t + "attn.proj.bias"] = keys.Take(mha + "out/bias");
+                w[t + "norm2.weight"] = keys.Take(s + "LayerNorm_2/scale");
+                w[t + "norm2.bias"] = keys.Take(s + "LayerNorm_2/bias");
+                for (int r = 0; r < 2; r++)
+                {
+                    w[t + $"mlp.fc{r + 1}.weight"] = keys.Take(s + $"MlpBlock_3/Dense_{r}/kernel", rank: 2).t().contiguous();
+                    w[t + $"mlp.fc{r + 1}.bias"] = keys.Take(s + $"MlpBlock_3/Dense_{r}/bias");
+                }
+            }
+            w["norm.weight"] = keys.Take(p + "Transformer/encoder_norm/scale");
+            w["norm.bias"] = keys.Take(p + "Transformer/encoder_norm/bias");
+            if (keys.Has(p + "pre_logits/kernel"))
+            {
+                w["pre_logits.fc.weight"] = keys.Take(p + "pre_logits/kernel", rank: 2).t().contiguous();
+                w["pre_logits.fc.bias"] = keys.Take(p + "pre_logits/bias");
+            }
+            if (keys.Has(p + "head/kernel"))
+            {
+                w["head.weight"] = keys.Take(p + "head/kernel", rank: 2).t().contiguous();
+                w["head.bias"] = keys.Take(p + "head/bias");
+            }
+            keys.ThrowIfAnyUnused("Google ViT .npz");
+            return new ConvertedCheckpoint(Name, w, new Dictionary<string, string>());
+        }
+    }
+
+    /// <summary>Hugging Face ViT -> timm: q/k/v are fused as rows [0:D], [D:2D], [2D:3D]; ViTModel has no "vit." prefix.</summary>
+    private sealed class HuggingFaceLayout : CheckpointLayout
+    {
+        public override string Name => "Hugging Face ViT";
+
+        public override bool Matches(IReadOnlyDictionary<string, Tensor> tensors) =>
+            tensors.ContainsKey("vit.embeddings.patch_embeddings.projection.weight") || tensors.ContainsKey("embeddings.patch_embeddings.projection.weight");
+
+        public override ConvertedCheckpoint Convert(TensorCheckpoint checkpoint, IReadOnlyDictionary<string, Tensor> tensors)
+        {
+            var keys = new KeyTaker(checkpoint.Path, tensors);
+            string p = keys.Has("vit.embeddings.patch_embeddings.projection.weight") ? "vit." : "";
+            var w = new OrderedDictionary<string, Tensor>();
+            var ignored = new Dictionary<string, string>();
+            w["patch_embed.proj.weight"] = keys.Take(p + "embeddings.patch_embeddings.projection.weight");
+            w["patch_embed.proj.bias"] = keys.Take(p + "embeddings.patch_embeddings.projection.bias");
+            w["cls_token"] = keys.Take(p + "embeddings.cls_token");
+            w["pos_embed"] = keys.Take(p + "embeddings.position_embeddings");
+            int depth = keys.CountBlocks(i => $"{p}encoder.layer.{i}.layernorm_before.weight");
+            (string Timm, string Hf)[] linears =
+            [
+                ("norm1", "layernorm_before"), ("attn.proj", "attention.output.dense"), ("norm2", "layernorm_after"),
+                ("mlp.fc1", "intermediate.dense"), ("mlp.fc2", "output.dense"),
+            ];
+            for (int i = 0; i < depth; i++)
+            {
+                string h = $"{p}encoder.layer.{i}.", t = $"blocks.{i}.";
+                string[] parts = ["query", "key", "value"];
+                w[t + "attn.qkv.weight"] = keys.Concat(parts.Select(n => $"{h}attention.attention.{n}.weight").ToArray(), x => x, rank: 2);
+                if (keys.Has($"{h}attention.attention.query.bias"))
+                    w[t + "attn.qkv.bias"] = keys.Concat(parts.Select(n => $"{h}attention.attention.{n}.bias").ToArray(), x => x, rank: 1);
+                foreach (var (timm, hf) in linears)
+                {
+                    w[$"{t}{timm}.weight"] = keys.Take($"{h}{hf}.weight");
+                    w[$"{t}{timm}.bias"] = keys.Take($"{h}{hf}.bias");
+                }
+            }
+            w["norm.weight"] = keys.Take(p + "layernorm.weight");
+            w["norm.bias"] = keys.Take(p + "layernorm.bias");
+            if (keys.Has("classifier.weight"))
+            {
+                w["head.weight"] = keys.Take("classifier.weight");
+                w["head.bias"] = keys.Take("classifier.bias");
+            }
+            foreach (string pooler in new[] { p + "pooler.dense.weight", p + "pooler.dense.bias" })
+            {
+                if (!keys.Has(pooler)) continue;
+                keys.Take(pooler);
+                ignored[pooler] = "ViTModel's pooler (dense + tanh over the class token) is not part of timm's ViT; classification uses the final-norm class token.";
+            }
+            keys.ThrowIfAnyUnused("Hugging Face ViT");
+            return new ConvertedCheckpoint(Name, w, ignored);
+        }
+    }
+}
