@@ -138,6 +138,7 @@ public static class BackboneFamilies
     [
         VisionTransformerFamily.Instance,
         ResNetFamily.Instance,
+        SwinFamily.Instance,
     ];
 
     /// <summary>The weights a trainer uses when none are named: ML.NET's pretrained ResNet-18, which works offline.</summary>
