@@ -139,6 +139,7 @@ public static class BackboneFamilies
         VisionTransformerFamily.Instance,
         ResNetFamily.Instance,
         SwinFamily.Instance,
+        ConvNeXtFamily.Instance,
     ];
 
     /// <summary>The weights a trainer uses when none are named: ML.NET's pretrained ResNet-18, which works offline.</summary>
