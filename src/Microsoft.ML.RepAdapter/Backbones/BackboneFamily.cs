@@ -140,6 +140,7 @@ public static class BackboneFamilies
         ResNetFamily.Instance,
         SwinFamily.Instance,
         ConvNeXtFamily.Instance,
+        ClipFamily.Instance,
     ];
 
     /// <summary>The weights a trainer uses when none are named: ML.NET's pretrained ResNet-18, which works offline.</summary>
