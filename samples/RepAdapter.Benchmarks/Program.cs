@@ -76,7 +76,7 @@ static double Median(List<double> values)
 static BenchOptions ParseArgs(string[] args)
 {
     // The paper's protocol at batch 1: 50 warm-up passes, 30 timed passes.
-    var o = new BenchOptions(50, 30, 3, 20, ["vit_base_patch16_224", "resnet18"], [1, 16]);
+    var o = new BenchOptions(50, 30, 3, 20, ["vit_base_patch16_224", "resnet18", "swin_tiny_patch4_window7_224", "convnext_tiny", "ViT-B/16"], [1, 16]);
     for (int i = 0; i + 1 < args.Length; i += 2)
     {
         o = args[i] switch

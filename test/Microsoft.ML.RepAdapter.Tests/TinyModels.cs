@@ -12,6 +12,14 @@ internal static class TinyModels
     public static readonly VisionTransformerConfig VitConfig = new(ImageSize: 16, PatchSize: 4, EmbedDim: 32, Depth: 2, NumHeads: 2, NumClasses: 5);
     public static readonly ResNetConfig BasicResNetConfig = new(ResNetBlock.Basic, [1, 1, 1, 1], [8, 16, 32, 64], NumClasses: 5, ImageSize: 32);
     public static readonly ResNetConfig BottleneckResNetConfig = new(ResNetBlock.Bottleneck, [1, 1, 1, 1], [4, 8, 16, 32], NumClasses: 5, ImageSize: 32);
+    // The configs of test/fixtures/make_family_fixtures.py.
+    public static readonly SwinConfig SwinConfig = new([2, 2, 2, 2], [2, 2, 4, 4], EmbedDim: 8, WindowSize: 4, ImageSize: 32, NumClasses: 5);
+    public static readonly ConvNeXtConfig ConvNeXtConfig = new([1, 1, 2, 1], [8, 16, 32, 64], NumClasses: 5, ImageSize: 32);
+    public static readonly VisionTransformerConfig ClipConfig = new(ImageSize: 16, PatchSize: 4, EmbedDim: 32, Depth: 2, NumHeads: 2, NumClasses: 0,
+        LayerNormEps: 1e-5, PreNorm: true, Activation: MlpActivation.QuickGelu, ImageProjection: 16);
+
+    /// <summary>Every kind <see cref="Create"/> builds: one per family, and both ResNet block types.</summary>
+    public static readonly string[] Kinds = ["vit", "resnet_basic", "resnet_bottleneck", "swin", "convnext", "clip"];
 
     public static Backbone Create(string kind, int seed = 0)
     {
@@ -21,6 +29,9 @@ internal static class TinyModels
             "vit" => new VisionTransformer(VitConfig, "tiny_vit"),
             "resnet_basic" => new ResNet(BasicResNetConfig, "tiny_resnet_basic"),
             "resnet_bottleneck" => new ResNet(BottleneckResNetConfig, "tiny_resnet_bottleneck"),
+            "swin" => new SwinTransformer(SwinConfig, "tiny_swin"),
+            "convnext" => new ConvNeXt(ConvNeXtConfig, "tiny_convnext"),
+            "clip" => new VisionTransformer(ClipConfig, "tiny_clip", ClipFamily.ClipInput(16)),
             _ => throw new ArgumentException(kind),
         };
     }
