@@ -30,19 +30,21 @@ internal static class ImageColumn
 
     /// <summary>
     /// A function returning the current row's image as the backbone's uint8 input pixels [3, S, S], with the image's own
-    /// size. See <see cref="CreateDecoder{T}"/> for what is checked.
+    /// size: <see cref="CreateFetcher"/> and <see cref="Decode{T}"/> in one step.
     /// </summary>
-    public static Func<ImageRead> CreateReader(DataViewRow row, string column, ImagePreprocessor preprocessor) =>
-        CreateDecoder(row, column, image => new ImageRead(preprocessor.ToPixels(image), image.Width, image.Height));
+    public static Func<ImageRead> CreateReader(DataViewRow row, string column, ImagePreprocessor preprocessor)
+    {
+        var fetch = CreateFetcher(row, column);
+        return () => Decode(fetch(), preprocessor.Read);
+    }
 
     /// <summary>
-    /// A function that decodes the current row's image and returns <paramref name="convert"/> of it. Each image is
-    /// converted as soon as it is read: an image decoded here from bytes is disposed at once, and an MLImage from
-    /// LoadImages is handed back to its getter on the next row, which disposes it (so nothing waits for a finalizer).
-    /// Images that cannot be read, or whose file or bytes are truncated, are an <see cref="InvalidDataException"/>
-    /// naming the column, the row and (when the row shows it) the file.
+    /// A function that takes the current row's image from its column, cheaply, on the cursor's thread: encoded bytes as
+    /// they are, or an MLImage's pixels (LoadImages has decoded it; the getter disposes it on the next row, so nothing
+    /// waits for a finalizer). <see cref="Decode{T}"/> does the rest, on any thread. An image LoadImages cannot load is an
+    /// <see cref="InvalidDataException"/> naming the column, the row and (when the row shows it) the file.
     /// </summary>
-    public static Func<T> CreateDecoder<T>(DataViewRow row, string column, Func<MLImage, T> convert)
+    public static Func<FetchedImage> CreateFetcher(DataViewRow row, string column)
     {
         var col = row.Schema[column];
         string Where() => $"Image column '{column}', row {row.Position}";
@@ -61,10 +63,7 @@ internal static class ImageColumn
                     throw new InvalidDataException($"{Where()}{PathsOf(row)}: the image could not be loaded ({e.Message}).", e);
                 }
                 if (image is null) throw new InvalidDataException($"{Where()}{PathsOf(row)}: no image (an empty path?).");
-                // LoadImages keeps the file's path in Tag: check the file itself, since Skia decodes a truncated one silently.
-                if (image.Tag is string path && File.Exists(path) && ImageIntegrity.Problem(File.ReadAllBytes(path)) is string problem)
-                    throw new InvalidDataException($"{Where()} (file '{path}'): {problem}.");
-                return Convert(image);
+                return new FetchedImage(column, row.Position, null, new DecodedImage(image.GetBGRPixels, image.Width, image.Height), image.Tag as string);
             };
         }
         var bytesGetter = row.GetGetter<VBuffer<byte>>(col);
@@ -72,33 +71,50 @@ internal static class ImageColumn
         return () =>
         {
             bytesGetter(ref bytes);
-            var dense = bytes.DenseValues().ToArray();
-            if (dense.Length == 0) throw new InvalidDataException($"{Where()}: the image bytes are empty.");
-            if (ImageIntegrity.Problem(dense) is string problem)
-                throw new InvalidDataException($"{Where()}: the {dense.Length} bytes are not a decodable image: {problem}.");
-            MLImage decoded;
+            return new FetchedImage(column, row.Position, bytes.DenseValues().ToArray(), null, null);
+        };
+    }
+
+    /// <summary>
+    /// Decodes a fetched image and returns <paramref name="convert"/> of it. Bytes that are empty, truncated or not an
+    /// image, and LoadImages files that are truncated (Skia decodes them silently, half black), are an
+    /// <see cref="InvalidDataException"/> naming the column, the row and the file.
+    /// </summary>
+    public static T Decode<T>(FetchedImage fetched, Func<DecodedImage, T> convert)
+    {
+        string where = $"Image column '{fetched.Column}', row {fetched.Row}";
+        DecodedImage image;
+        if (fetched.Pixels is { } pixels)
+        {
+            // LoadImages keeps the file's path in Tag: check the file itself.
+            if (fetched.File is string path && File.Exists(path) && ImageIntegrity.Problem(File.ReadAllBytes(path)) is string problem)
+                throw new InvalidDataException($"{where} (file '{path}'): {problem}.");
+            image = pixels;
+        }
+        else
+        {
+            var encoded = fetched.Encoded!;
+            if (encoded.Length == 0) throw new InvalidDataException($"{where}: the image bytes are empty.");
+            if (ImageIntegrity.Problem(encoded) is string problem)
+                throw new InvalidDataException($"{where}: the {encoded.Length} bytes are not a decodable image: {problem}.");
             try
             {
-                decoded = MLImage.CreateFromStream(new MemoryStream(dense));
+                using var decoded = MLImage.CreateFromStream(new MemoryStream(encoded));
+                image = new DecodedImage(decoded.GetBGRPixels, decoded.Width, decoded.Height);
             }
             catch (Exception e) when (e is not OutOfMemoryException)
             {
-                throw new InvalidDataException($"{Where()}: the {dense.Length} bytes are not a decodable image ({e.Message}).", e);
+                throw new InvalidDataException($"{where}: the {encoded.Length} bytes are not a decodable image ({e.Message}).", e);
             }
-            using (decoded) return Convert(decoded);
-        };
-
-        T Convert(MLImage image)
+        }
+        if (image.Width <= 0 || image.Height <= 0) throw new InvalidDataException($"{where}: the image has no pixels ({image.Width} x {image.Height}).");
+        try
         {
-            if (image.Width <= 0 || image.Height <= 0) throw new InvalidDataException($"{Where()}: the image has no pixels ({image.Width} x {image.Height}).");
-            try
-            {
-                return convert(image);
-            }
-            catch (InvalidDataException e)
-            {
-                throw new InvalidDataException($"{Where()}: {e.Message}", e);
-            }
+            return convert(image);
+        }
+        catch (InvalidDataException e)
+        {
+            throw new InvalidDataException($"{where}: {e.Message}", e);
         }
     }
 
@@ -125,18 +141,32 @@ internal static class ImageColumn
 /// <summary>One image read from a row: the backbone's input pixels (uint8 [3, S, S]) and the image's own size.</summary>
 internal readonly record struct ImageRead(Tensor Pixels, int Width, int Height);
 
+/// <summary>Decoded pixels: BGR bytes, row-major, and the size.</summary>
+internal readonly record struct DecodedImage(byte[] Bgr, int Width, int Height);
+
+/// <summary>
+/// A row's image as taken from its column: encoded bytes, or the pixels LoadImages decoded (with its file, to check).
+/// </summary>
+internal sealed record FetchedImage(string Column, long Row, byte[]? Encoded, DecodedImage? Pixels, string? File);
+
 /// <summary>Turns images into the backbone's input pixels: RGB or BGR order, resized (bicubic, antialiased) to S x S.</summary>
 internal sealed class ImagePreprocessor(ImageInputSpec spec)
 {
     public ImageInputSpec Spec { get; } = spec;
 
     /// <summary>uint8 [3, S, S] in the spec's channel order.</summary>
-    public Tensor ToPixels(MLImage image)
+    public Tensor ToPixels(MLImage image) => ToPixels(new DecodedImage(image.GetBGRPixels, image.Width, image.Height));
+
+    /// <summary>The input pixels and the image's own size.</summary>
+    public ImageRead Read(DecodedImage image) => new(ToPixels(image), image.Width, image.Height);
+
+    /// <summary>uint8 [3, S, S] in the spec's channel order.</summary>
+    public Tensor ToPixels(DecodedImage image)
     {
         using var scope = NewDisposeScope();
         if (image.Width <= 0 || image.Height <= 0)
             throw new InvalidDataException($"Image has no pixels ({image.Width} x {image.Height}).");
-        var bgr = tensor(image.GetBGRPixels, ScalarType.Byte).view(image.Height, image.Width, 3).permute(2, 0, 1);
+        var bgr = tensor(image.Bgr, ScalarType.Byte).view(image.Height, image.Width, 3).permute(2, 0, 1);
         var ordered = Spec.Order == ChannelOrder.Bgr ? bgr : bgr.flip(0);
         int size = Spec.ImageSize;
         if (image.Height == size && image.Width == size) return ordered.contiguous().MoveToOuterDisposeScope();

@@ -80,20 +80,35 @@ public abstract class RepAdapterTrainerBase<TOptions, TTransformer> : IEstimator
         var device = TorchDevices.Select(TrainerOptions.GpuDeviceId ?? context?.GpuDeviceId,
             TrainerOptions.FallbackToCpu ?? context?.FallbackToCpu ?? false, ch.Warning);
         var task = CreateTask(input);
+        var options = TrainerOptions;
+
+        // A pass over the targets alone (no images): class checks and counts, and the rows for stratified hold-outs.
+        var classOfRow = task.ScanTargets(input, "training data", training: true);
+        if (options.ValidationSet is not null) task.ScanTargets(options.ValidationSet, "validation set", training: false);
+        var heldOut = options.ValidationSet is null && options.ValidationSetFraction is double fraction
+            ? TrainingImages.StratifiedHoldOut(classOfRow, fraction, seed)
+            : null;
+        if (heldOut is { Count: 0 }) throw Host.Except("ValidationSetFraction held out no image: give more training images per class, or a ValidationSet.");
 
         var (source, ownsSource) = CreateBackbone(ch, task.BackboneClasses);
         using var created = ownsSource ? source : null;
         // Every run (each scale candidate, then the final one) builds a fresh model from this and the source's weights.
         var runs = RunDescriptor(source);
         var preprocessor = new ImagePreprocessor(runs.Input);
-        using var data = task.Read(input, preprocessor, "training data", training: true);
-        using var validation = TrainerOptions.ValidationSet is null ? null : task.Read(TrainerOptions.ValidationSet, preprocessor, "validation set", training: false);
-        ch.Info($"{data.Count} training images, {task.NumClasses} classes, backbone {source.Architecture} at {runs.Input.ImageSize} px, device {device}.");
+        TrainingImages Read(IDataView data, string what, IReadOnlyCollection<long> rows) => TrainingData.Create(Host, data, task, preprocessor, what,
+            _ => true, rows, options.Cache, options.CacheMemoryLimitMegabytes * (1L << 20), options.DecodeThreads ?? DefaultDecodeThreads, options.ShuffleBufferSize);
+        using var all = Read(input, "training data", [.. classOfRow.Keys]);
+        using var train = heldOut is null ? all : all.Subset(row => !heldOut.Contains(row));
+        using var validation = options.ValidationSet is { } given ? Read(given, "validation set", [.. task.ScanTargets(given, "validation set", false).Keys])
+            : heldOut is null ? null : all.Subset(heldOut.Contains);
+        ch.Info($"{train.Count} training images{(validation is null ? "" : $", {validation.Count} validation images")}, {task.NumClasses} classes, "
+            + $"backbone {source.Architecture} at {runs.Input.ImageSize} px, device {device}.");
 
-        float scale = TrainerOptions.AdapterScale;
+        float scale = options.AdapterScale;
         Dictionary<string, double>? searched = null;
-        if (TrainerOptions.SearchScale && TrainerOptions.UsesAdapters) (scale, searched) = SearchScale(ch, task, runs, source, data, validation, seed, device);
-        var network = TrainOnce(ch, task, runs, source, data, validation, scale, seed, device, "final");
+        if (options.SearchScale && options.UsesAdapters)
+            (scale, searched) = SearchScale(ch, task, runs, source, train, validation, classOfRow, seed, device);
+        var network = TrainOnce(ch, task, runs, source, train, validation, scale, seed, device, "final", options.EarlyStopping);
         try
         {
             long trainable = network.CountParameters(trainableOnly: true);
@@ -101,7 +116,7 @@ public abstract class RepAdapterTrainerBase<TOptions, TTransformer> : IEstimator
             if (NonFinite.FirstIn(network) is string bad)
                 throw Host.Except($"The merged model has non-finite values (NaN or infinity) in '{bad}' (AdapterScale {scale:G} too large?); no model is returned.");
             ch.Info($"Merged {merged} adapters into the backbone ({network.CountParameters():N0} parameters, as the plain architecture).");
-            var summary = new TrainingSummary(TrainerOptions.Method, TrainerOptions.Placement, TrainerOptions.Trainable, scale, trainable, merged, searched);
+            var summary = new TrainingSummary(options.Method, options.Placement, options.Trainable, scale, trainable, merged, searched);
             return CreateTransformer(task, network, runs.Input, summary, device);
         }
         catch
@@ -111,43 +126,45 @@ public abstract class RepAdapterTrainerBase<TOptions, TTransformer> : IEstimator
         }
     }
 
+    /// <summary>Background decoding threads by default: half the cores, so that decoding overlaps training without starving it.</summary>
+    private static int DefaultDecodeThreads => Math.Max(1, Environment.ProcessorCount / 2);
+
+    /// <summary>Fraction of the training images the scale search holds out when there is no validation data.</summary>
+    private const double SearchHoldOut = 0.2;
+
     /// <summary>
-    /// Picks s by the task's validation metric, never on test data: on the validation set when given, otherwise on a
-    /// stratified hold-out of the training data (the final model is then retrained on all of it).
+    /// Picks s by the task's validation metric, never on test data: on the validation data when there is some, otherwise
+    /// on a stratified hold-out of the training data (the final model is then retrained on all of it).
     /// </summary>
     private (float scale, Dictionary<string, double> metric) SearchScale(IChannel ch, ImageTask task, BackboneDescriptor runs, Backbone source,
-        LabeledImages data, LabeledImages? validation, int seed, Device device)
+        TrainingImages train, TrainingImages? validation, IReadOnlyDictionary<long, long> classOfRow, int seed, Device device)
     {
-        var (train, holdout) = validation is null ? data.SplitStratified(TrainerOptions.ValidationFraction, seed) : (data, validation);
-        try
+        var trainRows = train.Rows.ToHashSet();
+        var heldOut = validation is null
+            ? TrainingImages.StratifiedHoldOut(classOfRow.Where(p => trainRows.Contains(p.Key)).ToDictionary(p => p.Key, p => p.Value), SearchHoldOut, seed)
+            : null;
+        using var searchTrain = heldOut is null ? null : train.Subset(row => !heldOut.Contains(row));
+        using var holdout = heldOut is null ? null : train.Subset(heldOut.Contains);
+        var fitOn = searchTrain ?? train;
+        var judgeOn = holdout ?? validation!;
+        if (judgeOn.Count == 0) throw Host.Except("The scale search needs validation images: give a ValidationSet or more training images per class.");
+        var metric = new Dictionary<string, double>();
+        string name = task.Objective.MetricName;
+        foreach (float candidate in TrainerOptions.ScaleCandidates)
         {
-            if (holdout.Count == 0) throw Host.Except("The scale search needs validation images: give a ValidationSet or more training images per class.");
-            var metric = new Dictionary<string, double>();
-            string name = task.Objective.MetricName;
-            foreach (float candidate in TrainerOptions.ScaleCandidates)
-            {
-                using var network = TrainOnce(ch, task, runs, source, train, null, candidate, seed, device, $"scale {Key(candidate)}");
-                metric[Key(candidate)] = FineTuning.Evaluate(network, runs.Input, holdout, task.Objective, device, TrainerOptions.BatchSize);
-                ch.Info($"Scale search: s = {Key(candidate)} -> validation {name} {metric[Key(candidate)]:P2}");
-            }
-            float best = TrainerOptions.ScaleCandidates.MaxBy(s => metric[Key(s)]);
-            ch.Info($"Scale search chose s = {Key(best)} ({(validation is null ? $"{holdout.Count} held-out training images" : "the validation set")}).");
-            return (best, metric);
+            using var network = TrainOnce(ch, task, runs, source, fitOn, null, candidate, seed, device, $"scale {Key(candidate)}", earlyStopping: null);
+            metric[Key(candidate)] = FineTuning.Evaluate(network, runs.Input, judgeOn, task.Objective, device, TrainerOptions.BatchSize).Metric;
+            ch.Info($"Scale search: s = {Key(candidate)} -> validation {name} {metric[Key(candidate)]:P2}");
         }
-        finally
-        {
-            if (validation is null)
-            {
-                train.Dispose();
-                holdout.Dispose();
-            }
-        }
+        float best = TrainerOptions.ScaleCandidates.MaxBy(s => metric[Key(s)]);
+        ch.Info($"Scale search chose s = {Key(best)} ({(holdout is null ? "the validation data" : $"{holdout.Count} held-out training images")}).");
+        return (best, metric);
     }
 
     private static string Key(float scale) => scale.ToString("G", System.Globalization.CultureInfo.InvariantCulture);
 
     private nn.Module<Tensor, Tensor> TrainOnce(IChannel ch, ImageTask task, BackboneDescriptor runs, Backbone source,
-        LabeledImages train, LabeledImages? validation, float scale, int seed, Device device, string run)
+        TrainingImages train, TrainingImages? validation, float scale, int seed, Device device, string run, EarlyStopping? earlyStopping)
     {
         var backbone = runs.Build();
         nn.Module<Tensor, Tensor> network = backbone;
@@ -171,9 +188,17 @@ public abstract class RepAdapterTrainerBase<TOptions, TTransformer> : IEstimator
                 e.SetMetric(0, last.Loss);
                 e.SetMetric(1, last.TrainAccuracy);
             });
-            FineTuning.Train(network, runs.Input, train, validation, task.Objective, TrainerOptions.Settings(seed), device,
-                progress: r => { last = r; ch.Info(r.ToString()); },
+            var result = FineTuning.Train(network, runs.Input, train, validation, task.Objective, TrainerOptions.Settings(seed) with { EarlyStopping = earlyStopping },
+                device, run, TrainerOptions.TrainingStateFolder,
+                progress: r =>
+                {
+                    last = r;
+                    ch.Info(r.ToString());
+                    TrainerOptions.MetricsCallback?.Invoke(r);
+                },
                 checkAlive: Host.CheckAlive);
+            if (result.Stopped || result.BestEpoch != result.Reports.Count)
+                ch.Info($"Early stopping kept epoch {result.BestEpoch} of {result.Reports.Count} trained ({(result.Stopped ? "stopped" : "ran to the end")}).");
             return network;
         }
         catch

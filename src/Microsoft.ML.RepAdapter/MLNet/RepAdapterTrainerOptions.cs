@@ -73,8 +73,40 @@ public abstract class RepAdapterTrainerOptions
     /// <summary>The scales the search tries (the paper's grid by default).</summary>
     public float[] ScaleCandidates = [.. AdapterConfig.ScaleGrid];
 
-    /// <summary>Fraction of the training data held out for the scale search when no <see cref="ValidationSet"/> is given.</summary>
-    public double ValidationFraction = 0.2;
+    /// <summary>
+    /// When no <see cref="ValidationSet"/> is given, this fraction of each class of the training data is held out as the
+    /// validation set (per-epoch metric, early stopping, scale search) and not trained on; null holds out nothing (the
+    /// scale search then holds out 20 % for itself and retrains on everything).
+    /// </summary>
+    public double? ValidationSetFraction;
+
+    /// <summary>Stop when the validation data stops improving and return the best epoch's model; needs validation data.</summary>
+    public EarlyStopping? EarlyStopping;
+
+    /// <summary>Called after every epoch of every run (ML.NET's MetricsCallback), besides the log line.</summary>
+    public Action<EpochReport>? MetricsCallback;
+
+    /// <summary>
+    /// A folder where each run saves its state after every epoch (trainable weights, optimiser and random state,
+    /// progress); a Fit started again with the same options and data resumes from it and ends as an uninterrupted run.
+    /// Null saves nothing.
+    /// </summary>
+    public string? TrainingStateFolder;
+
+    /// <summary>Where decoded images are kept between epochs; <see cref="ImageCache.Auto"/> keeps memory bounded.</summary>
+    public ImageCache Cache = ImageCache.Auto;
+
+    /// <summary>With <see cref="ImageCache.Auto"/>, the most decoded images (in megabytes) kept in memory before using disk.</summary>
+    public int CacheMemoryLimitMegabytes = 1024;
+
+    /// <summary>Threads decoding and resizing images in the background; null uses half the cores.</summary>
+    public int? DecodeThreads;
+
+    /// <summary>With <see cref="ImageCache.None"/>, how many decoded images the epoch's shuffle draws from.</summary>
+    public int ShuffleBufferSize = 1024;
+
+    /// <summary>Random resized crops and horizontal flips of the training images (masks alike); null: none, as the paper's VTAB recipe.</summary>
+    public ImageAugmentation? Augmentation;
 
     /// <summary>Stochastic depth rate (ViT), linear over depth.</summary>
     public double DropPathRate = 0.1;
@@ -129,7 +161,8 @@ public abstract class RepAdapterTrainerOptions
     /// <summary>Rows scored per forward pass by the transformer's batch Transform.</summary>
     public int ScoringBatchSize = 32;
 
-    internal FineTuneSettings Settings(int seed) => new(Epochs, BatchSize, LearningRate, WeightDecay, WarmupEpochs, WarmupLearningRate, FinalLearningRate, seed);
+    internal FineTuneSettings Settings(int seed) =>
+        new(Epochs, BatchSize, LearningRate, WeightDecay, WarmupEpochs, WarmupLearningRate, FinalLearningRate, seed, EarlyStopping, Augmentation);
 
     internal AdapterConfig Adapters(float scale) => new(Method, Placement, AdapterHidden, AdapterGroups, scale, AdapterDropout);
 
@@ -152,7 +185,13 @@ public abstract class RepAdapterTrainerOptions
         OptionCheck.That(AdapterDropout is >= 0 and < 1, nameof(AdapterDropout), AdapterDropout, "must be in [0, 1)");
         OptionCheck.That(!SearchScale || ScaleCandidates is { Length: > 0 } && ScaleCandidates.All(float.IsFinite), nameof(ScaleCandidates),
             ScaleCandidates, "needs at least one finite scale to search");
-        OptionCheck.That(ValidationFraction is > 0 and < 1, nameof(ValidationFraction), ValidationFraction, "must be in (0, 1)");
+        OptionCheck.That(ValidationSetFraction is null or > 0 and < 1, nameof(ValidationSetFraction), ValidationSetFraction, "must be in (0, 1) (or null)");
+        OptionCheck.That(EarlyStopping is null || ValidationSet is not null || ValidationSetFraction is not null, nameof(EarlyStopping), EarlyStopping,
+            "needs validation data: give a ValidationSet or a ValidationSetFraction");
+        OptionCheck.That(CacheMemoryLimitMegabytes >= 0, nameof(CacheMemoryLimitMegabytes), CacheMemoryLimitMegabytes, "cannot be negative");
+        OptionCheck.That(DecodeThreads is null or > 0, nameof(DecodeThreads), DecodeThreads, "must be positive (or null)");
+        OptionCheck.That(ShuffleBufferSize > 0, nameof(ShuffleBufferSize), ShuffleBufferSize, "must be positive");
+        Augmentation?.Validate();
         OptionCheck.That(DropPathRate is >= 0 and < 1, nameof(DropPathRate), DropPathRate, "must be in [0, 1)");
         OptionCheck.That(GpuDeviceId is null or >= 0, nameof(GpuDeviceId), GpuDeviceId, "cannot be negative");
         OptionCheck.That(NumberOfThreads is null or > 0, nameof(NumberOfThreads), NumberOfThreads, "must be positive (or null for TorchSharp's default)");

@@ -2,14 +2,95 @@ using static TorchSharp.torch;
 
 namespace Microsoft.ML.RepAdapter.Training;
 
-/// <summary>
-/// Images already resized to the model's input size, kept as bytes ([N, 3, S, S] uint8, in the backbone's channel
-/// order) with their targets: a class index per image ([N] int64, 0-based) or per pixel ([N, S, S] int64, with the
-/// task's ignore value where unlabelled). Bytes keep a VTAB-1k sized set at 224 px near 150 MB.
-/// </summary>
-public sealed class LabeledImages : IDisposable
+/// <summary>A batch of examples: uint8 pixels [B, 3, S, S] and int64 targets, [B] (a class each) or [B, S, S] (a class per pixel).</summary>
+public sealed class ImageBatch(Tensor pixels, Tensor targets) : IDisposable
 {
-    public LabeledImages(Tensor pixels, Tensor labels)
+    /// <summary>The pixels, in the backbone's channel order, at its input size.</summary>
+    public Tensor Pixels { get; } = pixels;
+
+    /// <summary>The targets.</summary>
+    public Tensor Targets { get; } = targets;
+
+    /// <summary>Examples in the batch.</summary>
+    public int Count => (int)Pixels.shape[0];
+
+    /// <inheritdoc/>
+    public void Dispose()
+    {
+        Pixels.Dispose();
+        Targets.Dispose();
+    }
+}
+
+/// <summary>
+/// The examples a training run reads, each known by its row in the source data: held in memory, in a disk cache of
+/// decoded pixels, or streamed from the source every epoch. Epochs are shuffled deterministically from (seed, epoch),
+/// so a resumed run reads what an uninterrupted one would.
+/// </summary>
+public abstract class TrainingImages : IDisposable
+{
+    /// <summary>The source rows of the examples, in source order.</summary>
+    public abstract IReadOnlyList<long> Rows { get; }
+
+    /// <summary>Number of examples.</summary>
+    public int Count => Rows.Count;
+
+    /// <summary>
+    /// The batches of epoch <paramref name="epoch"/> in its shuffled order; the last partial batch is dropped (the
+    /// recipe's drop_last) unless it is the only one.
+    /// </summary>
+    public abstract IEnumerable<ImageBatch> Epoch(int epoch, int batchSize, int seed);
+
+    /// <summary>Every example once, in source order (evaluation).</summary>
+    public abstract IEnumerable<ImageBatch> InOrder(int batchSize);
+
+    /// <summary>The examples whose source row satisfies <paramref name="keepRow"/>, sharing this set's storage.</summary>
+    public abstract TrainingImages Subset(Func<long, bool> keepRow);
+
+    /// <inheritdoc/>
+    public virtual void Dispose() { }
+
+    /// <summary>A permutation of <paramref name="count"/> examples that depends only on the seed and the epoch.</summary>
+    public static int[] Shuffle(int count, int seed, int epoch)
+    {
+        var random = new Random(unchecked(seed * 7919 + epoch));
+        var order = Enumerable.Range(0, count).ToArray();
+        random.Shuffle(order);
+        return order;
+    }
+
+    /// <summary>How many batches an epoch of <paramref name="count"/> examples has (drop_last, but never none).</summary>
+    public static int BatchesPerEpoch(int count, int batchSize) => count >= batchSize ? count / batchSize : 1;
+
+    /// <summary>
+    /// About <paramref name="fraction"/> of the rows of each class (at least one of a class with two or more rows),
+    /// chosen with <paramref name="seed"/>: a hold-out that leaves every class in the rest.
+    /// </summary>
+    public static HashSet<long> StratifiedHoldOut(IReadOnlyDictionary<long, long> classOfRow, double fraction, int seed)
+    {
+        var random = new Random(seed);
+        var holdout = new HashSet<long>();
+        foreach (var group in classOfRow.GroupBy(p => p.Value).OrderBy(g => g.Key))
+        {
+            var rows = group.Select(p => p.Key).Order().ToArray();
+            random.Shuffle(rows);
+            int held = rows.Length < 2 ? 0 : Math.Max(1, (int)Math.Round(rows.Length * fraction));
+            holdout.UnionWith(rows.Take(held));
+        }
+        return holdout;
+    }
+}
+
+/// <summary>
+/// Examples held in memory as bytes ([N, 3, S, S] uint8, in the backbone's channel order) with their targets (int64
+/// [N] or [N, S, S]). Bytes keep a VTAB-1k sized set at 224 px near 150 MB.
+/// </summary>
+public sealed class LabeledImages : TrainingImages
+{
+    private readonly long[] _rows;
+
+    /// <summary>Examples from stacked <paramref name="pixels"/> and <paramref name="labels"/> (owned); <paramref name="rows"/> defaults to 0..N-1.</summary>
+    public LabeledImages(Tensor pixels, Tensor labels, long[]? rows = null)
     {
         if (pixels.dtype != ScalarType.Byte || pixels.dim() != 4 || pixels.shape[1] != 3)
             throw new ArgumentException($"Pixels must be uint8 [N, 3, S, S], got {pixels.dtype} [{string.Join(", ", pixels.shape)}].");
@@ -19,42 +100,53 @@ public sealed class LabeledImages : IDisposable
                 $"Labels must be int64 [{pixels.shape[0]}] or [{pixels.shape[0]}, {pixels.shape[2]}, {pixels.shape[3]}], got {labels.dtype} [{string.Join(", ", labels.shape)}].");
         Pixels = pixels;
         Labels = labels;
+        _rows = rows ?? [.. Enumerable.Range(0, (int)pixels.shape[0]).Select(i => (long)i)];
+        if (_rows.Length != pixels.shape[0]) throw new ArgumentException($"{_rows.Length} row ids for {pixels.shape[0]} examples.");
     }
 
+    /// <summary>The pixels [N, 3, S, S].</summary>
     public Tensor Pixels { get; }
+
+    /// <summary>The targets [N] or [N, S, S].</summary>
     public Tensor Labels { get; }
-    public int Count => (int)Pixels.shape[0];
 
-    /// <summary>The rows at <paramref name="indices"/>, as a new set.</summary>
-    public LabeledImages Select(long[] indices)
+    /// <inheritdoc/>
+    public override IReadOnlyList<long> Rows => _rows;
+
+    /// <inheritdoc/>
+    public override IEnumerable<ImageBatch> Epoch(int epoch, int batchSize, int seed)
     {
-        using var index = tensor(indices);
-        return new LabeledImages(Pixels.index_select(0, index), Labels.index_select(0, index));
+        var order = Shuffle(Count, seed, epoch);
+        int size = Math.Min(batchSize, Count);
+        for (int b = 0; b < BatchesPerEpoch(Count, batchSize); b++) yield return Gather(order[(b * size)..((b + 1) * size)]);
     }
 
-    /// <summary>
-    /// A seeded split that keeps every class in the training part: about <paramref name="fraction"/> of each class
-    /// is held out (at least one row of a class with two or more rows). Per-pixel labels are split at random.
-    /// </summary>
-    public (LabeledImages train, LabeledImages holdout) SplitStratified(double fraction, int seed)
+    /// <inheritdoc/>
+    public override IEnumerable<ImageBatch> InOrder(int batchSize)
     {
-        var random = new Random(seed);
-        long[] labels = Labels.dim() == 1 ? Labels.data<long>().ToArray() : new long[Count];
-        var train = new List<long>();
-        var holdout = new List<long>();
-        foreach (var group in Enumerable.Range(0, labels.Length).GroupBy(i => labels[i]))
+        for (int start = 0; start < Count; start += batchSize)
         {
-            var rows = group.OrderBy(_ => random.Next()).ToArray();
-            int held = rows.Length < 2 ? 0 : Math.Max(1, (int)Math.Round(rows.Length * fraction));
-            holdout.AddRange(rows.Take(held).Select(i => (long)i));
-            train.AddRange(rows.Skip(held).Select(i => (long)i));
+            int length = Math.Min(batchSize, Count - start);
+            yield return new ImageBatch(Pixels.narrow(0, start, length), Labels.narrow(0, start, length));
         }
-        train.Sort();
-        holdout.Sort();
-        return (Select([.. train]), Select([.. holdout]));
     }
 
-    public void Dispose()
+    private ImageBatch Gather(int[] indices)
+    {
+        using var index = tensor(indices.Select(i => (long)i).ToArray());
+        return new ImageBatch(Pixels.index_select(0, index), Labels.index_select(0, index));
+    }
+
+    /// <inheritdoc/>
+    public override TrainingImages Subset(Func<long, bool> keepRow)
+    {
+        var kept = Enumerable.Range(0, Count).Where(i => keepRow(_rows[i])).ToArray();
+        var batch = Gather(kept);
+        return new LabeledImages(batch.Pixels, batch.Targets, [.. kept.Select(i => _rows[i])]);
+    }
+
+    /// <inheritdoc/>
+    public override void Dispose()
     {
         Pixels.Dispose();
         Labels.Dispose();

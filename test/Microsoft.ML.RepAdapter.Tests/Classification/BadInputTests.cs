@@ -153,7 +153,7 @@ public class BadInputTests
     [DataRow("AdapterGroups", 3)]
     [DataRow("AdapterDropout", 1.0)]
     [DataRow("DropPathRate", -0.1)]
-    [DataRow("ValidationFraction", 1.0)]
+    [DataRow("ValidationSetFraction", 1.0)]
     [DataRow("NumHeads", 0)]
     public void OptionsThatCannotTrainAreRefusedUpFrontNamingTheOption(string option, object value)
     {

@@ -22,30 +22,33 @@ internal sealed class ClassificationTask(IHost host, string imageColumnName, str
 
     public override int BackboneClasses => Labels.Count;
 
-    protected override IEnumerable<DataViewSchema.Column> TargetColumns(DataViewSchema schema) => [schema[labelColumnName]];
+    public override IEnumerable<DataViewSchema.Column> TargetColumns(DataViewSchema schema) => [schema[labelColumnName]];
 
-    protected override Func<ImageRead, Tensor> CreateTargetReader(DataViewRowCursor cursor, ImagePreprocessor preprocessor, string what)
+    /// <summary>The label key; a missing or unknown value (key 0) is an error naming the row.</summary>
+    public override Func<object> CreateTargetFetcher(DataViewRowCursor cursor, string what)
     {
         var labelColumn = cursor.Schema[labelColumnName];
         if (labelColumn.Type.GetKeyCount() != (ulong)NumClasses)
             throw Host.Except($"The {what}'s label column '{labelColumnName}' has {labelColumn.Type.GetKeyCount()} keys, the training data {NumClasses}: map both with the same MapValueToKey.");
         var getter = cursor.GetGetter<uint>(labelColumn);
         uint key = 0;
-        return _ =>
+        return () =>
         {
             getter(ref key);
             if (key == 0)
                 throw Host.Except($"Row {cursor.Position} of the {what}: label column '{labelColumnName}' is missing or holds a value unknown to its key mapping.");
-            return tensor((long)key - 1);
+            return (long)key - 1;
         };
     }
 
-    protected override void CheckTrainingTargets(Tensor targets)
+    public override Tensor ToTarget(object fetched, long row, ImageRead image, ImagePreprocessor preprocessor, string what) => tensor((long)fetched);
+
+    protected override IReadOnlyCollection<long> ClassesOf(object fetched, long row, string what) => [(long)fetched];
+
+    protected override void CheckTrainingClasses(IReadOnlySet<long> present)
     {
-        using var scope = NewDisposeScope();
-        var present = targets.unique().Item1;
-        if (present.shape[0] < 2)
-            throw Host.Except($"The training data has a single class ({present[0].item<long>() + 1} of {NumClasses} keys): classification needs at least two.");
+        if (present.Count < 2)
+            throw Host.Except($"The training data has a single class ({present.Single() + 1} of {NumClasses} keys): classification needs at least two.");
     }
 
     public override nn.Module<Tensor, Tensor> CreateNetwork(Backbone backbone)

@@ -26,14 +26,14 @@ internal static class SegmentationEvaluation
 
         var counts = new long[classNames.Length * classNames.Length];
         using var cursor = data.GetRowCursor([data.Schema[maskColumnName], predicted]);
-        var readMask = ImageColumn.CreateDecoder(cursor, maskColumnName, MaskImages.ClassIndices);
+        var fetchMask = ImageColumn.CreateFetcher(cursor, maskColumnName);
         var getPredicted = cursor.GetGetter<VBuffer<uint>>(predicted);
         var values = default(VBuffer<uint>);
         while (cursor.MoveNext())
         {
             host.CheckAlive();
             using var scope = NewDisposeScope();
-            var truth = readMask().flatten().to(ScalarType.Int64);
+            var truth = ImageColumn.Decode(fetchMask(), MaskImages.ClassIndices).flatten().to(ScalarType.Int64);
             getPredicted(ref values);
             if (values.Length != truth.shape[0])
                 throw host.Except($"Row {cursor.Position}: '{predictedMaskColumnName}' has {values.Length} pixels, the mask in '{maskColumnName}' {truth.shape[0]}: they must come from the same image.");

@@ -42,45 +42,56 @@ internal sealed class SegmentationTask : ImageTask
 
     public override ITrainingObjective Objective => _objective ??= new SegmentationObjective(NumClasses, _ignoreIndex);
 
-    protected override IEnumerable<DataViewSchema.Column> TargetColumns(DataViewSchema schema)
+    public override IEnumerable<DataViewSchema.Column> TargetColumns(DataViewSchema schema)
     {
         ImageColumn.Check(Host, schema, _maskColumnName);
         return [schema[_maskColumnName]];
     }
 
-    protected override Func<ImageRead, Tensor> CreateTargetReader(DataViewRowCursor cursor, ImagePreprocessor preprocessor, string what)
+    public override Func<object> CreateTargetFetcher(DataViewRowCursor cursor, string what) => ImageColumn.CreateFetcher(cursor, _maskColumnName);
+
+    /// <summary>The mask's class indices, checked (same size as its image, labelled pixels, classes in range) and resized (nearest).</summary>
+    public override Tensor ToTarget(object fetched, long row, ImageRead image, ImagePreprocessor preprocessor, string what)
     {
-        var readMask = ImageColumn.CreateDecoder(cursor, _maskColumnName, MaskImages.ClassIndices);
+        string where = $"Mask column '{_maskColumnName}', row {row} of the {what}";
         int size = preprocessor.Spec.ImageSize;
-        return image =>
-        {
-            string where = $"Mask column '{_maskColumnName}', row {cursor.Position} of the {what}";
-            using var scope = NewDisposeScope();
-            var mask = readMask();
-            if (mask.shape[0] != image.Height || mask.shape[1] != image.Width)
-                throw new InvalidDataException($"{where}: the mask is {mask.shape[1]}x{mask.shape[0]} pixels, its image {image.Width}x{image.Height}; they must have the same size.");
-            var labelled = mask.ne(_ignoreIndex);
-            if (!labelled.any().item<bool>())
-                throw new InvalidDataException($"{where}: every pixel holds the ignore value {_ignoreIndex}; a training mask needs labelled pixels.");
-            if (_numClasses is int classes && mask.masked_select(labelled).max().item<byte>() is var largest && largest >= classes)
-            {
-                var at = mask.eq(largest).nonzero()[0].data<long>().ToArray();
-                throw new InvalidDataException(
-                    $"{where}: class index {largest} at pixel (x {at[1]}, y {at[0]}) is out of range: {classes} classes (0..{classes - 1}), and {_ignoreIndex} for unlabelled pixels.");
-            }
-            // Nearest neighbour keeps class indices (never a blend of two classes).
-            var resized = nn.functional.interpolate(mask.view(1, 1, mask.shape[0], mask.shape[1]).to(float32), [size, size], mode: InterpolationMode.Nearest);
-            return resized.view(size, size).to(ScalarType.Int64).MoveToOuterDisposeScope();
-        };
+        using var scope = NewDisposeScope();
+        var mask = ImageColumn.Decode((FetchedImage)fetched, MaskImages.ClassIndices);
+        if (mask.shape[0] != image.Height || mask.shape[1] != image.Width)
+            throw new InvalidDataException($"{where}: the mask is {mask.shape[1]}x{mask.shape[0]} pixels, its image {image.Width}x{image.Height}; they must have the same size.");
+        CheckLabels(mask, where);
+        // Nearest neighbour keeps class indices (never a blend of two classes).
+        var resized = nn.functional.interpolate(mask.view(1, 1, mask.shape[0], mask.shape[1]).to(float32), [size, size], mode: InterpolationMode.Nearest);
+        return resized.view(size, size).to(ScalarType.Int64).MoveToOuterDisposeScope();
     }
 
-    protected override void CheckTrainingTargets(Tensor targets)
+    /// <summary>A mask needs labelled pixels, and (once the classes are known) indices within them or the ignore value.</summary>
+    private void CheckLabels(Tensor mask, string where)
+    {
+        var labelled = mask.ne(_ignoreIndex);
+        if (!labelled.any().item<bool>())
+            throw new InvalidDataException($"{where}: every pixel holds the ignore value {_ignoreIndex}; a training mask needs labelled pixels.");
+        if (_numClasses is int classes && mask.masked_select(labelled).max().item<byte>() is var largest && largest >= classes)
+        {
+            var at = mask.eq(largest).nonzero()[0].data<long>().ToArray();
+            throw new InvalidDataException(
+                $"{where}: class index {largest} at pixel (x {at[1]}, y {at[0]}) is out of range: {classes} classes (0..{classes - 1}), and {_ignoreIndex} for unlabelled pixels.");
+        }
+    }
+
+    protected override IReadOnlyCollection<long> ClassesOf(object fetched, long row, string what)
     {
         using var scope = NewDisposeScope();
-        var present = targets.masked_select(targets.ne(_ignoreIndex)).unique().Item1.data<long>().ToArray();
+        var mask = ImageColumn.Decode((FetchedImage)fetched, MaskImages.ClassIndices);
+        CheckLabels(mask, $"Mask column '{_maskColumnName}', row {row} of the {what}");
+        return mask.masked_select(mask.ne(_ignoreIndex)).unique().Item1.to(ScalarType.Int64).data<long>().ToArray();
+    }
+
+    protected override void CheckTrainingClasses(IReadOnlySet<long> present)
+    {
         _numClasses ??= (int)present.Max() + 1;
-        if (present.Length < 2)
-            throw Host.Except($"The training masks in '{_maskColumnName}' hold a single class ({present[0]}): segmentation needs at least two (e.g. background and an object).");
+        if (present.Count < 2)
+            throw Host.Except($"The training masks in '{_maskColumnName}' hold a single class ({present.Single()}): segmentation needs at least two (e.g. background and an object).");
     }
 
     public override nn.Module<Tensor, Tensor> CreateNetwork(Backbone backbone) =>
@@ -94,9 +105,9 @@ internal static class MaskImages
     /// The class index of every pixel, uint8 [H, W]: the gray value of a grayscale image (R = G = B). A colour image is
     /// refused: its colours are not class indices (a palette PNG must be converted to grayscale indices first).
     /// </summary>
-    public static Tensor ClassIndices(MLImage mask)
+    public static Tensor ClassIndices(DecodedImage mask)
     {
-        byte[] bgr = mask.GetBGRPixels;
+        byte[] bgr = mask.Bgr;
         for (int i = 0; i < bgr.Length; i += 3)
         {
             if (bgr[i] != bgr[i + 1] || bgr[i] != bgr[i + 2])
