@@ -105,12 +105,12 @@ public static class RepAdapterCatalog
     /// <param name="data">Scored data: the true mask column and the predicted mask column.</param>
     /// <param name="maskColumnName">True masks: images holding a class index per pixel as their gray value.</param>
     /// <param name="predictedMaskColumnName">The transformer's predicted class indices (with its class names).</param>
-    /// <param name="ignoreIndex">The true-mask value of unlabelled pixels, which are left out.</param>
+    /// <param name="ignoreIndex">The true-mask value of unlabelled pixels, which are left out; null: the model's (255 by default).</param>
     public static SegmentationMetrics EvaluateSegmentation(
         this MulticlassClassificationCatalog catalog,
         IDataView data,
         string maskColumnName = "Mask",
         string predictedMaskColumnName = "PredictedMask",
-        int ignoreIndex = 255) =>
+        int? ignoreIndex = null) =>
         SegmentationEvaluation.Evaluate(CatalogUtils.GetEnvironment(catalog), data, maskColumnName, predictedMaskColumnName, ignoreIndex);
 }

@@ -35,7 +35,7 @@ public abstract class BackboneFamily
     /// config from their shapes, or <paramref name="preset"/>'s (whose shapes must then match). Errors name the file
     /// and the key.
     /// </summary>
-    public abstract Backbone CreateFromWeights(string path, IReadOnlyDictionary<string, Tensor> weights, string? preset, CheckpointOptions options);
+    public abstract Backbone CreateFromWeights(string path, ConvertedCheckpoint converted, string? preset, CheckpointOptions options);
 
     /// <summary>
     /// Checkpoint tensors that <paramref name="target"/> leaves out on purpose, with the reason (e.g. an ImageNet-21k
@@ -121,7 +121,9 @@ public sealed class OwnNamesLayout(string name, Func<IReadOnlyDictionary<string,
 /// <param name="Layout">The source layout's name.</param>
 /// <param name="Weights">The tensors under the family's names.</param>
 /// <param name="Ignored">Source tensors left out on purpose, with the reason.</param>
-public sealed record ConvertedCheckpoint(string Layout, OrderedDictionary<string, Tensor> Weights, IReadOnlyDictionary<string, string> Ignored);
+/// <param name="Notes">What the conversion assumed, for the load report (e.g. an activation the weights do not tell).</param>
+public sealed record ConvertedCheckpoint(string Layout, OrderedDictionary<string, Tensor> Weights, IReadOnlyDictionary<string, string> Ignored,
+    IReadOnlyList<string>? Notes = null);
 
 /// <summary>Built-in weights: the backbone they fit, and the weights in its names.</summary>
 /// <param name="Backbone">The backbone (random weights).</param>

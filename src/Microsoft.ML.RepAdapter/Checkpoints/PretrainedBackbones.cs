@@ -40,7 +40,7 @@ public static class PretrainedBackbones
             : [BackboneFamilies.OfPreset(preset) ?? throw new ArgumentException($"Unknown backbone preset '{preset}'. Known presets: {string.Join(", ", BackbonePresets.Names)}.", nameof(preset))];
         var (family, converted) = CheckpointConversion.Convert(checkpoint, families);
         var options = new CheckpointOptions(numClasses, imageSize, keepPreLogits, numHeads);
-        var backbone = ModuleScopes.Unscoped(() => family.CreateFromWeights(checkpoint.Path, converted.Weights, preset, options));
+        var backbone = ModuleScopes.Unscoped(() => family.CreateFromWeights(checkpoint.Path, converted, preset, options));
         return Apply(backbone, checkpoint.Path, checkpoint.Format, converted);
     }
 

@@ -24,6 +24,7 @@ public abstract class RepAdapterTransformerBase : RowToRowTransformerBase, ITran
 
     private readonly nn.Module<Tensor, Tensor> _network;
     private readonly Device _device;
+    private readonly ReaderWriterLockSlim _gate = new(LockRecursionPolicy.SupportsRecursion);
     private bool _disposed;
     private int _forwardPasses;
 
@@ -84,11 +85,20 @@ public abstract class RepAdapterTransformerBase : RowToRowTransformerBase, ITran
     /// <summary>The network's output for uint8 input pixels [N, 3, S, S], in one forward pass under inference mode, on the CPU.</summary>
     internal Tensor Forward(Tensor pixels)
     {
-        ObjectDisposedException.ThrowIf(_disposed, this);
-        Interlocked.Increment(ref _forwardPasses);
-        using var scope = NewDisposeScope();
-        using var inference = inference_mode();
-        return _network.forward(Input.Normalize(pixels.to(_device))).cpu().MoveToOuterDisposeScope();
+        // Dispose waits for running passes: freeing the weights under one would crash natively.
+        _gate.EnterReadLock();
+        try
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            Interlocked.Increment(ref _forwardPasses);
+            using var scope = NewDisposeScope();
+            using var inference = inference_mode();
+            return _network.forward(Input.Normalize(pixels.to(_device))).cpu().MoveToOuterDisposeScope();
+        }
+        finally
+        {
+            _gate.ExitReadLock();
+        }
     }
 
     /// <summary>Scores <paramref name="images"/> in one forward pass: one value object per image.</summary>
@@ -191,11 +201,34 @@ public abstract class RepAdapterTransformerBase : RowToRowTransformerBase, ITran
         }
     }
 
+    /// <summary>Creates the transformer around a loaded <paramref name="network"/>, which is disposed if that fails.</summary>
+    private protected static T DisposeOnFailure<T>(nn.Module network, Func<T> create)
+    {
+        try
+        {
+            return create();
+        }
+        catch
+        {
+            network.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Frees the network's native memory, once no forward pass is running.</summary>
     public void Dispose()
     {
-        if (_disposed) return;
-        _disposed = true;
-        _network.Dispose();
+        _gate.EnterWriteLock();
+        try
+        {
+            if (_disposed) return;
+            _disposed = true;
+            _network.Dispose();
+        }
+        finally
+        {
+            _gate.ExitWriteLock();
+        }
     }
 
     /// <summary>Row-by-row scoring (PredictionEngine); the batch path is <see cref="BatchScoringDataView"/>.</summary>

@@ -34,7 +34,7 @@ public sealed record ImageAugmentation(double MinCropScale = 0.08, bool Horizont
                 if (perPixel)
                 {
                     target = nn.functional.interpolate(target.narrow(0, y, h).narrow(1, x, w).view(1, 1, h, w).to(float32), [size, size],
-                        mode: InterpolationMode.Nearest).view(size, size).to(ScalarType.Int64);
+                        mode: InterpolationMode.NearestExact).view(size, size).to(ScalarType.Int64);
                 }
             }
             if (HorizontalFlip && random.Next(2) == 1)

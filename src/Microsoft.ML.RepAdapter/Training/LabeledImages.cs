@@ -83,7 +83,8 @@ public abstract class TrainingImages : IDisposable
 
 /// <summary>
 /// Examples held in memory as bytes ([N, 3, S, S] uint8, in the backbone's channel order) with their targets (int64
-/// [N] or [N, S, S]). Bytes keep a VTAB-1k sized set at 224 px near 150 MB.
+/// [N], or [N, S, S] as int64 or as uint8 class indices, handed out as int64). Bytes keep a VTAB-1k sized set at
+/// 224 px near 150 MB.
 /// </summary>
 public sealed class LabeledImages : TrainingImages
 {
@@ -95,7 +96,8 @@ public sealed class LabeledImages : TrainingImages
         if (pixels.dtype != ScalarType.Byte || pixels.dim() != 4 || pixels.shape[1] != 3)
             throw new ArgumentException($"Pixels must be uint8 [N, 3, S, S], got {pixels.dtype} [{string.Join(", ", pixels.shape)}].");
         bool perImage = labels.dim() == 1, perPixel = labels.dim() == 3 && labels.shape[1] == pixels.shape[2] && labels.shape[2] == pixels.shape[3];
-        if (labels.dtype != ScalarType.Int64 || !(perImage || perPixel) || labels.shape[0] != pixels.shape[0])
+        bool typed = labels.dtype == ScalarType.Int64 || perPixel && labels.dtype == ScalarType.Byte;
+        if (!typed || !(perImage || perPixel) || labels.shape[0] != pixels.shape[0])
             throw new ArgumentException(
                 $"Labels must be int64 [{pixels.shape[0]}] or [{pixels.shape[0]}, {pixels.shape[2]}, {pixels.shape[3]}], got {labels.dtype} [{string.Join(", ", labels.shape)}].");
         Pixels = pixels;
@@ -127,22 +129,23 @@ public sealed class LabeledImages : TrainingImages
         for (int start = 0; start < Count; start += batchSize)
         {
             int length = Math.Min(batchSize, Count - start);
-            yield return new ImageBatch(Pixels.narrow(0, start, length), Labels.narrow(0, start, length));
+            yield return new ImageBatch(Pixels.narrow(0, start, length), Labels.narrow(0, start, length).to(ScalarType.Int64));
         }
     }
 
     private ImageBatch Gather(int[] indices)
     {
         using var index = tensor(indices.Select(i => (long)i).ToArray());
-        return new ImageBatch(Pixels.index_select(0, index), Labels.index_select(0, index));
+        using var labels = Labels.index_select(0, index);
+        return new ImageBatch(Pixels.index_select(0, index), labels.to(ScalarType.Int64));
     }
 
     /// <inheritdoc/>
     public override TrainingImages Subset(Func<long, bool> keepRow)
     {
         var kept = Enumerable.Range(0, Count).Where(i => keepRow(_rows[i])).ToArray();
-        var batch = Gather(kept);
-        return new LabeledImages(batch.Pixels, batch.Targets, [.. kept.Select(i => _rows[i])]);
+        using var index = tensor(kept.Select(i => (long)i).ToArray());
+        return new LabeledImages(Pixels.index_select(0, index), Labels.index_select(0, index), [.. kept.Select(i => _rows[i])]);
     }
 
     /// <inheritdoc/>

@@ -25,7 +25,7 @@ public class FamilyTests
     [DataRow("tiny_convnext.safetensors", "timm ConvNeXt", "convnext_logits", "input_32", 32, null)]
     [DataRow("tiny_clip_openai.pth", "OpenAI / open_clip CLIP", "clip_embedding", "input_16", 16, 2)]
     [DataRow("tiny_clip_open_clip.safetensors", "OpenAI / open_clip CLIP", "clip_embedding", "input_16", 16, 2)]
-    [DataRow("tiny_clip_timm.safetensors", "timm CLIP ViT", "clip_embedding", "input_16", 16, 2)]
+    [DataRow("tiny_clip_timm.safetensors", "timm CLIP ViT", "clip_embedding_gelu", "input_16", 16, 2)]
     public void CheckpointsGiveTheLogitsPyTorchComputed(string file, string layout, string expected, string input, int imageSize, int? numHeads)
     {
         var (backbone, report) = PretrainedBackbones.Load(CheckpointFiles.Fixture(file), imageSize: imageSize, numHeads: numHeads);
@@ -40,6 +40,7 @@ public class FamilyTests
             CollectionAssert.AreEquivalent(new[] { "token_embedding.weight", "logit_scale" }, report.IgnoredCheckpointKeys.Keys.ToArray(), "the text tower is left out");
             Assert.AreEqual(16, backbone.FeatureDim, "the pooled feature is the CLIP embedding (the image projection's output)");
         }
+        if (layout.Contains("CLIP")) Assert.IsTrue(report.Notes.Any(n => n.StartsWith("activation:")), "the assumed activation is reported");
     }
 
     [TestMethod]

@@ -68,19 +68,28 @@ public sealed class ClipFamily : BackboneFamily
 
     /// <summary>
     /// The ViT config from the shapes (width, depth, patch size, image size from the position embeddings, projection
-    /// size), with CLIP's LayerNorm eps; heads are width / 64 unless given. The activation is not in the shapes: it is the
-    /// preset's, else OpenAI's QuickGELU (choose a <c>*_clip_224</c> preset for GELU models such as open_clip's LAION ones).
+    /// size), with CLIP's LayerNorm eps; heads are width / 64 (16 for ViT-H/g/bigG) unless given. The activation is not in
+    /// the shapes: it is the preset's; else QuickGELU for the OpenAI / open_clip layout (OpenAI's models; choose a
+    /// <c>*_clip_224</c> preset for GELU ones such as open_clip's LAION models) and GELU for timm's layout (timm's CLIP
+    /// models), with a note in the load report. A timm CLIP ViT fine-tuned into a classifier keeps its head and has no
+    /// projection.
     /// </summary>
-    public override Backbone CreateFromWeights(string path, IReadOnlyDictionary<string, Tensor> w, string? preset, CheckpointOptions options)
+    public override Backbone CreateFromWeights(string path, ConvertedCheckpoint converted, string? preset, CheckpointOptions options)
     {
+        var w = converted.Weights;
         var known = preset is null ? null : PresetConfigs.TryGetValue(preset, out var config) ? config
             : throw new ArgumentException($"Unknown CLIP preset '{preset}'. Known presets: {string.Join(", ", PresetConfigs.Keys)}.", nameof(preset));
         var inferred = VisionTransformerFamily.InferConfig(path, w, known, options with { KeepPreLogits = false });
-        if (known is null) inferred = inferred with { LayerNormEps = 1e-5, Activation = MlpActivation.QuickGelu };
-        if (inferred.ImageProjection is null) throw new CheckpointException(path, "proj.weight", "a CLIP image encoder needs its image projection; none was found.");
+        if (known is null) inferred = inferred with { LayerNormEps = 1e-5, Activation = ActivationOf(converted.Layout) };
+        if (inferred.ImageProjection is null && !w.ContainsKey("head.weight"))
+            throw new CheckpointException(path, "proj.weight", "a CLIP image encoder needs its image projection (or a classifier head); found neither.");
         string? matchingPreset = PresetConfigs.FirstOrDefault(p => p.Value with { NumClasses = inferred.NumClasses } == inferred).Key;
         return new VisionTransformer(inferred, preset ?? matchingPreset ?? $"vit_patch{inferred.PatchSize}_dim{inferred.EmbedDim}_clip", ClipInput(inferred.ImageSize));
     }
+
+    private const string OpenAILayoutName = "OpenAI / open_clip CLIP";
+
+    private static MlpActivation ActivationOf(string layout) => layout == OpenAILayoutName ? MlpActivation.QuickGelu : MlpActivation.Gelu;
 
     /// <summary>
     /// OpenAI's CLIP (<c>clip.load(...).state_dict()</c>) and open_clip's: the image encoder under <c>visual.</c> (or a bare
@@ -88,7 +97,7 @@ public sealed class ClipFamily : BackboneFamily
     /// </summary>
     private sealed class OpenAILayout : CheckpointLayout
     {
-        public override string Name => "OpenAI / open_clip CLIP";
+        public override string Name => OpenAILayoutName;
 
         public override bool Matches(IReadOnlyDictionary<string, Tensor> tensors) =>
             tensors.ContainsKey("visual.conv1.weight") || tensors.ContainsKey("conv1.weight") && tensors.ContainsKey("class_embedding");
@@ -130,7 +139,8 @@ public sealed class ClipFamily : BackboneFamily
             w["norm.bias"] = keys.Take(p + "ln_post.bias");
             w["proj.weight"] = keys.Take(p + "proj", rank: 2).t().contiguous();    // x @ proj [D, P] is Linear(D, P) with weight [P, D]
             keys.ThrowIfAnyUnused(Name);
-            return new ConvertedCheckpoint(Name, w, ignored);
+            return new ConvertedCheckpoint(Name, w, ignored,
+                ["activation: QuickGELU assumed (OpenAI's CLIP); the weights do not tell it: choose a *_clip_224 preset for a GELU model (e.g. open_clip's LAION ones)."]);
         }
     }
 
@@ -149,14 +159,15 @@ public sealed class ClipFamily : BackboneFamily
         {
             var w = new OrderedDictionary<string, Tensor>();
             var ignored = new Dictionary<string, string>();
-            bool projection = tensors.TryGetValue("head.bias", out var bias) && bias.abs().max().item<float>() == 0 && !tensors.ContainsKey("proj.weight");
+            bool projection = tensors.TryGetValue("head.bias", out var bias) && bias.count_nonzero().item<long>() == 0 && !tensors.ContainsKey("proj.weight");
             foreach (var (key, tensor) in tensors)
             {
                 if (projection && key == "head.weight") w["proj.weight"] = tensor;
                 else if (projection && key == "head.bias") ignored[key] = "the zero bias timm gives CLIP's bias-free image projection.";
                 else w[key] = tensor;
             }
-            return new ConvertedCheckpoint(Name, w, ignored);
+            return new ConvertedCheckpoint(Name, w, ignored,
+                ["activation: GELU assumed (timm's CLIP ViTs); the weights do not tell it: choose a *_clip_quickgelu_224 preset for OpenAI's weights."]);
         }
     }
 }

@@ -51,8 +51,9 @@ public sealed class ConvNeXtFamily : BackboneFamily
         [new OwnNamesLayout("timm ConvNeXt", t => t.ContainsKey("stem.0.weight") && t.ContainsKey("stages.0.blocks.0.conv_dw.weight"))];
 
     /// <summary>Stage depths and widths come from the shapes; the name is the preset that matches, if any.</summary>
-    public override Backbone CreateFromWeights(string path, IReadOnlyDictionary<string, Tensor> w, string? preset, CheckpointOptions options)
+    public override Backbone CreateFromWeights(string path, ConvertedCheckpoint converted, string? preset, CheckpointOptions options)
     {
+        var w = converted.Weights;
         int checkpointClasses = w.TryGetValue("head.fc.weight", out var fc) ? (int)fc.shape[0] : 0;
         ConvNeXtConfig config;
         if (preset is not null)

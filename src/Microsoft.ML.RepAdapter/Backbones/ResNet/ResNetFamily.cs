@@ -49,8 +49,9 @@ public sealed class ResNetFamily : BackboneFamily
         [new OwnNamesLayout("torchvision ResNet", t => t.ContainsKey("layer1.0.conv1.weight"))];
 
     /// <summary>Block type, stage depths and widths come from the shapes; the name is the preset that matches, if any.</summary>
-    public override Backbone CreateFromWeights(string path, IReadOnlyDictionary<string, Tensor> w, string? preset, CheckpointOptions options)
+    public override Backbone CreateFromWeights(string path, ConvertedCheckpoint converted, string? preset, CheckpointOptions options)
     {
+        var w = converted.Weights;
         int checkpointClasses = w.TryGetValue("fc.weight", out var fc) ? (int)fc.shape[0] : 0;
         ResNetConfig config;
         if (preset is not null)

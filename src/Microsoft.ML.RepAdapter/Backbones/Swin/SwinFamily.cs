@@ -48,15 +48,19 @@ public sealed class SwinFamily : BackboneFamily
 
     /// <inheritdoc/>
     public override IReadOnlyList<CheckpointLayout> Layouts { get; } =
-        [new OwnNamesLayout("timm Swin", t => t.ContainsKey("layers.0.blocks.0.attn.relative_position_bias_table"))];
+    [
+        new OwnNamesLayout("timm Swin", t => t.ContainsKey("layers.0.blocks.0.attn.relative_position_bias_table") && !OriginalLayout.IsOriginal(t)),
+        new OriginalLayout(),
+    ];
 
     /// <summary>
     /// Stage depths, heads (from the bias tables), width, patch size, window (from the bias table's size), MLP ratio and qkv
     /// bias come from the shapes; the image size is the options' or 224, the window's preset image size. The name is the
     /// preset that matches, if any.
     /// </summary>
-    public override Backbone CreateFromWeights(string path, IReadOnlyDictionary<string, Tensor> w, string? preset, CheckpointOptions options)
+    public override Backbone CreateFromWeights(string path, ConvertedCheckpoint converted, string? preset, CheckpointOptions options)
     {
+        var w = converted.Weights;
         int checkpointClasses = w.TryGetValue("head.fc.weight", out var fc) ? (int)fc.shape[0] : 0;
         SwinConfig config;
         if (preset is not null)
@@ -88,5 +92,44 @@ public sealed class SwinFamily : BackboneFamily
         config = config with { NumClasses = options.NumClasses ?? checkpointClasses, ImageSize = options.ImageSize ?? config.ImageSize };
         string? matchingPreset = PresetConfigs.FirstOrDefault(p => p.Value with { NumClasses = config.NumClasses } == config).Key;
         return new SwinTransformer(config, preset ?? matchingPreset ?? $"swin_{string.Join("-", config.Depths)}_dim{config.EmbedDim}_window{config.WindowSize}");
+    }
+
+    /// <summary>
+    /// Microsoft's original Swin checkpoints and timm's before 0.9: patch merging at the end of a stage rather than the
+    /// start of the next, <c>head</c> rather than <c>head.fc</c>, and the derived buffers relative_position_index and
+    /// attn_mask saved (left out here: the model derives them). The conversion of timm's checkpoint_filter_fn.
+    /// </summary>
+    private sealed class OriginalLayout : CheckpointLayout
+    {
+        public override string Name => "original Swin (Microsoft, timm < 0.9)";
+
+        public static bool IsOriginal(IReadOnlyDictionary<string, Tensor> tensors) =>
+            tensors.ContainsKey("layers.0.blocks.0.attn.relative_position_bias_table")
+            && (tensors.ContainsKey("layers.0.downsample.reduction.weight") || tensors.ContainsKey("head.weight")
+                || tensors.Keys.Any(k => k.EndsWith(".relative_position_index", StringComparison.Ordinal)));
+
+        public override bool Matches(IReadOnlyDictionary<string, Tensor> tensors) => IsOriginal(tensors);
+
+        public override ConvertedCheckpoint Convert(TensorCheckpoint checkpoint, IReadOnlyDictionary<string, Tensor> tensors)
+        {
+            var w = new OrderedDictionary<string, Tensor>();
+            var ignored = new Dictionary<string, string>();
+            foreach (var (key, tensor) in tensors)
+            {
+                if (key.EndsWith(".relative_position_index", StringComparison.Ordinal) || key.EndsWith(".attn_mask", StringComparison.Ordinal))
+                {
+                    ignored[key] = "derived from the window size and shift; the model computes it.";
+                    continue;
+                }
+                var parts = key.Split('.');
+                if (parts.Length > 3 && parts[0] == "layers" && parts[2] == "downsample" && int.TryParse(parts[1], out int stage))
+                    w[$"layers.{stage + 1}.downsample.{string.Join('.', parts[3..])}"] = tensor;
+                else if (key.StartsWith("head.", StringComparison.Ordinal) && !key.StartsWith("head.fc.", StringComparison.Ordinal))
+                    w["head.fc." + key["head.".Length..]] = tensor;
+                else
+                    w[key] = tensor;
+            }
+            return new ConvertedCheckpoint(Name, w, ignored);
+        }
     }
 }

@@ -255,9 +255,9 @@ public sealed class SwinTransformer : Backbone
         private readonly Parameter relative_position_bias_table;
         private readonly AdaptableLinear qkv;
         private readonly Linear proj;
-        // Derived from the window size, not part of the state dict (timm registers it non-persistent); managed, because
-        // TorchSharp would register a Tensor field as a buffer.
-        private readonly long[] _relativePositionIndex;
+        // Derived from the window size, not part of the state dict (timm registers it non-persistent); held outside a
+        // Tensor field, which TorchSharp would register as a buffer.
+        private readonly DerivedTensor _relativePositionIndex;
         private readonly int _heads;
         private readonly int _window;
 
@@ -269,7 +269,7 @@ public sealed class SwinTransformer : Backbone
             relative_position_bias_table = new Parameter(zeros((2 * window - 1) * (2 * window - 1), heads));
             qkv = new AdaptableLinear(dim, 3 * dim, qkvBias);
             proj = nn.Linear(dim, dim);
-            _relativePositionIndex = RelativePositionIndex(window);
+            _relativePositionIndex = new DerivedTensor(RelativePositionIndex(window), [window * window * window * window]);
             RegisterComponents();
         }
 
@@ -298,7 +298,7 @@ public sealed class SwinTransformer : Backbone
             long b = x.shape[0], n = x.shape[1], c = x.shape[2];
             var parts = qkv.forward(x).reshape(b, n, 3, _heads, c / _heads).permute(2, 0, 3, 1, 4).unbind(0);
             var attn = (parts[0] * Math.Pow(c / _heads, -0.5)).matmul(parts[1].transpose(-2, -1));
-            var bias = relative_position_bias_table.index_select(0, tensor(_relativePositionIndex, device: x.device)).view(n, n, _heads).permute(2, 0, 1);
+            var bias = relative_position_bias_table.index_select(0, _relativePositionIndex.On(x.device)).view(n, n, _heads).permute(2, 0, 1);
             attn = attn + bias.unsqueeze(0);
             if (mask is not null)
             {
@@ -321,9 +321,8 @@ public sealed class SwinTransformer : Backbone
         private readonly DropPath drop_path2;
         private readonly int _window;
         private readonly int _shift;
-        // The shift's attention mask [nW, N, N], flattened: derived, and managed so that it is not registered as a buffer.
-        private readonly float[]? _mask;
-        private readonly long _windows;
+        // The shift's attention mask [nW, N, N]: derived, and held outside a Tensor field so that it is no buffer.
+        private readonly DerivedTensor? _mask;
 
         /// <summary>A block at a <paramref name="resolution"/> x <paramref name="resolution"/> map.</summary>
         public Block(int dim, int heads, int resolution, int window, bool shifted, double dropPath, SwinConfig config) : base(nameof(Block))
@@ -337,7 +336,11 @@ public sealed class SwinTransformer : Backbone
             norm2 = nn.LayerNorm(dim);
             mlp = new Mlp(dim, (int)(dim * config.MlpRatio));
             drop_path2 = new DropPath(dropPath);
-            if (_shift > 0) (_mask, _windows) = ShiftMask(resolution, _window, _shift);
+            if (_shift > 0)
+            {
+                var (mask, windows) = ShiftMask(resolution, _window, _shift);
+                _mask = new DerivedTensor(mask, [windows, _window * _window, _window * _window]);
+            }
             RegisterComponents();
         }
 
@@ -384,8 +387,7 @@ public sealed class SwinTransformer : Backbone
             Tensor y = norm1.forward(x);
             if (_shift > 0) y = roll(y, [-_shift, -_shift], [1, 2]);
             var windows = Partition(y, _window).view(-1, _window * _window, c);
-            var mask = _mask is null ? null : tensor(_mask, device: x.device).view(_windows, _window * _window, _window * _window);
-            y = Reverse(attn.forward(windows, mask).view(-1, _window, _window, c), _window, h, w);
+            y = Reverse(attn.forward(windows, _mask?.On(x.device)).view(-1, _window, _window, c), _window, h, w);
             if (_shift > 0) y = roll(y, [_shift, _shift], [1, 2]);
             x = x + drop_path1.forward(y);
             x = x + drop_path2.forward(mlp.forward(norm2.forward(x)));
@@ -429,5 +431,33 @@ public sealed class SwinTransformer : Backbone
 
         /// <summary>The classifier (registered as <c>fc</c> by <see cref="Backbone"/>), or null.</summary>
         public Linear? Fc { get; set; }
+    }
+
+    /// <summary>
+    /// A constant tensor derived from the config (an index, a mask), kept per device so that a forward pass does not copy
+    /// it again; not a module buffer, so not in the state dict (as timm's non-persistent buffers).
+    /// </summary>
+    private sealed class DerivedTensor(Array values, long[] shape)
+    {
+        private readonly Dictionary<string, Tensor> _onDevice = [];
+
+        public Tensor On(Device device)
+        {
+            lock (_onDevice)
+            {
+                string key = device.ToString();
+                if (!_onDevice.TryGetValue(key, out var value))
+                {
+                    value = ModuleScopes.Unscoped(() => (values switch
+                    {
+                        long[] longs => tensor(longs, device: device),
+                        float[] floats => tensor(floats, device: device),
+                        _ => throw new NotSupportedException(values.GetType().Name),
+                    }).view(shape));
+                    _onDevice[key] = value;
+                }
+                return value;
+            }
+        }
     }
 }

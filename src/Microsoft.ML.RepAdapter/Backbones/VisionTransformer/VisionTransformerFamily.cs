@@ -71,8 +71,9 @@ public sealed class VisionTransformerFamily : BackboneFamily
     /// <see cref="CheckpointOptions.NumHeads"/>, else the preset's, else width / 64 (the rule of ViT-Ti/S/B/L, not ViT-H),
     /// and an error when the width is not a multiple of 64. The name is the preset that matches, if any.
     /// </summary>
-    public override Backbone CreateFromWeights(string path, IReadOnlyDictionary<string, Tensor> w, string? preset, CheckpointOptions options)
+    public override Backbone CreateFromWeights(string path, ConvertedCheckpoint converted, string? preset, CheckpointOptions options)
     {
+        var w = converted.Weights;
         var known = preset is null ? null : PresetConfigs.TryGetValue(preset, out var config) ? config
             : throw new ArgumentException($"Unknown ViT preset '{preset}'. Known presets: {string.Join(", ", PresetConfigs.Keys)}.", nameof(preset));
         var inferred = InferConfig(path, w, known, options);
@@ -133,8 +134,12 @@ public sealed class VisionTransformerFamily : BackboneFamily
         };
     }
 
+    /// <summary>Widths whose models do not follow width / 64: ViT-H/14 (1280), ViT-g/14 (1408) and ViT-bigG/14 (1664) have 16 heads.</summary>
+    private static readonly IReadOnlyDictionary<int, int> HeadsOfWidth = new Dictionary<int, int> { [1280] = 16, [1408] = 16, [1664] = 16 };
+
     private static int DefaultHeads(string path, int embedDim) =>
-        embedDim % 64 == 0 ? embedDim / 64
+        HeadsOfWidth.TryGetValue(embedDim, out int heads) ? heads
+        : embedDim % 64 == 0 ? embedDim / 64
             : throw new CheckpointException(path, "cls_token",
                 $"attention heads: the shapes do not determine them and the default rule (width / 64) needs a width that is a multiple of 64, found {embedDim}; pass numHeads or a preset.");
 

@@ -148,7 +148,8 @@ public sealed class RepAdapterImageClassificationTransformer : RepAdapterTransfo
         var labels = LabelKeyValues.Load(env, ctx.Reader.BaseStream);
         var model = BackboneDescriptor.FromJson(header.NetworkJson).Build();
         LoadWeights(ctx, model);
-        return new RepAdapterImageClassificationTransformer(env, model, labels, header.Summary, image, score, predicted, header.ScoringBatchSize, ScoringDevice(env));
+        return DisposeOnFailure(model, () => new RepAdapterImageClassificationTransformer(env, model, labels, header.Summary, image, score, predicted,
+            header.ScoringBatchSize, ScoringDevice(env)));
     }
 
     // Factory for SignatureLoadRowMapper.

@@ -29,6 +29,9 @@ public sealed class RepAdapterSegmentationTransformer : RepAdapterTransformerBas
     /// <summary>The annotation on the predicted-mask column holding the class names (text vector), for evaluation.</summary>
     public const string ClassNamesAnnotation = "ClassNames";
 
+    /// <summary>The annotation on the predicted-mask column holding the training masks' ignore value (Int32), for evaluation.</summary>
+    public const string IgnoreIndexAnnotation = "IgnoreIndex";
+
     private readonly string[] _classNames;
 
     internal RepAdapterSegmentationTransformer(IHostEnvironment env, SegmentationNetwork network, ImageInputSpec input, IReadOnlyList<string> classNames,
@@ -96,6 +99,8 @@ public sealed class RepAdapterSegmentationTransformer : RepAdapterTransformerBas
         var annotations = new DataViewSchema.Annotations.Builder();
         annotations.Add(ClassNamesAnnotation, new VectorDataViewType(TextDataViewType.Instance, _classNames.Length),
             (ref VBuffer<ReadOnlyMemory<char>> dst) => names.CopyTo(ref dst));
+        int ignore = IgnoreIndex;
+        annotations.Add(IgnoreIndexAnnotation, NumberDataViewType.Int32, (ref int dst) => dst = ignore);
         return [.. Outputs.Select((c, i) => new DataViewSchema.DetachedColumn(c.Name,
             c.Kind == SchemaShape.Column.VectorKind.Scalar ? c.ItemType : new VectorDataViewType((PrimitiveDataViewType)c.ItemType),
             i == 0 ? annotations.ToAnnotations() : null))];
@@ -197,8 +202,8 @@ public sealed class RepAdapterSegmentationTransformer : RepAdapterTransformerBas
         int ignoreIndex = ctx.Reader.ReadInt32();
         var network = SegmentationNetwork.FromDescription(header.NetworkJson);
         LoadWeights(ctx, network);
-        return new RepAdapterSegmentationTransformer(env, network, network.Backbone.Input, classNames, ignoreIndex, header.Summary, image, mask,
-            colorized, scores, header.ScoringBatchSize, ScoringDevice(env));
+        return DisposeOnFailure(network, () => new RepAdapterSegmentationTransformer(env, network, network.Backbone.Input, classNames, ignoreIndex,
+            header.Summary, image, mask, colorized, scores, header.ScoringBatchSize, ScoringDevice(env)));
     }
 
     // Factory for SignatureLoadRowMapper.

@@ -8,7 +8,7 @@ namespace Microsoft.ML.RepAdapter.Segmentation;
 /// <summary>Compares predicted masks with true masks over a whole data set.</summary>
 internal static class SegmentationEvaluation
 {
-    public static SegmentationMetrics Evaluate(IHostEnvironment env, IDataView data, string maskColumnName, string predictedMaskColumnName, int ignoreIndex)
+    public static SegmentationMetrics Evaluate(IHostEnvironment env, IDataView data, string maskColumnName, string predictedMaskColumnName, int? ignoreIndex)
     {
         var host = env.Register(nameof(SegmentationEvaluation));
         host.CheckValue(data, nameof(data));
@@ -22,7 +22,15 @@ internal static class SegmentationEvaluation
         var names = default(VBuffer<ReadOnlyMemory<char>>);
         predicted.Annotations.GetValue(RepAdapterSegmentationTransformer.ClassNamesAnnotation, ref names);
         string[] classNames = [.. names.DenseValues().Select(n => n.ToString())];
-        var objective = new SegmentationObjective(classNames.Length, ignoreIndex);
+        // The model's own ignore value unless the caller gives one.
+        if (ignoreIndex is null && predicted.Annotations.Schema.GetColumnOrNull(RepAdapterSegmentationTransformer.IgnoreIndexAnnotation) is not null)
+        {
+            int saved = 0;
+            predicted.Annotations.GetValue(RepAdapterSegmentationTransformer.IgnoreIndexAnnotation, ref saved);
+            ignoreIndex = saved;
+        }
+        int ignore = ignoreIndex ?? 255;
+        var objective = new SegmentationObjective(classNames.Length, ignore);
 
         var counts = new long[classNames.Length * classNames.Length];
         using var cursor = data.GetRowCursor([data.Schema[maskColumnName], predicted]);
@@ -38,7 +46,7 @@ internal static class SegmentationEvaluation
             if (values.Length != truth.shape[0])
                 throw host.Except($"Row {cursor.Position}: '{predictedMaskColumnName}' has {values.Length} pixels, the mask in '{maskColumnName}' {truth.shape[0]}: they must come from the same image.");
             var prediction = tensor(values.DenseValues().Select(v => (long)v).ToArray());
-            var labelled = truth.masked_select(truth.ne(ignoreIndex));
+            var labelled = truth.masked_select(truth.ne(ignore));
             long largest = labelled.numel() == 0 ? -1 : labelled.max().item<long>();
             if (largest >= classNames.Length)
                 throw host.Except($"Row {cursor.Position}: mask column '{maskColumnName}' holds class index {largest}, but the model has {classNames.Length} classes.");

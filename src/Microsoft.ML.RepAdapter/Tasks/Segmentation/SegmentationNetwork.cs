@@ -72,7 +72,15 @@ public sealed class SegmentationNetwork : nn.Module<Tensor, Tensor>, IAdaptableM
     {
         var description = JsonSerializer.Deserialize<Description>(json, Json) ?? throw new InvalidDataException("Empty segmentation network description.");
         var backbone = BackboneDescriptor.FromJson(description.Backbone).Build();
-        return ModuleScopes.Unscoped(() => new SegmentationNetwork(backbone, description.Head));
+        try
+        {
+            return ModuleScopes.Unscoped(() => new SegmentationNetwork(backbone, description.Head));
+        }
+        catch
+        {
+            backbone.Dispose();
+            throw;
+        }
     }
 
     private sealed record Description(string Backbone, SegmentationHeadConfig Head);

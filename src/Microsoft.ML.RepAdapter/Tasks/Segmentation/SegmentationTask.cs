@@ -60,8 +60,8 @@ internal sealed class SegmentationTask : ImageTask
         if (mask.shape[0] != image.Height || mask.shape[1] != image.Width)
             throw new InvalidDataException($"{where}: the mask is {mask.shape[1]}x{mask.shape[0]} pixels, its image {image.Width}x{image.Height}; they must have the same size.");
         CheckLabels(mask, where);
-        // Nearest neighbour keeps class indices (never a blend of two classes).
-        var resized = nn.functional.interpolate(mask.view(1, 1, mask.shape[0], mask.shape[1]).to(float32), [size, size], mode: InterpolationMode.Nearest);
+        // Nearest neighbour keeps class indices (never a blend of two classes); "exact" centres pixels as the image resize does.
+        var resized = nn.functional.interpolate(mask.view(1, 1, mask.shape[0], mask.shape[1]).to(float32), [size, size], mode: InterpolationMode.NearestExact);
         return resized.view(size, size).to(ScalarType.Int64).MoveToOuterDisposeScope();
     }
 
@@ -90,6 +90,8 @@ internal sealed class SegmentationTask : ImageTask
     protected override void CheckTrainingClasses(IReadOnlySet<long> present)
     {
         _numClasses ??= (int)present.Max() + 1;
+        if (_numClasses > _ignoreIndex)
+            throw Host.Except($"The training masks in '{_maskColumnName}' hold class indices up to {_numClasses - 1}, at or above the ignore value {_ignoreIndex}: choose an IgnoreIndex above every class.");
         if (present.Count < 2)
             throw Host.Except($"The training masks in '{_maskColumnName}' hold a single class ({present.Single()}): segmentation needs at least two (e.g. background and an object).");
     }
