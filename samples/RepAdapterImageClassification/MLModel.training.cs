@@ -1,8 +1,8 @@
-// Model Builder style training code: the pipeline, and retraining it on new data.
+// Model Builder style training code: the pipeline, and retraining it on new data. The shape is Model Builder's generated
+// training file with ImageClassification renamed to RepAdapter; the settings the sample varies are in Settings.
 using Microsoft.ML;
 using Microsoft.ML.RepAdapter;
 using Microsoft.ML.RepAdapter.Adapters;
-using Microsoft.ML.RepAdapter.Backbones;
 using Microsoft.ML.RepAdapter.Classification;
 
 namespace RepAdapterImageClassification;
@@ -10,30 +10,45 @@ namespace RepAdapterImageClassification;
 public partial class MLModel
 {
     /// <summary>Training settings of the sample (the paper's recipe, shortened for a CPU).</summary>
+    /// <param name="CheckpointPath">Pretrained weights; null: ML.NET's pretrained ResNet-18 (no download).</param>
+    /// <param name="Architecture">A preset name, when the checkpoint does not tell it.</param>
     public sealed record TrainingSettings(int Epochs = 8, int BatchSize = 16, double LearningRate = 1e-3, int WarmupEpochs = 1,
-        float AdapterScale = 1f, TrainableParameters Trainable = TrainableParameters.AdaptersAndHead);
+        float AdapterScale = 1f, TrainableParameters Trainable = TrainableParameters.AdaptersAndHead, string? CheckpointPath = null,
+        string? Architecture = null, int? ImageSize = null);
+
+    /// <summary>The settings BuildPipeline uses.</summary>
+    public static TrainingSettings Settings { get; set; } = new();
 
     /// <summary>Trains the pipeline on <paramref name="trainData"/>.</summary>
-    public static ITransformer RetrainPipeline(MLContext mlContext, IDataView trainData, Backbone backbone, TrainingSettings settings) =>
-        BuildPipeline(mlContext, backbone, settings).Fit(trainData);
+    public static ITransformer RetrainPipeline(MLContext mlContext, IDataView trainData)
+    {
+        var pipeline = BuildPipeline(mlContext);
+        var model = pipeline.Fit(trainData);
+        return model;
+    }
 
     /// <summary>MapValueToKey(Label) -> RepAdapter fine-tuning on ImageSource -> MapKeyToValue(PredictedLabel).</summary>
-    public static IEstimator<ITransformer> BuildPipeline(MLContext mlContext, Backbone backbone, TrainingSettings settings)
+    public static IEstimator<ITransformer> BuildPipeline(MLContext mlContext)
     {
         var options = new RepAdapterImageClassificationTrainer.Options
         {
-            LabelColumnName = "Label",
-            ImageColumnName = "ImageSource",
-            Backbone = backbone,
-            Trainable = settings.Trainable,
-            AdapterScale = settings.AdapterScale,
-            Epochs = settings.Epochs,
-            BatchSize = settings.BatchSize,
-            LearningRate = settings.LearningRate,
-            WarmupEpochs = settings.WarmupEpochs,
+            LabelColumnName = @"Label",
+            ImageColumnName = @"ImageSource",
+            ScoreColumnName = @"Score",
+            CheckpointPath = Settings.CheckpointPath,
+            Architecture = Settings.Architecture,
+            ImageSize = Settings.ImageSize,
+            Trainable = Settings.Trainable,
+            AdapterScale = Settings.AdapterScale,
+            Epochs = Settings.Epochs,
+            BatchSize = Settings.BatchSize,
+            LearningRate = Settings.LearningRate,
+            WarmupEpochs = Settings.WarmupEpochs,
         };
-        return mlContext.Transforms.Conversion.MapValueToKey("Label", "Label")
+        // Data process configuration with pipeline data transformations
+        var pipeline = mlContext.Transforms.Conversion.MapValueToKey(outputColumnName: @"Label", inputColumnName: @"Label", addKeyValueAnnotationsAsText: false)
             .Append(mlContext.MulticlassClassification.Trainers.RepAdapter(options))
-            .Append(mlContext.Transforms.Conversion.MapKeyToValue("PredictedLabel", "PredictedLabel"));
+            .Append(mlContext.Transforms.Conversion.MapKeyToValue(outputColumnName: @"PredictedLabel", inputColumnName: @"PredictedLabel"));
+        return pipeline;
     }
 }

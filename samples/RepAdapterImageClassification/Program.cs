@@ -12,8 +12,6 @@ using System.IO.Compression;
 using Microsoft.ML;
 using Microsoft.ML.Data;
 using Microsoft.ML.RepAdapter.Adapters;
-using Microsoft.ML.RepAdapter.Backbones;
-using Microsoft.ML.RepAdapter.Checkpoints;
 using Microsoft.ML.RepAdapter.Classification;
 using RepAdapterImageClassification;
 
@@ -29,10 +27,7 @@ Console.WriteLine($"Data: {dataName}: {trainRows.Count} training and {testRows.C
 var trainData = mlContext.Data.LoadFromEnumerable(trainRows);
 var testData = mlContext.Data.LoadFromEnumerable(testRows);
 
-using var backbone = arguments.LoadBackbone();
-Console.WriteLine($"Backbone: {backbone.Architecture}, {backbone.CountParameters():N0} parameters, input {backbone.Input.ImageSize} px.");
-
-var settings = new MLModel.TrainingSettings(arguments.Epochs, arguments.BatchSize, AdapterScale: arguments.Scale);
+var settings = arguments.Settings();
 var results = new List<(string name, MulticlassClassificationMetrics metrics, TimeSpan time, long trainable)>();
 IReadOnlyList<string> labels = [];
 ITransformer? repAdapterModel = null;
@@ -40,7 +35,8 @@ foreach (var (name, trainable) in new[] { ("RepAdapter", TrainableParameters.Ada
 {
     Console.WriteLine($"\nTraining: {name}");
     var clock = Stopwatch.StartNew();
-    var model = MLModel.RetrainPipeline(mlContext, trainData, backbone, settings with { Trainable = trainable });
+    MLModel.Settings = settings with { Trainable = trainable };
+    var model = MLModel.RetrainPipeline(mlContext, trainData);
     clock.Stop();
     var metrics = mlContext.MulticlassClassification.Evaluate(model.Transform(testData));
     var transformer = ((IEnumerable<ITransformer>)model).OfType<RepAdapterImageClassificationTransformer>().Single();
@@ -100,11 +96,10 @@ internal sealed record Arguments(string? Train, string? Test, string? FashionMni
         return a;
     }
 
-    public Backbone LoadBackbone()
+    public MLModel.TrainingSettings Settings()
     {
-        if (Checkpoint is not null) return PretrainedBackbones.Load(Checkpoint, Architecture, imageSize: ImageSize).Backbone;
-        if (Architecture is not null) throw new ArgumentException("--architecture needs --checkpoint: fine-tuning needs pretrained weights.");
-        return PretrainedBackbones.LoadMLNetResNet18().Backbone;
+        if (Architecture is not null && Checkpoint is null) throw new ArgumentException("--architecture needs --checkpoint: fine-tuning needs pretrained weights.");
+        return new MLModel.TrainingSettings(Epochs, BatchSize, AdapterScale: Scale, CheckpointPath: Checkpoint, Architecture: Architecture, ImageSize: ImageSize);
     }
 
     public (List<MLModel.ModelInput> train, List<MLModel.ModelInput> test, string name) LoadData()

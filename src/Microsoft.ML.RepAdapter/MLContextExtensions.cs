@@ -1,5 +1,6 @@
 namespace Microsoft.ML.RepAdapter;
 
+/// <summary>Extensions of <see cref="MLContext"/> for controlling RepAdapter training.</summary>
 public static class MLContextExtensions
 {
     /// <summary>

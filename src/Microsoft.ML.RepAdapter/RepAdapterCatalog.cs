@@ -12,6 +12,7 @@ public static class RepAdapterCatalog
     /// The column parameters are those of ML.NET's <c>ImageClassification</c> trainer, so a Model Builder line works by
     /// renaming the method. Without a checkpoint the backbone is ML.NET's pretrained ResNet-18 (no download).
     /// </summary>
+    /// <param name="catalog">The multiclass classification trainers catalog (<c>mlContext.MulticlassClassification.Trainers</c>).</param>
     /// <param name="labelColumnName">A key column (MapValueToKey).</param>
     /// <param name="featureColumnName">The image column: MLImage (LoadImages) or encoded image bytes (LoadRawImageBytes, Model Builder's ImageSource).</param>
     /// <param name="scoreColumnName">The output column of class probabilities.</param>
@@ -63,12 +64,15 @@ public static class RepAdapterCatalog
     /// Fine-tunes a pretrained backbone with RepAdapter for semantic segmentation (a decode head on its multi-level
     /// features); adapters are merged after training.
     /// </summary>
+    /// <param name="catalog">The multiclass classification trainers catalog (<c>mlContext.MulticlassClassification.Trainers</c>).</param>
     /// <param name="maskColumnName">Masks: images holding a class index per pixel as their gray value (255: unlabelled).</param>
     /// <param name="imageColumnName">An image column (LoadImages) or encoded image bytes (LoadRawImageBytes).</param>
     /// <param name="predictedMaskColumnName">The output: class indices at each input image's own resolution.</param>
     /// <param name="classNames">Class names in index order; null: indices as names, the count from the training masks.</param>
     /// <param name="checkpointPath">Pretrained weights (.npz, .safetensors, .pth); the architecture is read from them.</param>
     /// <param name="architecture">Backbone preset when it cannot be inferred, or <c>mlnet_resnet18</c> (ML.NET's own ResNet-18).</param>
+    /// <param name="epochs">Training epochs (a tenth of them warm up the learning rate).</param>
+    /// <param name="batchSize">Images per optimiser step.</param>
     public static RepAdapterSegmentationTrainer RepAdapterSegmentation(
         this MulticlassClassificationCatalog.MulticlassClassificationTrainers catalog,
         string maskColumnName = "Mask",
@@ -102,6 +106,7 @@ public static class RepAdapterCatalog
     /// Mean IoU, per-class IoU, pixel accuracy and the confusion matrix of predicted masks (a
     /// <see cref="RepAdapterSegmentationTransformer"/>'s output) against true masks, over every labelled pixel.
     /// </summary>
+    /// <param name="catalog">The multiclass classification catalog (<c>mlContext.MulticlassClassification</c>).</param>
     /// <param name="data">Scored data: the true mask column and the predicted mask column.</param>
     /// <param name="maskColumnName">True masks: images holding a class index per pixel as their gray value.</param>
     /// <param name="predictedMaskColumnName">The transformer's predicted class indices (with its class names).</param>

@@ -23,6 +23,28 @@ internal static class TestHost
         return (process.ExitCode, stdout + stderr.Result);
     }
 
+    /// <summary>
+    /// Runs the host and kills it (no clean-up of any kind, as a crash or a power cut) at the first line of its output that
+    /// <paramref name="killAt"/> accepts; returns the output up to then.
+    /// </summary>
+    public static string RunUntil(Func<string, bool> killAt, params string[] arguments)
+    {
+        Assert.IsTrue(File.Exists(AssemblyPath), $"test host built at {AssemblyPath}");
+        var start = new ProcessStartInfo("dotnet", [AssemblyPath, .. arguments]) { RedirectStandardOutput = true, RedirectStandardError = true };
+        using var process = Process.Start(start)!;
+        var stderr = process.StandardError.ReadToEndAsync();
+        var output = new System.Text.StringBuilder();
+        while (process.StandardOutput.ReadLine() is string line)
+        {
+            output.AppendLine(line);
+            if (!killAt(line)) continue;
+            process.Kill(entireProcessTree: true);
+            break;
+        }
+        Assert.IsTrue(process.WaitForExit(180_000), $"test host finished: {string.Join(" ", arguments)}");
+        return output + stderr.Result;
+    }
+
     /// <summary>Runs the host, which must succeed: exit code 0 and no error reported; returns its output.</summary>
     public static string RunOk(params string[] arguments)
     {

@@ -14,6 +14,7 @@ namespace Microsoft.ML.RepAdapter.Adapters;
 /// </summary>
 public abstract class AdaptableLayer : nn.Module<Tensor, Tensor>
 {
+    /// <summary>Creates the layer as a TorchSharp module called <paramref name="name"/>.</summary>
     protected AdaptableLayer(string name) : base(name) { }
 
     /// <summary>Input channels: the dimension an adapter in front of this layer works on.</summary>
@@ -31,8 +32,10 @@ public abstract class AdaptableLayer : nn.Module<Tensor, Tensor>
     /// </summary>
     public abstract bool InputBiasFoldsExactly { get; }
 
+    /// <summary>The projection's weight, under its checkpoint name <c>weight</c> (merged adapters end up here).</summary>
     public abstract Parameter weight { get; }
 
+    /// <summary>The projection's bias, under its checkpoint name <c>bias</c>; null for a bias-free layer.</summary>
     public abstract Parameter? bias { get; }
 
     [ComponentName(Name = "adapter")]
@@ -44,8 +47,14 @@ public abstract class AdaptableLayer : nn.Module<Tensor, Tensor>
     /// <summary>The plain projection, without any adapter.</summary>
     public abstract Tensor Project(Tensor input);
 
+    /// <summary>The layer's output: <see cref="Project"/> alone, or through the attached adapter.</summary>
     public override Tensor forward(Tensor input) => Adapter is null ? Project(input) : Adapter.Forward(input, this);
 
+    /// <summary>
+    /// Attaches <paramref name="adapter"/> (registered as the submodule <c>adapter</c>, in this layer's training/eval mode).
+    /// Throws <see cref="InvalidOperationException"/> when the layer already has one, and <see cref="ArgumentException"/>
+    /// when the adapter has a constant term that this layer cannot absorb exactly (<see cref="InputBiasFoldsExactly"/>).
+    /// </summary>
     public void AttachAdapter(ProjectionAdapter adapter)
     {
         if (Adapter is not null) throw new InvalidOperationException($"Layer '{GetName()}' already has an adapter.");
@@ -77,6 +86,10 @@ public abstract class AdaptableLayer : nn.Module<Tensor, Tensor>
     /// <summary>Adds <paramref name="delta"/> ([out, in]) to the weight, for low-rank updates.</summary>
     internal abstract void AddWeightDelta(Tensor delta);
 
+    /// <summary>
+    /// Copies <paramref name="value"/> into <paramref name="target"/> in place; a shape mismatch is an
+    /// <see cref="InvalidOperationException"/>.
+    /// </summary>
     protected static void Assign(Parameter target, Tensor value)
     {
         if (!target.shape.SequenceEqual(value.shape))
@@ -93,6 +106,10 @@ public sealed class AdaptableLinear : AdaptableLayer
     [ComponentName(Name = "bias")]
     private readonly Parameter? _bias;
 
+    /// <summary>
+    /// A [<paramref name="outFeatures"/>, <paramref name="inFeatures"/>] linear layer with nn.Linear's default
+    /// initialisation (kaiming-uniform weight, uniform bias); <paramref name="hasBias"/> false makes it bias-free.
+    /// </summary>
     public AdaptableLinear(long inFeatures, long outFeatures, bool hasBias = true) : base(nameof(AdaptableLinear))
     {
         // Same default init as nn.Linear; backbones re-initialise as their reference implementation does.
@@ -107,13 +124,20 @@ public sealed class AdaptableLinear : AdaptableLayer
         RegisterComponents();
     }
 
+    /// <inheritdoc/>
     public override Parameter weight => _weight;
+    /// <inheritdoc/>
     public override Parameter? bias => _bias;
+    /// <inheritdoc/>
     public override long InChannels => _weight.shape[1];
+    /// <inheritdoc/>
     public override long OutChannels => _weight.shape[0];
+    /// <inheritdoc/>
     public override int ChannelDim => -1;
+    /// <inheritdoc/>
     public override bool InputBiasFoldsExactly => true;
 
+    /// <inheritdoc/>
     public override Tensor Project(Tensor input) => nn.functional.linear(input, _weight, _bias);
 
     internal override void FoldInputMap(Tensor m, Tensor? c)
@@ -141,6 +165,17 @@ public sealed class AdaptableConv2d : AdaptableLayer
     private readonly long _stride;
     private readonly long _padding;
 
+    /// <summary>
+    /// A square <paramref name="kernelSize"/> x <paramref name="kernelSize"/> convolution from <paramref name="inChannels"/>
+    /// to <paramref name="outChannels"/> channels with symmetric zero <paramref name="padding"/>, initialised as torchvision's
+    /// ResNet convolutions (kaiming-normal, fan-out, ReLU); bias-free unless <paramref name="hasBias"/> (then zeros).
+    /// </summary>
+    /// <param name="inChannels">Input channels.</param>
+    /// <param name="outChannels">Output channels.</param>
+    /// <param name="kernelSize">Kernel height and width.</param>
+    /// <param name="stride">Stride in both directions.</param>
+    /// <param name="padding">Zero padding on every side.</param>
+    /// <param name="hasBias">Whether the convolution has a bias.</param>
     public AdaptableConv2d(long inChannels, long outChannels, long kernelSize, long stride = 1, long padding = 0, bool hasBias = false)
         : base(nameof(AdaptableConv2d))
     {
@@ -152,13 +187,21 @@ public sealed class AdaptableConv2d : AdaptableLayer
         RegisterComponents();
     }
 
+    /// <inheritdoc/>
     public override Parameter weight => _weight;
+    /// <inheritdoc/>
     public override Parameter? bias => _bias;
+    /// <inheritdoc/>
     public override long InChannels => _weight.shape[1];
+    /// <inheritdoc/>
     public override long OutChannels => _weight.shape[0];
+    /// <inheritdoc/>
     public override int ChannelDim => 1;
+    /// <inheritdoc/>
+    /// <remarks>True only for an unpadded convolution.</remarks>
     public override bool InputBiasFoldsExactly => _padding == 0;
 
+    /// <inheritdoc/>
     public override Tensor Project(Tensor input) =>
         nn.functional.conv2d(input, _weight, _bias, strides: [_stride, _stride], padding: [_padding, _padding]);
 

@@ -72,6 +72,7 @@ public static class BackboneAdapters
             .Where(p => IsAdapterParameter(p.name) && (includeBiases || !p.name.EndsWith(".bias", StringComparison.Ordinal)))
             .Sum(p => p.parameter.numel());
 
+    /// <summary>Number of parameters of <paramref name="model"/>; only those with requires_grad when <paramref name="trainableOnly"/>.</summary>
     public static long CountParameters(this nn.Module model, bool trainableOnly = false) =>
         model.parameters().Where(p => !trainableOnly || p.requires_grad).Sum(p => p.numel());
 }

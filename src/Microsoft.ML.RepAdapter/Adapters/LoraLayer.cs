@@ -14,6 +14,11 @@ public sealed class LoraLayer : ProjectionAdapter
     private readonly Linear lora_B;
     private readonly Dropout dropout;
 
+    /// <summary>
+    /// A rank-<see cref="AdapterConfig.Hidden"/> update for an <paramref name="inFeatures"/> -> <paramref name="outFeatures"/>
+    /// linear layer, with <paramref name="config"/>'s scale and dropout; B starts at zero, so the layer is unchanged at first.
+    /// Throws when <paramref name="config"/> is invalid.
+    /// </summary>
     public LoraLayer(int inFeatures, int outFeatures, AdapterConfig config) : base(nameof(LoraLayer))
     {
         config.Validate(inFeatures, nameof(LoraLayer));
@@ -26,10 +31,14 @@ public sealed class LoraLayer : ProjectionAdapter
         RegisterComponents();
     }
 
+    /// <summary>The fixed scale s of the low-rank branch; merging uses the same value.</summary>
     public float Scale { get; }
 
+    /// <inheritdoc/>
+    /// <remarks>Always false: LoRA has no constant term.</remarks>
     public override bool HasInputBias => false;
 
+    /// <inheritdoc/>
     public override Tensor Forward(Tensor input, AdaptableLayer layer)
     {
         using var scope = NewDisposeScope();

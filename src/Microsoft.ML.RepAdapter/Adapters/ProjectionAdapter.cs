@@ -9,6 +9,7 @@ namespace Microsoft.ML.RepAdapter.Adapters;
 /// </summary>
 public abstract class ProjectionAdapter : nn.Module
 {
+    /// <summary>Creates the adapter as a TorchSharp module called <paramref name="name"/>.</summary>
     protected ProjectionAdapter(string name) : base(name) { }
 
     /// <summary>Whether the adapter has a constant term (which padded convolutions cannot absorb exactly).</summary>
@@ -20,7 +21,15 @@ public abstract class ProjectionAdapter : nn.Module
     /// <summary>Rewrites <paramref name="layer"/>'s weights so that the plain layer equals the adapted one (eval mode).</summary>
     internal abstract void MergeInto(AdaptableLayer layer);
 
-    /// <summary>Creates the adapter that <paramref name="config"/> describes for <paramref name="layer"/>.</summary>
+    /// <summary>
+    /// Creates the adapter that <paramref name="config"/> describes for <paramref name="layer"/>: a
+    /// <see cref="RepAdapterLayer"/> (with biases only where the layer can absorb them exactly) or a <see cref="LoraLayer"/>.
+    /// Throws when the configuration does not fit the layer (see <see cref="AdapterConfig.Validate"/>) and
+    /// <see cref="NotSupportedException"/> for LoRA on a convolution.
+    /// </summary>
+    /// <param name="config">Method, hidden size, groups, scale and dropout.</param>
+    /// <param name="layer">The projection the adapter will be attached to (not attached here).</param>
+    /// <param name="site">The site's module path, for error messages.</param>
     public static ProjectionAdapter Create(AdapterConfig config, AdaptableLayer layer, string site)
     {
         config.Validate((int)layer.InChannels, site);

@@ -16,6 +16,14 @@ public sealed class RepAdapterLayer : ProjectionAdapter
     private readonly Conv1d conv_B;
     private readonly Dropout dropout;
 
+    /// <summary>
+    /// An adapter over <paramref name="channels"/> channels with <paramref name="config"/>'s hidden size, groups, scale and
+    /// dropout, initialised as the identity map (xavier W_A, zero W_B and biases). Throws when <paramref name="config"/>
+    /// is invalid for these channels (see <see cref="AdapterConfig.Validate"/>).
+    /// </summary>
+    /// <param name="channels">Input channels D of the projection the adapter sits in front of.</param>
+    /// <param name="config">Hidden size r, groups k, scale s and dropout.</param>
+    /// <param name="withBias">Whether W_A and W_B have biases; false for sites in front of zero-padded convolutions.</param>
     public RepAdapterLayer(int channels, AdapterConfig config, bool withBias = true) : base(nameof(RepAdapterLayer))
     {
         config.Validate(channels, nameof(RepAdapterLayer));
@@ -37,13 +45,17 @@ public sealed class RepAdapterLayer : ProjectionAdapter
         RegisterComponents();
     }
 
+    /// <summary>The channels D the adapter maps (input and output).</summary>
     public int Channels { get; }
+    /// <summary>The hidden size r of the bottleneck.</summary>
     public int Hidden { get; }
+    /// <summary>The groups k of the up-projection W_B.</summary>
     public int Groups { get; }
 
     /// <summary>The fixed scale s; stored with the adapter so that merging uses the scale it was trained with.</summary>
     public float Scale { get; }
 
+    /// <inheritdoc/>
     public override bool HasInputBias => conv_A.bias is not null;
 
     /// <summary>Applies the adapter to <paramref name="x"/>, whose channels are on axis <paramref name="channelDim"/>.</summary>
@@ -64,6 +76,8 @@ public sealed class RepAdapterLayer : ProjectionAdapter
         return (x + delta).MoveToOuterDisposeScope();
     }
 
+    /// <inheritdoc/>
+    /// <remarks>The layer's projection of <see cref="Adapt"/>'s output, on the layer's channel axis.</remarks>
     public override Tensor Forward(Tensor input, AdaptableLayer layer) => layer.Project(Adapt(input, layer.ChannelDim));
 
     /// <summary>

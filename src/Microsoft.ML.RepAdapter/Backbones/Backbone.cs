@@ -13,6 +13,7 @@ namespace Microsoft.ML.RepAdapter.Backbones;
 /// </summary>
 public abstract class Backbone : nn.Module<Tensor, Tensor>, IAdaptableModel
 {
+    /// <summary>Creates the backbone as a TorchSharp module called <paramref name="name"/>.</summary>
     protected Backbone(string name) : base(name) { }
 
     /// <summary>The preset or architecture name, e.g. <c>vit_base_patch16_224</c>.</summary>
@@ -54,6 +55,8 @@ public abstract class Backbone : nn.Module<Tensor, Tensor>, IAdaptableModel
     /// <summary>The classification head applied to pooled features.</summary>
     public abstract Tensor ForwardHead(Tensor features);
 
+    /// <summary>Logits [B, NumClasses] (the pooled features when there is no head): <see cref="ForwardHead"/> of <see cref="ForwardFeatures"/>.</summary>
+    /// <param name="images">Normalised images [B, 3, S, S] (see <see cref="ImageInputSpec.Normalize"/>).</param>
     public override Tensor forward(Tensor images)
     {
         using var scope = NewDisposeScope();
@@ -109,7 +112,13 @@ public abstract class Backbone : nn.Module<Tensor, Tensor>, IAdaptableModel
 public sealed record FeatureLevel(string Name, int Channels, int Reduction);
 
 /// <summary>Whether pixels are fed in RGB or BGR order.</summary>
-public enum ChannelOrder { Rgb, Bgr }
+public enum ChannelOrder
+{
+    /// <summary>Red, green, blue (timm, torchvision, Hugging Face).</summary>
+    Rgb,
+    /// <summary>Blue, green, red (e.g. ML.NET's ResNet-18 ONNX model).</summary>
+    Bgr,
+}
 
 /// <summary>
 /// How images become input tensors: resized to <paramref name="ImageSize"/> (square), channel value
@@ -121,7 +130,7 @@ public sealed record ImageInputSpec(int ImageSize, float[] Mean, float[] Std, fl
     public static ImageInputSpec ImageNet(int imageSize) =>
         new(imageSize, [0.485f, 0.456f, 0.406f], [0.229f, 0.224f, 0.225f]);
 
-
+    /// <summary>The same normalisation at input resolution <paramref name="imageSize"/>.</summary>
     public ImageInputSpec WithImageSize(int imageSize) => this with { ImageSize = imageSize };
 
     /// <summary>uint8 pixels [B, 3, S, S] (already in <see cref="Order"/>) to the normalised float input.</summary>
@@ -133,9 +142,11 @@ public sealed record ImageInputSpec(int ImageSize, float[] Mean, float[] Std, fl
         return pixels.to(float32).mul(PixelScale).sub(mean).div(std).MoveToOuterDisposeScope();
     }
 
+    /// <summary>Value equality, comparing <see cref="Mean"/> and <see cref="Std"/> element by element.</summary>
     public bool Equals(ImageInputSpec? other) =>
         other is not null && ImageSize == other.ImageSize && Mean.SequenceEqual(other.Mean) && Std.SequenceEqual(other.Std)
         && PixelScale == other.PixelScale && Order == other.Order;
 
+    /// <inheritdoc/>
     public override int GetHashCode() => HashCode.Combine(ImageSize, PixelScale, Order, Mean.Sum(), Std.Sum());
 }

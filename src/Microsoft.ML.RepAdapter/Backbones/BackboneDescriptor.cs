@@ -40,10 +40,12 @@ public sealed record BackboneDescriptor(string Architecture, ImageInputSpec Inpu
     public static BackboneDescriptor FromJson(string json) =>
         JsonSerializer.Deserialize<BackboneDescriptor>(json, Json) ?? throw new InvalidDataException("Empty backbone descriptor.");
 
+    /// <summary>Value equality, comparing <see cref="Config"/> by its JSON text.</summary>
     public bool Equals(BackboneDescriptor? other) =>
         other is not null && Architecture == other.Architecture && Input.Equals(other.Input) && Family == other.Family
         && Config.GetRawText() == other.Config.GetRawText();
 
+    /// <inheritdoc/>
     public override int GetHashCode() => HashCode.Combine(Architecture, Input, Family, Config.GetRawText());
 
     /// <summary>Writes the config under its family's name; reads it back from whichever property is not Architecture or Input.</summary>

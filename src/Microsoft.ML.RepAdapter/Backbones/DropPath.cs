@@ -4,7 +4,7 @@ using static TorchSharp.torch;
 namespace Microsoft.ML.RepAdapter.Backbones;
 
 /// <summary>Stochastic depth: in training, drops a residual branch for a whole sample with probability p (timm's drop_path).</summary>
-public sealed class DropPath : nn.Module<Tensor, Tensor>
+internal sealed class DropPath : nn.Module<Tensor, Tensor>
 {
     public DropPath(double probability) : base(nameof(DropPath)) => Probability = probability;
 

@@ -6,6 +6,14 @@ namespace Microsoft.ML.RepAdapter.Formats;
 /// </summary>
 public sealed class CheckpointException : Exception
 {
+    /// <summary>
+    /// An error about <paramref name="path"/> (and <paramref name="key"/>, when not null); the exception's message is
+    /// <c>path: 'key': message</c>.
+    /// </summary>
+    /// <param name="path">The checkpoint file.</param>
+    /// <param name="key">The tensor, header field or node at fault, or null.</param>
+    /// <param name="message">What was expected and what was found.</param>
+    /// <param name="innerException">The underlying error, if any.</param>
     public CheckpointException(string path, string? key, string message, Exception? innerException = null)
         : base(key is null ? $"{path}: {message}" : $"{path}: '{key}': {message}", innerException)
     {

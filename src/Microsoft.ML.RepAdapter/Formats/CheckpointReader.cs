@@ -10,6 +10,12 @@ namespace Microsoft.ML.RepAdapter.Formats;
 /// </summary>
 public static class CheckpointReader
 {
+    /// <summary>Reads every tensor of the checkpoint at <paramref name="path"/> onto the CPU, as stored; dispose the result.</summary>
+    /// <exception cref="FileNotFoundException">The file does not exist.</exception>
+    /// <exception cref="CheckpointException">
+    /// The file is empty, truncated or corrupt, of an unknown or refused format (a bare pickle, a Git LFS pointer), or
+    /// holds something other than plain tensors; the message names the file and, where there is one, the key.
+    /// </exception>
     public static TensorCheckpoint Read(string path)
     {
         if (!File.Exists(path)) throw new FileNotFoundException($"Checkpoint file not found: {path}", path);

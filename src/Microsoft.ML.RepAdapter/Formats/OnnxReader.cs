@@ -5,7 +5,7 @@ using static TorchSharp.torch;
 namespace Microsoft.ML.RepAdapter.Formats;
 
 /// <summary>An ONNX graph as far as checkpoint import needs it: nodes (for mapping weights by topology), inputs, outputs.</summary>
-public sealed record OnnxGraph(
+internal sealed record OnnxGraph(
     string Name,
     string ProducerName,
     long IrVersion,
@@ -15,7 +15,7 @@ public sealed record OnnxGraph(
     IReadOnlyList<OnnxValueInfo> Outputs);
 
 /// <summary>One graph node; <see cref="Attributes"/> keeps the scalar and list attributes (tensor attributes are omitted).</summary>
-public sealed record OnnxNode(string Name, string OpType, IReadOnlyList<string> Inputs, IReadOnlyList<string> Outputs, IReadOnlyDictionary<string, OnnxAttribute> Attributes)
+internal sealed record OnnxNode(string Name, string OpType, IReadOnlyList<string> Inputs, IReadOnlyList<string> Outputs, IReadOnlyDictionary<string, OnnxAttribute> Attributes)
 {
     public IReadOnlyList<long> Ints(string name) => Attributes.TryGetValue(name, out var a) ? a.Ints : [];
 
@@ -26,10 +26,11 @@ public sealed record OnnxNode(string Name, string OpType, IReadOnlyList<string> 
     public override string ToString() => $"{OpType} '{Name}'";
 }
 
-public sealed record OnnxAttribute(string Name, float? Float, long? Int, string? String, IReadOnlyList<long> Ints, IReadOnlyList<float> Floats);
+/// <summary>One node attribute: whichever of the scalar, string and list fields it has (the others null or empty).</summary>
+internal sealed record OnnxAttribute(string Name, float? Float, long? Int, string? String, IReadOnlyList<long> Ints, IReadOnlyList<float> Floats);
 
 /// <summary>A graph input or output with its static shape (null where a dimension is symbolic).</summary>
-public sealed record OnnxValueInfo(string Name, IReadOnlyList<long?> Shape);
+internal sealed record OnnxValueInfo(string Name, IReadOnlyList<long?> Shape);
 
 /// <summary>
 /// A small reader for the ONNX protobuf (onnx.proto): ModelProto -> GraphProto -> nodes, initializers (TensorProto

@@ -33,22 +33,26 @@ public sealed class TensorCheckpoint : IDisposable
         Graph = graph;
     }
 
+    /// <summary>The file the tensors were read from.</summary>
     public string Path { get; }
 
+    /// <summary>The container format recognised from the file's content.</summary>
     public CheckpointFormat Format { get; }
 
+    /// <summary>The tensors by their names in the file, in file order; owned by this checkpoint (disposed with it).</summary>
     public IReadOnlyDictionary<string, Tensor> Tensors => _tensors;
 
     /// <summary>String metadata (safetensors <c>__metadata__</c>); empty for the other formats.</summary>
     public IReadOnlyDictionary<string, string> Metadata { get; }
 
     /// <summary>The ONNX graph (nodes, inputs, outputs) for <see cref="CheckpointFormat.Onnx"/>; null otherwise.</summary>
-    public OnnxGraph? Graph { get; }
+    internal OnnxGraph? Graph { get; }
 
     /// <summary>The tensor named <paramref name="key"/>; a missing key is a <see cref="CheckpointException"/> naming the file.</summary>
     public Tensor this[string key] =>
         _tensors.TryGetValue(key, out var tensor) ? tensor : throw new CheckpointException(Path, key, "missing from the checkpoint.");
 
+    /// <summary>Disposes every tensor and empties <see cref="Tensors"/>.</summary>
     public void Dispose()
     {
         foreach (var tensor in _tensors.Values) tensor.Dispose();

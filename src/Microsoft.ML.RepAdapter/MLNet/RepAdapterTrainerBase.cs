@@ -197,6 +197,8 @@ public abstract class RepAdapterTrainerBase<TOptions, TTransformer> : IEstimator
                     TrainerOptions.MetricsCallback?.Invoke(r);
                 },
                 checkAlive: Host.CheckAlive);
+            if (result.ResumedAfterEpoch > 0)
+                ch.Info($"Resumed ({run}) after epoch {result.ResumedAfterEpoch} from the state in {TrainerOptions.TrainingStateFolder}.");
             if (result.Stopped || result.BestEpoch != result.Reports.Count)
                 ch.Info($"Early stopping kept epoch {result.BestEpoch} of {result.Reports.Count} trained ({(result.Stopped ? "stopped" : "ran to the end")}).");
             return network;

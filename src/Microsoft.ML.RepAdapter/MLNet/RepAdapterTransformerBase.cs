@@ -113,6 +113,7 @@ public abstract class RepAdapterTransformerBase : RowToRowTransformerBase, ITran
 
     IDataView ITransformer.Transform(IDataView input) => Transform(input);
 
+    /// <summary>ML.NET plumbing: the row-by-row mapper behind prediction engines. Not part of this library's API.</summary>
     public override IRowMapper MakeRowMapper(DataViewSchema schema) => new Mapper(this, schema);
 
     // ML.NET plumbing below: its base members are internal in ML.NET and compiled here against publicized references

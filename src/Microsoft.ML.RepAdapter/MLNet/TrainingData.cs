@@ -139,7 +139,7 @@ internal static class TrainingData
         if (cache == ImageCache.Auto) cache = bytes <= memoryLimitBytes ? ImageCache.Memory : ImageCache.Disk;
         return cache switch
         {
-            ImageCache.Memory => InMemory(stream, keepRow),
+            ImageCache.Memory => InMemory(stream, keepRow, rows.Count, preprocessor.Spec.ImageSize),
             ImageCache.Disk => DiskCachedImages.Write(stream, keepRow, preprocessor.Spec.ImageSize),
             ImageCache.None => new StreamedImages(stream, keepRow, [.. rows.Order()], shuffleBuffer),
             _ => throw new ArgumentOutOfRangeException(nameof(cache), cache, null),
@@ -149,31 +149,49 @@ internal static class TrainingData
     /// <summary>Bytes of one decoded example: 3 x S x S pixels and up to S x S target bytes.</summary>
     public static long RecordBytes(ImagePreprocessor preprocessor) => 4L * preprocessor.Spec.ImageSize * preprocessor.Spec.ImageSize;
 
-    private static LabeledImages InMemory(RowStream stream, Func<long, bool> keepRow)
+    /// <summary>
+    /// Every example in one uint8 tensor, filled in place as examples are decoded (never a list of tensors stacked at the
+    /// end, which would hold the data twice).
+    /// </summary>
+    private static LabeledImages InMemory(RowStream stream, Func<long, bool> keepRow, int expected, int size)
     {
-        var pixels = new List<Tensor>();
-        var targets = new List<Tensor>();
-        var rows = new List<long>();
+        var pixels = empty([expected, 3, size, size], ScalarType.Byte);
+        Tensor? targets = null;
+        var rows = new List<long>(expected);
         try
         {
             foreach (var example in stream.Read(keepRow))
             {
-                pixels.Add(example.Pixels);
-                // A class per pixel fits a byte (the ignore value included): a quarter of the memory of int64.
-                targets.Add(example.Target.dim() == 2 ? ToByte(example.Target) : example.Target);
-                rows.Add(example.Row);
+                using (example)
+                {
+                    if (rows.Count == expected) throw new InvalidOperationException($"The data yielded more than the {expected} rows it held when first read.");
+                    // A class per pixel fits a byte (the ignore value included): a quarter of the memory of int64.
+                    targets ??= example.Target.dim() == 2 ? empty([expected, size, size], ScalarType.Byte) : empty([expected], ScalarType.Int64);
+                    using (no_grad())
+                    {
+                        using var pixelSlot = pixels[rows.Count];
+                        pixelSlot.copy_(example.Pixels);
+                        using var targetSlot = targets[rows.Count];
+                        targetSlot.copy_(example.Target);
+                    }
+                    rows.Add(example.Row);
+                }
             }
-            return new LabeledImages(stack(pixels), stack(targets), [.. rows]);
+            targets ??= empty([expected], ScalarType.Int64);
+            if (rows.Count == expected) return new LabeledImages(pixels, targets, [.. rows]);
+            // Fewer rows than counted (the data changed between passes): keep what was read.
+            using (pixels)
+            using (targets)
+            {
+                return new LabeledImages(pixels.narrow(0, 0, rows.Count).clone(), targets.narrow(0, 0, rows.Count).clone(), [.. rows]);
+            }
         }
-        finally
+        catch
         {
-            foreach (var tensor in pixels.Concat(targets)) tensor.Dispose();
+            pixels.Dispose();
+            targets?.Dispose();
+            throw;
         }
-    }
-
-    private static Tensor ToByte(Tensor target)
-    {
-        using (target) return target.to(ScalarType.Byte);
     }
 
     /// <summary>Batches of examples from a sequence (stacked, then freed; a batch cut short is freed too).</summary>

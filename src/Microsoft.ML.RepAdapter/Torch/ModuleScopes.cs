@@ -7,7 +7,7 @@ namespace Microsoft.ML.RepAdapter.Torch;
 /// module built inside a caller's <c>NewDisposeScope</c> would be unusable afterwards. Engine methods that build
 /// modules (presets, descriptors, heads, adapters, checkpoint loaders) do it through <see cref="Unscoped{T}"/>.
 /// </summary>
-public static class ModuleScopes
+internal static class ModuleScopes
 {
     /// <summary>Runs <paramref name="create"/> so that no enclosing dispose scope owns the tensors it creates.</summary>
     public static T Unscoped<T>(Func<T> create)

@@ -7,7 +7,7 @@ namespace Microsoft.ML.RepAdapter.Torch;
 /// Finds NaN and infinity in named tensors, so that a model with non-finite weights is reported by name instead of
 /// being trained on, returned, saved or loaded.
 /// </summary>
-public static class NonFinite
+internal static class NonFinite
 {
     /// <summary>The name of the first tensor holding a NaN or an infinity, or null when every value is finite.</summary>
     public static string? FirstIn(IEnumerable<(string name, Tensor tensor)> tensors)
@@ -24,6 +24,7 @@ public static class NonFinite
         FirstIn(module.named_parameters().Select(p => (p.name, (Tensor)p.parameter)).Concat(module.named_buffers()));
 
     /// <summary>Throws <see cref="InvalidDataException"/> naming the first non-finite tensor of <paramref name="module"/>.</summary>
+    /// <param name="module">The module whose parameters and buffers are checked.</param>
     /// <param name="what">What the module is, for the message (e.g. "the merged model").</param>
     public static void ThrowIfAny(nn.Module module, string what)
     {

@@ -3,7 +3,7 @@ using static TorchSharp.torch;
 namespace Microsoft.ML.RepAdapter.Torch;
 
 /// <summary>Device selection with ML.NET's TorchSharp conventions (GpuDeviceId, FallbackToCpu).</summary>
-public static class TorchDevices
+internal static class TorchDevices
 {
     /// <summary>
     /// CUDA device <paramref name="gpuDeviceId"/> when requested and available; otherwise the CPU if

@@ -7,7 +7,7 @@ namespace Microsoft.ML.RepAdapter.Torch;
 /// [a, b], drawn by inverting the normal CDF on a uniform sample. TorchSharp 0.107's own <c>trunc_normal_</c> is broken
 /// (it fills the tensor with the constant std, and NaN where the draw hits a bound), so the library uses this one.
 /// </summary>
-public static class TruncatedNormal
+internal static class TruncatedNormal
 {
     /// <summary>Fills <paramref name="tensor"/> in place; like timm, <paramref name="a"/> and <paramref name="b"/> are absolute bounds.</summary>
     public static Tensor Fill(Tensor tensor, double std = 1, double mean = 0, double a = -2, double b = 2, Generator? generator = null)

@@ -9,6 +9,7 @@ namespace Microsoft.ML.RepAdapter.Training;
 /// </summary>
 public sealed record CosineSchedule(double BaseRate, int Epochs, int WarmupEpochs = 0, double WarmupStartRate = 1e-6, double FinalRate = 1e-5)
 {
+    /// <summary>The learning rate of 0-based epoch <paramref name="epoch"/>.</summary>
     public double RateAt(int epoch)
     {
         if (epoch < WarmupEpochs)

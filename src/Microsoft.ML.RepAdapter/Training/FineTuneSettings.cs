@@ -50,7 +50,7 @@ public sealed record FineTuneSettings(
 }
 
 /// <summary>Validation of user options before anything reaches native code.</summary>
-public static class OptionCheck
+internal static class OptionCheck
 {
     /// <summary>Throws <see cref="ArgumentOutOfRangeException"/> naming <paramref name="option"/> and its value unless <paramref name="valid"/>.</summary>
     public static void That(bool valid, string option, object? value, string requirement)

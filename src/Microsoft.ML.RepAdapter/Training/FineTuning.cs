@@ -42,7 +42,8 @@ public sealed record EpochReport(
 /// <param name="Reports">One report per epoch trained (resumed epochs included).</param>
 /// <param name="BestEpoch">The epoch kept: the best on validation data with early stopping, else the last.</param>
 /// <param name="Stopped">Whether early stopping ended the run before its last epoch.</param>
-public sealed record TrainingResult(IReadOnlyList<EpochReport> Reports, int BestEpoch, bool Stopped);
+/// <param name="ResumedAfterEpoch">The epochs a saved state had already done when this call started (0: a fresh run).</param>
+public sealed record TrainingResult(IReadOnlyList<EpochReport> Reports, int BestEpoch, bool Stopped, int ResumedAfterEpoch = 0);
 
 /// <summary>
 /// Supervised fine-tuning of a network's trainable parameters with AdamW and the per-epoch cosine schedule, for any
@@ -54,9 +55,22 @@ public static class FineTuning
     /// <summary>Trains <paramref name="model"/> in place.</summary>
     /// <param name="model">Images in, task output out (class logits, or per-pixel logits).</param>
     /// <param name="input">How the stored uint8 pixels become the model's input.</param>
+    /// <param name="train">The training images and targets, read in a seeded order every epoch.</param>
+    /// <param name="validation">Evaluated after every epoch (null or empty: none); required for early stopping.</param>
+    /// <param name="objective">The loss, the training accuracy and the validation metric.</param>
+    /// <param name="settings">Epochs, batch size, learning-rate schedule, weight decay, seed, augmentation, early stopping; validated first.</param>
+    /// <param name="device">Where the batches are moved; the model must already be there.</param>
     /// <param name="run">The run's name in reports and in <paramref name="stateFolder"/>.</param>
     /// <param name="stateFolder">Where the run's state is saved after every epoch and resumed from (null: nowhere).</param>
+    /// <param name="progress">Called with each epoch's report, after its state is saved.</param>
     /// <param name="checkAlive">Called before every step; throws to cancel (ML.NET's Host.CheckAlive).</param>
+    /// <returns>The epoch reports and the epoch whose weights the model holds (the best one with early stopping); the model is left in eval mode.</returns>
+    /// <exception cref="ArgumentOutOfRangeException">A setting is out of range.</exception>
+    /// <exception cref="ArgumentException">There are no training images, or early stopping has no validation images.</exception>
+    /// <exception cref="InvalidOperationException">
+    /// The model has no trainable parameters, or training diverged: a loss, gradient or weight became non-finite (the
+    /// message says which, and where).
+    /// </exception>
     public static TrainingResult Train(
         nn.Module<Tensor, Tensor> model,
         ImageInputSpec input,
@@ -82,6 +96,7 @@ public static class FineTuning
         var state = stateFolder is null ? null : new TrainingState(stateFolder, run, TrainingState.Fingerprint(settings, trainable, train.Count, validation?.Count ?? 0));
         var progressSoFar = state?.TryResume(model, optimizer) ?? new TrainingProgress();
         var reports = new List<EpochReport>(progressSoFar.Reports);
+        int resumedAfter = progressSoFar.EpochsDone;
         var clock = Stopwatch.StartNew();
         int trainedHere = 0;
 
@@ -144,7 +159,7 @@ public static class FineTuning
         }
         progressSoFar.RestoreBest(model);
         model.eval();
-        return new TrainingResult(reports, progressSoFar.BestEpoch ?? reports.Count, progressSoFar.Stopped);
+        return new TrainingResult(reports, progressSoFar.BestEpoch ?? reports.Count, progressSoFar.Stopped, resumedAfter);
     }
 
     /// <summary>

@@ -21,7 +21,8 @@ internal sealed class TrainingProgress
     public int? BestEpoch { get; set; }
     public int EpochsWithoutImprovement { get; set; }
 
-    /// <summary>The best epoch's trainable parameters and buffers (CPU copies), when early stopping keeps one.</summary>
+    /// <summary>The best epoch's trainable parameters and buffers (CPU copies), when early stopping keeps one; saved apart.</summary>
+    [System.Text.Json.Serialization.JsonIgnore]
     public Dictionary<string, Tensor>? Best { get; set; }
 
     /// <summary>Counts <paramref name="report"/>'s epoch and, with early stopping, compares it with the best so far.</summary>
@@ -83,6 +84,8 @@ internal sealed class TrainingState(string folder, string run, string fingerprin
 
     private string RunFolder => Path.Combine(folder, string.Concat(run.Select(c => char.IsLetterOrDigit(c) || c is '.' or '-' ? c : '_')));
 
+    private string NextFolder => RunFolder + ".next";
+
     /// <summary>Settings, trainable parameter names and shapes, and data sizes: what must match to resume.</summary>
     public static string Fingerprint(FineTuneSettings settings, IEnumerable<(string name, Parameter parameter)> trainable, int trainCount, int validationCount)
     {
@@ -95,6 +98,9 @@ internal sealed class TrainingState(string folder, string run, string fingerprin
     public TrainingProgress TryResume(nn.Module model, OptimizerHelper optimizer)
     {
         string progressPath = Path.Combine(RunFolder, "progress.json");
+        // Killed between removing the old state and moving the new one in: the new one is complete (progress.json is
+        // written last), so it is the state to resume from.
+        if (!Directory.Exists(RunFolder) && File.Exists(Path.Combine(NextFolder, "progress.json"))) Directory.Move(NextFolder, RunFolder);
         if (!File.Exists(progressPath)) return new TrainingProgress();
         var saved = JsonSerializer.Deserialize<SavedProgress>(File.ReadAllText(progressPath), Json)
             ?? throw new InvalidDataException($"{progressPath}: empty training state.");
@@ -124,7 +130,7 @@ internal sealed class TrainingState(string folder, string run, string fingerprin
     /// <summary>Writes the state after an epoch: into a new folder first, which then replaces the old one.</summary>
     public void Save(nn.Module model, OptimizerHelper optimizer, TrainingProgress progress)
     {
-        string next = RunFolder + ".next";
+        string next = NextFolder;
         if (Directory.Exists(next)) Directory.Delete(next, recursive: true);
         Directory.CreateDirectory(next);
         using (var scope = NewDisposeScope())

@@ -25,10 +25,12 @@ public sealed record ConvNeXtConfig(int[] Depths, int[] Dims, int NumClasses = 1
         if (DropPathRate is < 0 or >= 1) throw new ArgumentException($"Drop-path rate must be in [0, 1), got {DropPathRate}.");
     }
 
+    /// <summary>Value equality, comparing <see cref="Depths"/> and <see cref="Dims"/> element by element.</summary>
     public bool Equals(ConvNeXtConfig? other) =>
         other is not null && Depths.SequenceEqual(other.Depths) && Dims.SequenceEqual(other.Dims) && NumClasses == other.NumClasses
         && ImageSize == other.ImageSize && DropPathRate == other.DropPathRate && LayerScaleInit == other.LayerScaleInit && LayerNormEps == other.LayerNormEps;
 
+    /// <inheritdoc/>
     public override int GetHashCode() => HashCode.Combine(Depths.Sum(), Dims.Sum(), NumClasses, ImageSize, DropPathRate);
 }
 
@@ -171,7 +173,7 @@ public sealed class ConvNeXt : Backbone
     }
 
     /// <summary>LayerNorm over the channels of an NCHW map (timm's LayerNorm2d), with nn.LayerNorm's parameter names.</summary>
-    public sealed class LayerNorm2d : nn.Module<Tensor, Tensor>
+    internal sealed class LayerNorm2d : nn.Module<Tensor, Tensor>
     {
         private readonly Parameter weight;
         private readonly Parameter bias;
@@ -196,7 +198,7 @@ public sealed class ConvNeXt : Backbone
     }
 
     /// <summary>Depthwise 7x7 conv, LayerNorm, MLP (channels last), layer scale, drop path, residual.</summary>
-    public sealed class Block : nn.Module<Tensor, Tensor>
+    internal sealed class Block : nn.Module<Tensor, Tensor>
     {
         private readonly Conv2d conv_dw;
         private readonly LayerNorm norm;
@@ -229,7 +231,7 @@ public sealed class ConvNeXt : Backbone
     }
 
     /// <summary>Downsampling (LayerNorm + 2x2 stride-2 conv) when the width or stride changes, then the blocks.</summary>
-    public sealed class Stage : nn.Module<Tensor, Tensor>
+    internal sealed class Stage : nn.Module<Tensor, Tensor>
     {
         private readonly Sequential? downsample;
         private readonly Sequential blocks;
@@ -257,7 +259,7 @@ public sealed class ConvNeXt : Backbone
     }
 
     /// <summary>timm's NormMlpClassifierHead without a hidden layer: a LayerNorm on the pooled features, then <c>fc</c>.</summary>
-    public sealed class ClassifierHead : nn.Module
+    internal sealed class ClassifierHead : nn.Module
     {
         private readonly LayerNorm norm;
 

@@ -7,7 +7,13 @@ using static TorchSharp.torch;
 namespace Microsoft.ML.RepAdapter.Backbones;
 
 /// <summary>Residual block kind: two 3x3 convs (ResNet-18/34) or 1x1-3x3-1x1 bottleneck (ResNet-50+).</summary>
-public enum ResNetBlock { Basic, Bottleneck }
+public enum ResNetBlock
+{
+    /// <summary>Two 3x3 convolutions, expansion 1 (ResNet-18/34).</summary>
+    Basic,
+    /// <summary>1x1, 3x3, 1x1 convolutions, expansion 4 (ResNet-50 and deeper).</summary>
+    Bottleneck,
+}
 
 /// <summary>
 /// Configuration of a <see cref="ResNet"/> in torchvision's layout. <paramref name="Widths"/> are the stage widths
@@ -27,21 +33,27 @@ public sealed record ResNetConfig(
     bool HasInputOffset = false,
     bool BatchNormFolded = false)
 {
+    /// <summary>The four stage widths: <see cref="Widths"/>, or torchvision's 64, 128, 256, 512.</summary>
     public int[] StageWidths => Widths ?? [64, 128, 256, 512];
+    /// <summary>Output channels of a block per stage width: 1 for <see cref="ResNetBlock.Basic"/>, 4 for <see cref="ResNetBlock.Bottleneck"/>.</summary>
     public int Expansion => Block == ResNetBlock.Basic ? 1 : 4;
+    /// <summary>Width of the pooled features: the last stage's width times <see cref="Expansion"/>.</summary>
     public int FeatureDim => StageWidths[^1] * Expansion;
 
+    /// <summary>Throws <see cref="ArgumentException"/> unless there are four stages with positive layer counts and widths.</summary>
     public void Validate()
     {
         if (Layers.Length != 4 || StageWidths.Length != 4) throw new ArgumentException("A ResNet has four stages: give four layer counts and four widths.");
         if (Layers.Any(n => n <= 0) || StageWidths.Any(w => w <= 0)) throw new ArgumentException("ResNet layer counts and widths must be positive.");
     }
 
+    /// <summary>Value equality, comparing the layer counts and stage widths element by element.</summary>
     public bool Equals(ResNetConfig? other) =>
         other is not null && Block == other.Block && Layers.SequenceEqual(other.Layers) && StageWidths.SequenceEqual(other.StageWidths)
         && NumClasses == other.NumClasses && ImageSize == other.ImageSize && HasInputOffset == other.HasInputOffset
         && BatchNormFolded == other.BatchNormFolded;
 
+    /// <inheritdoc/>
     public override int GetHashCode() => HashCode.Combine(Block, Layers.Sum(), StageWidths.Sum(), NumClasses, ImageSize, HasInputOffset, BatchNormFolded);
 }
 
@@ -62,6 +74,13 @@ public sealed class ResNet : Backbone
     private readonly Tensor? input_offset;
     private readonly ImageInputSpec _input;
 
+    /// <summary>
+    /// Builds the network <paramref name="config"/> describes with torchvision's initialisation (load weights separately).
+    /// Throws <see cref="ArgumentException"/> for an invalid config.
+    /// </summary>
+    /// <param name="config">Block kind, layer counts, widths, head and input size.</param>
+    /// <param name="architecture">The name reported as <see cref="Architecture"/>, e.g. <c>resnet50</c>.</param>
+    /// <param name="input">Input normalisation; ImageNet's at <see cref="ResNetConfig.ImageSize"/> by default.</param>
     public ResNet(ResNetConfig config, string architecture = "resnet", ImageInputSpec? input = null) : base(nameof(ResNet))
     {
         config.Validate();
@@ -96,28 +115,43 @@ public sealed class ResNet : Backbone
         ResetClassifier(config.NumClasses);
     }
 
+    /// <summary>The current configuration (it follows <see cref="ResetClassifier"/> and <see cref="FoldBatchNorm"/>).</summary>
     public ResNetConfig Config { get; private set; }
 
+    /// <inheritdoc/>
     public override string Architecture { get; }
 
+    /// <inheritdoc/>
     public override ImageInputSpec Input => _input;
 
+    /// <inheritdoc/>
     public override BackboneFamily Family => ResNetFamily.Instance;
 
+    /// <inheritdoc/>
     public override BackboneDescriptor Describe() => BackboneDescriptor.Create(Architecture, Input, Family, Config);
 
+    /// <inheritdoc/>
     public override int FeatureDim => Config.FeatureDim;
 
+    /// <inheritdoc/>
     public override int NumClasses => Config.NumClasses;
 
+    /// <inheritdoc/>
+    /// <remarks>torchvision's <c>fc</c>.</remarks>
     public override string HeadName => "fc";
 
+    /// <inheritdoc/>
     public override void ResetClassifier(int numClasses)
     {
         fc = ReplaceHead(fc, numClasses);
         Config = Config with { NumClasses = numClasses };
     }
 
+    /// <inheritdoc/>
+    /// <remarks>
+    /// The first conv of every residual block (<c>layerN.i.conv1</c>). Only <see cref="AdapterPlacement.Block"/> is
+    /// supported; <see cref="AdapterPlacement.Attention"/> throws <see cref="NotSupportedException"/>.
+    /// </remarks>
     public override IReadOnlyList<AdapterSite> AdapterSites(AdapterPlacement placement)
     {
         if (placement != AdapterPlacement.Block)
@@ -131,6 +165,10 @@ public sealed class ResNet : Backbone
         return sites;
     }
 
+    /// <summary>
+    /// Sets training or eval mode; in training mode with <see cref="Backbone.FreezeNormStatistics"/> the BatchNorm layers
+    /// stay in eval mode, so their running statistics are not updated.
+    /// </summary>
     public override void train(bool train = true)
     {
         base.train(train);
@@ -194,6 +232,8 @@ public sealed class ResNet : Backbone
         bn.Dispose();
     }
 
+    /// <inheritdoc/>
+    /// <remarks>The last stage's output, at stride 32.</remarks>
     public override Tensor ForwardFeatureMap(Tensor images)
     {
         using var scope = NewDisposeScope();
@@ -204,6 +244,7 @@ public sealed class ResNet : Backbone
     public override IReadOnlyList<FeatureLevel> FeatureLevels =>
         [.. Config.StageWidths.Select((width, s) => new FeatureLevel($"layer{s + 1}", width * Config.Expansion, 4 << s))];
 
+    /// <inheritdoc/>
     public override IReadOnlyList<Tensor> ForwardIntermediates(Tensor images)
     {
         using var scope = NewDisposeScope();
@@ -220,12 +261,15 @@ public sealed class ResNet : Backbone
         return maps;
     }
 
+    /// <inheritdoc/>
+    /// <remarks>Global average pooling of <see cref="ForwardFeatureMap"/>.</remarks>
     public override Tensor ForwardFeatures(Tensor images)
     {
         using var scope = NewDisposeScope();
         return ForwardFeatureMap(images).mean([2, 3]).MoveToOuterDisposeScope();
     }
 
+    /// <inheritdoc/>
     public override Tensor ForwardHead(Tensor features) => fc is null ? features.alias() : fc.forward(features);
 
     private void CheckInput(Tensor images)
@@ -238,7 +282,7 @@ public sealed class ResNet : Backbone
     }
 
     /// <summary>A residual block whose first conv is an adapter site.</summary>
-    public abstract class ResidualBlock(string name) : nn.Module<Tensor, Tensor>(name)
+    internal abstract class ResidualBlock(string name) : nn.Module<Tensor, Tensor>(name)
     {
         public abstract AdaptableConv2d FirstConv { get; }
 
@@ -264,7 +308,8 @@ public sealed class ResNet : Backbone
         }
     }
 
-    public sealed class BasicBlock : ResidualBlock
+    /// <summary>torchvision's BasicBlock: conv3x3-BN-ReLU-conv3x3-BN plus the shortcut, then ReLU.</summary>
+    internal sealed class BasicBlock : ResidualBlock
     {
         private readonly AdaptableConv2d conv1;
         private nn.Module<Tensor, Tensor> bn1;
@@ -303,7 +348,8 @@ public sealed class ResNet : Backbone
         }
     }
 
-    public sealed class Bottleneck : ResidualBlock
+    /// <summary>torchvision's Bottleneck (v1.5): conv1x1-BN-ReLU-conv3x3(stride)-BN-ReLU-conv1x1-BN plus the shortcut, then ReLU.</summary>
+    internal sealed class Bottleneck : ResidualBlock
     {
         private readonly AdaptableConv2d conv1;
         private nn.Module<Tensor, Tensor> bn1;

@@ -42,11 +42,13 @@ public sealed record SwinConfig(int[] Depths, int[] NumHeads, int EmbedDim = 96,
         if (DropPathRate is < 0 or >= 1) throw new ArgumentException($"Drop-path rate must be in [0, 1), got {DropPathRate}.");
     }
 
+    /// <summary>Value equality, comparing <see cref="Depths"/> and <see cref="NumHeads"/> element by element.</summary>
     public bool Equals(SwinConfig? other) =>
         other is not null && Depths.SequenceEqual(other.Depths) && NumHeads.SequenceEqual(other.NumHeads) && EmbedDim == other.EmbedDim
         && WindowSize == other.WindowSize && PatchSize == other.PatchSize && ImageSize == other.ImageSize && MlpRatio == other.MlpRatio
         && QkvBias == other.QkvBias && NumClasses == other.NumClasses && DropPathRate == other.DropPathRate;
 
+    /// <inheritdoc/>
     public override int GetHashCode() => HashCode.Combine(Depths.Sum(), NumHeads.Sum(), EmbedDim, WindowSize, ImageSize, NumClasses);
 }
 
@@ -204,7 +206,7 @@ public sealed class SwinTransformer : Backbone
     }
 
     /// <summary>Non-overlapping patches through a conv, then LayerNorm; NHWC tokens.</summary>
-    public sealed class PatchEmbed : nn.Module<Tensor, Tensor>
+    internal sealed class PatchEmbed : nn.Module<Tensor, Tensor>
     {
         private readonly Conv2d proj;
         private readonly LayerNorm norm;
@@ -226,7 +228,7 @@ public sealed class SwinTransformer : Backbone
     }
 
     /// <summary>2x2 neighbourhoods concatenated (timm's channel order), LayerNorm, bias-free linear reduction.</summary>
-    public sealed class PatchMerging : nn.Module<Tensor, Tensor>
+    internal sealed class PatchMerging : nn.Module<Tensor, Tensor>
     {
         private readonly LayerNorm norm;
         private readonly Linear reduction;
@@ -250,7 +252,7 @@ public sealed class SwinTransformer : Backbone
     }
 
     /// <summary>Multi-head self-attention within windows, with a learned relative position bias.</summary>
-    public sealed class WindowAttention : nn.Module<Tensor, Tensor?, Tensor>
+    internal sealed class WindowAttention : nn.Module<Tensor, Tensor?, Tensor>
     {
         private readonly Parameter relative_position_bias_table;
         private readonly AdaptableLinear qkv;
@@ -311,7 +313,7 @@ public sealed class SwinTransformer : Backbone
     }
 
     /// <summary>Window attention (shifted in every second block) and an MLP, each pre-normed, behind drop path.</summary>
-    public sealed class Block : nn.Module<Tensor, Tensor>
+    internal sealed class Block : nn.Module<Tensor, Tensor>
     {
         private readonly LayerNorm norm1;
         private readonly WindowAttention attn;
@@ -396,7 +398,7 @@ public sealed class SwinTransformer : Backbone
     }
 
     /// <summary>Patch merging (after the first stage), then the stage's blocks.</summary>
-    public sealed class Stage : nn.Module<Tensor, Tensor>
+    internal sealed class Stage : nn.Module<Tensor, Tensor>
     {
         private readonly PatchMerging? downsample;
         private readonly Sequential blocks;
@@ -424,7 +426,7 @@ public sealed class SwinTransformer : Backbone
     }
 
     /// <summary>timm's ClassifierHead: holds <c>fc</c> (pooling happens in <see cref="ForwardFeatures"/>).</summary>
-    public sealed class HeadModule : nn.Module
+    internal sealed class HeadModule : nn.Module
     {
         /// <summary>An empty head.</summary>
         public HeadModule() : base("ClassifierHead") => RegisterComponents();

@@ -38,6 +38,11 @@ public sealed record VisionTransformerConfig(
     /// <summary>Width of the MLP's hidden layer.</summary>
     public int MlpHidden => (int)(EmbedDim * MlpRatio);
 
+    /// <summary>
+    /// Throws <see cref="ArgumentException"/> unless the image size is a positive multiple of the patch size, the heads
+    /// divide the width, the depth is positive, the drop-path rate is in [0, 1), and at most one of a pre-logits layer
+    /// and an image projection is asked for.
+    /// </summary>
     public void Validate()
     {
         if (ImageSize <= 0 || PatchSize <= 0 || ImageSize % PatchSize != 0)
@@ -68,6 +73,13 @@ public sealed class VisionTransformer : Backbone
     private Linear? head;
     private readonly ImageInputSpec _input;
 
+    /// <summary>
+    /// Builds the network <paramref name="config"/> describes with timm's initialisation (truncated normal 0.02, zero
+    /// biases; load weights separately). Throws <see cref="ArgumentException"/> for an invalid config.
+    /// </summary>
+    /// <param name="config">Size, depth, heads, head and options of the transformer.</param>
+    /// <param name="architecture">The name reported as <see cref="Architecture"/>, e.g. <c>vit_base_patch16_224</c>.</param>
+    /// <param name="input">Input normalisation; ImageNet's at <see cref="VisionTransformerConfig.ImageSize"/> by default.</param>
     public VisionTransformer(VisionTransformerConfig config, string architecture = "vit", ImageInputSpec? input = null)
         : base(nameof(VisionTransformer))
     {
@@ -91,22 +103,33 @@ public sealed class VisionTransformer : Backbone
         ResetClassifier(config.NumClasses);
     }
 
+    /// <summary>The current configuration (its <see cref="VisionTransformerConfig.NumClasses"/> follows <see cref="ResetClassifier"/>).</summary>
     public VisionTransformerConfig Config { get; private set; }
 
+    /// <inheritdoc/>
     public override string Architecture { get; }
 
+    /// <inheritdoc/>
     public override ImageInputSpec Input => _input;
 
+    /// <inheritdoc/>
     public override BackboneFamily Family => VisionTransformerFamily.Instance;
 
+    /// <inheritdoc/>
     public override BackboneDescriptor Describe() => BackboneDescriptor.Create(Architecture, Input, Family, Config);
 
+    /// <inheritdoc/>
+    /// <remarks>The image projection's width (CLIP), else the pre-logits width, else the embedding width.</remarks>
     public override int FeatureDim => Config.ImageProjection ?? Config.RepresentationSize ?? Config.EmbedDim;
 
+    /// <inheritdoc/>
     public override int NumClasses => Config.NumClasses;
 
+    /// <summary>The transformer blocks, in order (timm's <c>blocks</c>).</summary>
     public IReadOnlyList<Block> Blocks => [.. blocks];
 
+    /// <inheritdoc/>
+    /// <remarks>timm's <c>head</c>.</remarks>
     public override string HeadName => "head";
 
     /// <inheritdoc/>
@@ -117,6 +140,8 @@ public sealed class VisionTransformer : Backbone
         Config = Config with { NumClasses = numClasses };
     }
 
+    /// <inheritdoc/>
+    /// <remarks><c>blocks.i.attn.qkv</c> for every block, and <c>blocks.i.mlp.fc1</c> too for <see cref="AdapterPlacement.Block"/>.</remarks>
     public override IReadOnlyList<AdapterSite> AdapterSites(AdapterPlacement placement)
     {
         var sites = new List<AdapterSite>();
@@ -138,6 +163,8 @@ public sealed class VisionTransformer : Backbone
         return norm.forward(x).MoveToOuterDisposeScope();
     }
 
+    /// <inheritdoc/>
+    /// <remarks>The class token after the final norm, through the pre-logits layer or image projection when there is one.</remarks>
     public override Tensor ForwardFeatures(Tensor images)
     {
         using var scope = NewDisposeScope();
@@ -147,6 +174,8 @@ public sealed class VisionTransformer : Backbone
         return cls.MoveToOuterDisposeScope();
     }
 
+    /// <inheritdoc/>
+    /// <remarks>The patch tokens after the final norm as a [B, EmbedDim, grid, grid] map (class token dropped).</remarks>
     public override Tensor ForwardFeatureMap(Tensor images)
     {
         using var scope = NewDisposeScope();
@@ -197,6 +226,7 @@ public sealed class VisionTransformer : Backbone
         return tokens.narrow(1, 1, Config.NumPatches).transpose(1, 2).reshape(batch, Config.EmbedDim, g, g);
     }
 
+    /// <inheritdoc/>
     public override Tensor ForwardHead(Tensor features) => head is null ? features.alias() : head.forward(features);
 
     /// <summary>
@@ -248,7 +278,7 @@ public sealed class VisionTransformer : Backbone
     }
 
     /// <summary>Non-overlapping patches to tokens: conv with kernel = stride = patch, then [B, patches, D].</summary>
-    public sealed class PatchEmbed : nn.Module<Tensor, Tensor>
+    internal sealed class PatchEmbed : nn.Module<Tensor, Tensor>
     {
         private readonly Conv2d proj;
 
@@ -272,6 +302,7 @@ public sealed class VisionTransformer : Backbone
         private readonly Linear proj;
         private readonly int _heads;
 
+        /// <summary>Attention over <paramref name="dim"/> channels with <paramref name="heads"/> heads (which must divide it); <paramref name="qkvBias"/> gives qkv a bias.</summary>
         public Attention(int dim, int heads, bool qkvBias) : base(nameof(Attention))
         {
             _heads = heads;
@@ -280,8 +311,10 @@ public sealed class VisionTransformer : Backbone
             RegisterComponents();
         }
 
+        /// <summary>The fused query/key/value projection [3 D, D]: an adapter site.</summary>
         public AdaptableLinear Qkv => qkv;
 
+        /// <summary>Scaled dot-product self-attention over tokens [B, N, D], then the output projection; returns [B, N, D].</summary>
         public override Tensor forward(Tensor x)
         {
             using var scope = NewDisposeScope();
@@ -302,6 +335,7 @@ public sealed class VisionTransformer : Backbone
         private readonly Mlp mlp;
         private readonly DropPath drop_path2;
 
+        /// <summary>A block of <paramref name="config"/>'s width, heads, MLP and norm, with drop-path rate <paramref name="dropPath"/>.</summary>
         public Block(VisionTransformerConfig config, double dropPath) : base(nameof(Block))
         {
             norm1 = nn.LayerNorm(config.EmbedDim, config.LayerNormEps);
@@ -313,9 +347,12 @@ public sealed class VisionTransformer : Backbone
             RegisterComponents();
         }
 
+        /// <summary>The block's self-attention (<c>attn</c>).</summary>
         public Attention Attn => attn;
+        /// <summary>The block's MLP (<c>mlp</c>), whose <see cref="Mlp.Fc1"/> is an adapter site.</summary>
         public Mlp Mlp => mlp;
 
+        /// <summary>Applies the block to tokens [B, N, D]; returns [B, N, D].</summary>
         public override Tensor forward(Tensor x)
         {
             using var scope = NewDisposeScope();
@@ -326,7 +363,7 @@ public sealed class VisionTransformer : Backbone
     }
 
     /// <summary>Old timm / Google in21k pre-logits: tanh(fc(x)). Frozen with the backbone.</summary>
-    public sealed class PreLogits : nn.Module<Tensor, Tensor>
+    internal sealed class PreLogits : nn.Module<Tensor, Tensor>
     {
         private readonly Linear fc;
 

@@ -38,9 +38,11 @@ public sealed record SegmentationHeadConfig(SegmentationHeadKind Kind, int Chann
         _ => throw new ArgumentOutOfRangeException(nameof(Kind), Kind, "Unknown segmentation head."),
     });
 
+    /// <summary>Value equality, comparing <see cref="Levels"/> element by element.</summary>
     public bool Equals(SegmentationHeadConfig? other) =>
         other is not null && Kind == other.Kind && Channels == other.Channels && NumClasses == other.NumClasses && Levels.SequenceEqual(other.Levels);
 
+    /// <inheritdoc/>
     public override int GetHashCode() => HashCode.Combine(Kind, Channels, NumClasses, Levels.Count);
 
     /// <summary>1x1 conv, BatchNorm, ReLU (mmseg's ConvModule).</summary>

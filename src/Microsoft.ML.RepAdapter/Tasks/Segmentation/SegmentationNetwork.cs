@@ -42,6 +42,10 @@ public sealed class SegmentationNetwork : nn.Module<Tensor, Tensor>, IAdaptableM
     /// <summary>Classes predicted per pixel.</summary>
     public int NumClasses => Head.NumClasses;
 
+    /// <summary>
+    /// Per-pixel class logits [B, NumClasses, H, W] for normalised images [B, 3, H, W]: the decode head on the backbone's
+    /// multi-level features, upsampled bilinearly to the input size.
+    /// </summary>
     public override Tensor forward(Tensor images)
     {
         using var scope = NewDisposeScope();

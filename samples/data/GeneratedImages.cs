@@ -1,0 +1,48 @@
+// Generated image classification data of any size, for tests and benchmarks that need many images (streaming, caches,
+// memory bounds) without storing them: each row's image is drawn when it is read.
+
+/// <summary>
+/// A generated row: a bright bar on a noisy background, horizontal for label "h" and vertical for "v", at a random
+/// position seeded by the row's index. The image is an uncompressed BMP drawn when <see cref="ImageSource"/> is read,
+/// so that a data set of any size takes no memory until a trainer reads it.
+/// </summary>
+public sealed class GeneratedImage(int index, int pixels)
+{
+    /// <summary>Rows 0..count-1 at <paramref name="pixels"/> px, alternating labels.</summary>
+    public static IEnumerable<GeneratedImage> Rows(int count, int pixels) => Enumerable.Range(0, count).Select(i => new GeneratedImage(i, pixels));
+
+    public string Label { get; set; } = index % 2 == 0 ? "h" : "v";
+
+    public byte[] ImageSource
+    {
+        get
+        {
+            var random = new Random(index);
+            int rowBytes = (pixels * 3 + 3) & ~3;
+            var bmp = new byte[54 + rowBytes * pixels];
+            void Int(int at, int value) => BitConverter.TryWriteBytes(bmp.AsSpan(at), value);
+            bmp[0] = (byte)'B';
+            bmp[1] = (byte)'M';
+            Int(2, bmp.Length);
+            Int(10, 54);
+            Int(14, 40);
+            Int(18, pixels);
+            Int(22, pixels);
+            bmp[26] = 1;
+            bmp[28] = 24;
+            int bar = random.Next(pixels / 4, 3 * pixels / 4);
+            for (int y = 0; y < pixels; y++)
+            {
+                for (int x = 0; x < pixels; x++)
+                {
+                    bool on = Math.Abs((index % 2 == 0 ? y : x) - bar) < pixels / 16 + 1;
+                    byte value = (byte)Math.Clamp((on ? 200 : 40) + random.Next(-30, 30), 0, 255);
+                    int at = 54 + y * rowBytes + 3 * x;
+                    bmp[at] = bmp[at + 1] = bmp[at + 2] = value;
+                }
+            }
+            return bmp;
+        }
+        set { }
+    }
+}
