@@ -1,96 +1,60 @@
-// Inference latency of the plain backbone, the adapted model before merging and the merged model, measured
-// side by side in one run (round-robin, so machine noise hits all alike). Prints medians and ratios. A second,
-// identical instance of the plain model is timed too: its ratio to the first is the noise floor of the machine.
+// The benchmark suites, each writing docs/benchmarks/<suite>.md (machine, versions, settings, command, tables), .json and
+// PNG plots:
 //
-//   dotnet run -c Release --project samples/RepAdapter.Benchmarks [-- --warmup 50 --iterations 30 --models vit_base_patch16_224,resnet18 --batches 1,16]
+//   dotnet run -c Release --project samples/RepAdapter.Benchmarks -- <suite> [options]
 //
-// Weights are random: latency does not depend on their values. Adapters get random non-zero values so that the
-// unmerged model does real work.
-using System.Diagnostics;
-using Microsoft.ML.RepAdapter.Adapters;
-using Microsoft.ML.RepAdapter.Backbones;
-using static TorchSharp.torch;
+//   latency       plain / unmerged / merged inference per backbone and batch size, with the noise floor and 95 % intervals
+//                 [--models a,b --batches 1,16 --rounds 60 --large-batch-rounds 24]
+//   training      one training step per method (full fine-tune, RepAdapter, LoRA, head-only, cached prefix): time and peak memory
+//   accuracy      RepAdapter, LoRA, head-only, full fine-tune and the ML.NET pipeline on Fashion-MNIST-1k and two structured
+//                 tasks [--tasks a,b] (Fashion-MNIST: run build/install-benchmark-data.sh once)
+//   segmentation  RepAdapter against head-only on the Fashion-MNIST mosaics, several seeds [--seeds 42,1,2]
+//   all           every suite
+using RepAdapter.Benchmarks;
 
-var options = ParseArgs(args);
-Console.WriteLine($"RepAdapter inference benchmark: CPU, {get_num_threads()} torch threads, {Environment.ProcessorCount} cores, "
-    + $"warm-up {options.Warmup}, timed {options.Iterations} (per batch size 16: warm-up {options.LargeBatchWarmup}, timed {options.LargeBatchIterations})");
-Console.WriteLine();
-Console.WriteLine($"{"model",-24} {"batch",5} {"plain ms",10} {"unmerged ms",12} {"merged ms",10} {"merged/plain",13} {"unmerged/plain",15} {"plain2/plain",13}");
-
-foreach (var preset in options.Models)
+if (args.Length > 0 && args[0] == "training-step-one")
 {
-    manual_seed(0);
-    using var plain = BackbonePresets.Create(preset);
-    using var plain2 = BackbonePresets.Create(preset);
-    using var unmerged = BackbonePresets.Create(preset);
-    unmerged.AttachAdapters(new AdapterConfig());
-    using (no_grad())
-    {
-        foreach (var (_, p) in unmerged.named_parameters().Where(p => BackboneAdapters.IsAdapterParameter(p.name))) p.normal_(0, 0.02);
-    }
-    using var merged = BackbonePresets.Create(preset);
-    merged.AttachAdapters(new AdapterConfig());
-    merged.load_state_dict(unmerged.state_dict());
-    merged.MergeAdapters();
-    if (merged.CountParameters() != plain.CountParameters()) throw new InvalidOperationException("merged model is not the plain architecture");
-    Backbone[] models = [plain, unmerged, merged, plain2];
-    foreach (var model in models) model.eval();
+    TrainingStepSuite.One(args[1], int.Parse(args[2]), args[3], int.Parse(args[4]), int.Parse(args[5]));
+    return 0;
+}
+string suite = args.FirstOrDefault() ?? "";
+var options = new Dictionary<string, string>();
+for (int i = 1; i + 1 < args.Length; i += 2) options[args[i].TrimStart('-')] = args[i + 1];
+string settings = string.Join(" ", options.Select(o => $"--{o.Key} {o.Value}"));
+string[] List(string key, string[] fallback) => options.TryGetValue(key, out var v) ? v.Split(',') : fallback;
+int Int(string key, int fallback) => options.TryGetValue(key, out var v) ? int.Parse(v) : fallback;
 
-    foreach (int batch in options.Batches)
+var suites = suite == "all" ? ["latency", "training", "accuracy", "segmentation"] : new[] { suite };
+foreach (string name in suites)
+{
+    var report = new Report(name, settings);
+    switch (name)
     {
-        int size = plain.Input.ImageSize;
-        using var images = randn(batch, 3, size, size);
-        bool large = batch > 1;
-        var times = Measure(models, images, large ? options.LargeBatchWarmup : options.Warmup, large ? options.LargeBatchIterations : options.Iterations);
-        double p = Median(times[0]), u = Median(times[1]), m = Median(times[2]), p2 = Median(times[3]);
-        Console.WriteLine($"{preset,-24} {batch,5} {p,10:F1} {u,12:F1} {m,10:F1} {m / p,13:F3} {u / p,15:F3} {p2 / p,13:F3}");
+        case "latency":
+            var latency = LatencySuite.Settings.Default;
+            LatencySuite.Run(latency with
+            {
+                Models = List("models", latency.Models),
+                Batches = [.. List("batches", [.. latency.Batches.Select(b => b.ToString())]).Select(int.Parse)],
+                Rounds = Int("rounds", latency.Rounds),
+                LargeBatchRounds = Int("large-batch-rounds", latency.LargeBatchRounds),
+            }, report);
+            break;
+        case "training":
+            TrainingStepSuite.Run(TrainingStepSuite.Settings.Default, report);
+            break;
+        case "accuracy":
+            var accuracy = AccuracySuite.Settings.Default;
+            AccuracySuite.Run(accuracy with { Tasks = List("tasks", accuracy.Tasks) }, report);
+            break;
+        case "segmentation":
+            var segmentation = SegmentationSuite.Settings.Default;
+            SegmentationSuite.Run(segmentation with { Seeds = [.. List("seeds", [.. segmentation.Seeds.Select(s => s.ToString())]).Select(int.Parse)] }, report);
+            break;
+        default:
+            Console.Error.WriteLine("usage: RepAdapter.Benchmarks latency|training|accuracy|segmentation|all [options] (see Program.cs)");
+            return 2;
     }
+    report.Write();
 }
 return 0;
-
-static List<double>[] Measure(Backbone[] models, Tensor images, int warmup, int iterations)
-{
-    var times = models.Select(_ => new List<double>()).ToArray();
-    using var inference = inference_mode();
-    for (int i = 0; i < warmup + iterations; i++)
-    {
-        // Rotate the order every pass so that no model always runs right after another one.
-        for (int j = 0; j < models.Length; j++)
-        {
-            int k = (i + j) % models.Length;
-            using var scope = NewDisposeScope();
-            var clock = Stopwatch.StartNew();
-            models[k].forward(images);
-            if (i >= warmup) times[k].Add(clock.Elapsed.TotalMilliseconds);
-        }
-    }
-    return times;
-}
-
-static double Median(List<double> values)
-{
-    var sorted = values.Order().ToArray();
-    return sorted.Length % 2 == 1 ? sorted[sorted.Length / 2] : (sorted[sorted.Length / 2 - 1] + sorted[sorted.Length / 2]) / 2;
-}
-
-static BenchOptions ParseArgs(string[] args)
-{
-    // The paper's protocol at batch 1: 50 warm-up passes, 30 timed passes.
-    var o = new BenchOptions(50, 30, 3, 20, ["vit_base_patch16_224", "resnet18", "swin_tiny_patch4_window7_224", "convnext_tiny", "ViT-B/16"], [1, 16]);
-    for (int i = 0; i + 1 < args.Length; i += 2)
-    {
-        o = args[i] switch
-        {
-            "--warmup" => o with { Warmup = int.Parse(args[i + 1]) },
-            "--iterations" => o with { Iterations = int.Parse(args[i + 1]) },
-            "--large-batch-warmup" => o with { LargeBatchWarmup = int.Parse(args[i + 1]) },
-            "--large-batch-iterations" => o with { LargeBatchIterations = int.Parse(args[i + 1]) },
-            "--models" => o with { Models = args[i + 1].Split(',') },
-            "--batches" => o with { Batches = [.. args[i + 1].Split(',').Select(int.Parse)] },
-            _ => throw new ArgumentException($"Unknown option {args[i]}"),
-        };
-    }
-    return o;
-}
-
-internal sealed record BenchOptions(int Warmup, int Iterations, int LargeBatchWarmup, int LargeBatchIterations, string[] Models, int[] Batches);

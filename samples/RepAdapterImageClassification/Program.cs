@@ -44,6 +44,10 @@ foreach (var (name, trainable) in new[] { ("RepAdapter", TrainableParameters.Ada
     if (trainable == TrainableParameters.AdaptersAndHead) (repAdapterModel, labels) = (model, transformer.LabelNames);
 }
 
+Console.WriteLine("\nTraining: ML.NET pipeline (DnnFeaturizeImage ResNet-18 + LbfgsMaximumEntropy), what ML.NET users run today");
+var (baseline, baselineTime, baselineTrainable) = MLNetPipeline.FitAndEvaluate(mlContext, trainRows, testRows);
+results.Add(("ML.NET pipeline", baseline, baselineTime, baselineTrainable));
+
 Console.WriteLine("\nEvaluation on the test images");
 Console.WriteLine($"{"method",-26} {"trainable params",17} {"accuracy",9} {"macro acc",10} {"log-loss",9} {"train time",11}");
 foreach (var (name, m, time, trainable) in results)

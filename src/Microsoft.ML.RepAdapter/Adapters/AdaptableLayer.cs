@@ -32,11 +32,21 @@ public abstract class AdaptableLayer : nn.Module<Tensor, Tensor>
     /// </summary>
     public abstract bool InputBiasFoldsExactly { get; }
 
-    /// <summary>The projection's weight, under its checkpoint name <c>weight</c> (merged adapters end up here).</summary>
-    public abstract Parameter weight { get; }
+    /// <summary>
+    /// The projection's weight, under its checkpoint name <c>weight</c> (merged adapters end up here). Settable as
+    /// nn.Linear's, because TorchSharp's <c>module.to(device or dtype)</c> replaces parameters through their properties.
+    /// </summary>
+    public abstract Parameter weight { get; set; }
 
-    /// <summary>The projection's bias, under its checkpoint name <c>bias</c>; null for a bias-free layer.</summary>
-    public abstract Parameter? bias { get; }
+    /// <summary>The projection's bias, under its checkpoint name <c>bias</c>; null for a bias-free layer. Settable as <see cref="weight"/>.</summary>
+    public abstract Parameter? bias { get; set; }
+
+    /// <summary>Registers <paramref name="value"/> as this layer's parameter <paramref name="name"/> and returns it.</summary>
+    protected Parameter? Replace(string name, Parameter? value)
+    {
+        ConditionallyRegisterParameter(name, value);
+        return value;
+    }
 
     [ComponentName(Name = "adapter")]
     private ProjectionAdapter? _adapter;
@@ -102,9 +112,9 @@ public abstract class AdaptableLayer : nn.Module<Tensor, Tensor>
 public sealed class AdaptableLinear : AdaptableLayer
 {
     [ComponentName(Name = "weight")]
-    private readonly Parameter _weight;
+    private Parameter _weight;
     [ComponentName(Name = "bias")]
-    private readonly Parameter? _bias;
+    private Parameter? _bias;
 
     /// <summary>
     /// A [<paramref name="outFeatures"/>, <paramref name="inFeatures"/>] linear layer with nn.Linear's default
@@ -125,9 +135,9 @@ public sealed class AdaptableLinear : AdaptableLayer
     }
 
     /// <inheritdoc/>
-    public override Parameter weight => _weight;
+    public override Parameter weight { get => _weight; set => _weight = Replace(nameof(weight), value ?? throw new ArgumentNullException(nameof(value)))!; }
     /// <inheritdoc/>
-    public override Parameter? bias => _bias;
+    public override Parameter? bias { get => _bias; set => _bias = Replace(nameof(bias), value); }
     /// <inheritdoc/>
     public override long InChannels => _weight.shape[1];
     /// <inheritdoc/>
@@ -159,7 +169,7 @@ public sealed class AdaptableLinear : AdaptableLayer
 public sealed class AdaptableConv2d : AdaptableLayer
 {
     [ComponentName(Name = "weight")]
-    private readonly Parameter _weight;
+    private Parameter _weight;
     [ComponentName(Name = "bias")]
     private Parameter? _bias;
     private readonly long _stride;
@@ -188,9 +198,9 @@ public sealed class AdaptableConv2d : AdaptableLayer
     }
 
     /// <inheritdoc/>
-    public override Parameter weight => _weight;
+    public override Parameter weight { get => _weight; set => _weight = Replace(nameof(weight), value ?? throw new ArgumentNullException(nameof(value)))!; }
     /// <inheritdoc/>
-    public override Parameter? bias => _bias;
+    public override Parameter? bias { get => _bias; set => _bias = Replace(nameof(bias), value); }
     /// <inheritdoc/>
     public override long InChannels => _weight.shape[1];
     /// <inheritdoc/>

@@ -34,7 +34,8 @@ public enum TrainableParameters
 /// <summary>
 /// Configuration of the adapters attached to a backbone. <see cref="Hidden"/> is RepAdapter's hidden size r
 /// (or LoRA's rank), <see cref="Groups"/> the groups k of RepAdapter's up-projection, <see cref="Scale"/> the fixed
-/// scalar s that multiplies the adapter branch.
+/// scalar s that multiplies the adapter branch. <see cref="LastBlocks"/> restricts adapters to the last blocks of the
+/// trunk (null: every block, as the paper), so that the frozen blocks before them can be computed once.
 /// </summary>
 public sealed record AdapterConfig(
     AdaptationMethod Method = AdaptationMethod.RepAdapter,
@@ -42,7 +43,8 @@ public sealed record AdapterConfig(
     int Hidden = 8,
     int Groups = 2,
     float Scale = 1f,
-    double Dropout = 0.1)
+    double Dropout = 0.1,
+    int? LastBlocks = null)
 {
     /// <summary>The scales the paper grid-searches per task.</summary>
     public static IReadOnlyList<float> ScaleGrid { get; } = [0.1f, 0.5f, 1f, 5f, 10f];
@@ -53,6 +55,7 @@ public sealed record AdapterConfig(
         if (Hidden <= 0) throw new ArgumentOutOfRangeException(nameof(Hidden), Hidden, "Adapter hidden size must be positive.");
         if (!float.IsFinite(Scale)) throw new ArgumentOutOfRangeException(nameof(Scale), Scale, "Adapter scale must be finite.");
         if (Dropout is < 0 or >= 1) throw new ArgumentOutOfRangeException(nameof(Dropout), Dropout, "Adapter dropout must be in [0, 1).");
+        if (LastBlocks is <= 0) throw new ArgumentOutOfRangeException(nameof(LastBlocks), LastBlocks, "LastBlocks must be positive (or null for every block).");
         if (Method != AdaptationMethod.RepAdapter) return;
         if (Groups <= 0 || Hidden % Groups != 0)
             throw new ArgumentException($"RepAdapter groups ({Groups}) must divide the hidden size ({Hidden}).", nameof(Groups));

@@ -10,10 +10,18 @@ namespace Microsoft.ML.RepAdapter.Adapters;
 /// </summary>
 public static class BackboneAdapters
 {
-    /// <summary>Attaches one adapter per site of <paramref name="config"/>'s placement. Returns the sites used.</summary>
+    /// <summary>
+    /// Attaches one adapter per site of <paramref name="config"/>'s placement (in the last <see cref="AdapterConfig.LastBlocks"/>
+    /// blocks when set). Returns the sites used.
+    /// </summary>
     public static IReadOnlyList<AdapterSite> AttachAdapters(this IAdaptableModel model, AdapterConfig config)
     {
         var sites = model.AdapterSites(config.Placement);
+        if (config.LastBlocks is int last && sites.Count > 0)
+        {
+            int first = sites.Max(site => site.Block) + 1 - last;
+            sites = [.. sites.Where(site => site.Block >= first)];
+        }
         foreach (var site in sites)
         {
             var adapter = ModuleScopes.Unscoped(() => ProjectionAdapter.Create(config, site.Layer, site.Name));

@@ -20,4 +20,7 @@ public interface IAdaptableModel
 }
 
 /// <summary>One place where an adapter can be attached and merged: the projection at module path <paramref name="Name"/>.</summary>
-public sealed record AdapterSite(string Name, AdaptableLayer Layer);
+/// <param name="Name">The projection's module path.</param>
+/// <param name="Layer">The projection.</param>
+/// <param name="Block">The trunk block (ViT block, residual block, ...) the projection belongs to, counted from 0 over the whole trunk.</param>
+public sealed record AdapterSite(string Name, AdaptableLayer Layer, int Block);

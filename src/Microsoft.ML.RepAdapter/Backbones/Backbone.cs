@@ -34,8 +34,46 @@ public abstract class Backbone : nn.Module<Tensor, Tensor>, IAdaptableModel
     /// <summary>Classes of the current head (0: no head, forward returns features).</summary>
     public abstract int NumClasses { get; }
 
-    /// <summary>Pooled image features [B, FeatureDim], the head's input.</summary>
-    public abstract Tensor ForwardFeatures(Tensor images);
+    /// <summary>Pooled image features [B, FeatureDim], the head's input: every step of <see cref="Trunk"/> in turn.</summary>
+    public Tensor ForwardFeatures(Tensor images) => ForwardSteps(images, 0, int.MaxValue);
+
+    /// <summary>
+    /// The trunk as a chain of steps from images to pooled features: the stem or embedding, every block (and the
+    /// downsampling between stages), then the final norm and pooling. <see cref="ForwardFeatures"/> runs them all; cut
+    /// after a step, the chain's frozen prefix is what a trainer can compute once and cache (<see cref="ForwardPrefix"/>,
+    /// <see cref="ForwardFeaturesFrom"/>).
+    /// </summary>
+    public abstract IReadOnlyList<TrunkStep> Trunk();
+
+    /// <summary>The output of the first <paramref name="steps"/> steps of <see cref="Trunk"/> (the images themselves for 0).</summary>
+    public Tensor ForwardPrefix(Tensor images, int steps) => ForwardSteps(images, 0, steps);
+
+    /// <summary>Pooled features from <paramref name="hidden"/>, the output of <see cref="ForwardPrefix"/> with the same <paramref name="steps"/>.</summary>
+    public Tensor ForwardFeaturesFrom(Tensor hidden, int steps) => ForwardSteps(hidden, steps, int.MaxValue);
+
+    private Tensor ForwardSteps(Tensor x, int from, int to)
+    {
+        var trunk = Trunk();
+        if (from < 0 || from > trunk.Count) throw new ArgumentOutOfRangeException(nameof(from), from, $"{Architecture} has {trunk.Count} trunk steps.");
+        using var scope = NewDisposeScope();
+        for (int i = from; i < Math.Min(to, trunk.Count); i++) x = trunk[i].Forward(x);
+        return x.alias().MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// The first step of <see cref="Trunk"/> that holds one of the parameters <paramref name="parameterNames"/> (module
+    /// paths as in <c>named_parameters</c>); the step count when none does (e.g. only the head's parameters).
+    /// </summary>
+    public int FirstStepHolding(IEnumerable<string> parameterNames)
+    {
+        var trunk = Trunk();
+        var names = parameterNames.ToList();
+        for (int i = 0; i < trunk.Count; i++)
+        {
+            if (names.Any(trunk[i].Holds)) return i;
+        }
+        return trunk.Count;
+    }
 
     /// <summary>Per-location features [B, C, h, w] for dense prediction.</summary>
     public abstract Tensor ForwardFeatureMap(Tensor images);
@@ -106,6 +144,18 @@ public abstract class Backbone : nn.Module<Tensor, Tensor>, IAdaptableModel
     /// the backbone itself is frozen. Backbones without such statistics ignore it.
     /// </summary>
     public bool FreezeNormStatistics { get; set; }
+}
+
+/// <summary>One step of a backbone's <see cref="Backbone.Trunk"/>.</summary>
+/// <param name="Name">What the step is, e.g. <c>blocks.3</c>, <c>layer2.1</c> or <c>pool</c>.</param>
+/// <param name="Parameters">Module paths (or parameter names) of the parameters the step uses, e.g. <c>blocks.3</c>.</param>
+/// <param name="IsBlock">Whether the step is one of the blocks that host adapters.</param>
+/// <param name="Forward">The step's computation, on the previous step's output.</param>
+public sealed record TrunkStep(string Name, IReadOnlyList<string> Parameters, bool IsBlock, Func<Tensor, Tensor> Forward)
+{
+    /// <summary>Whether parameter <paramref name="parameterName"/> belongs to this step.</summary>
+    public bool Holds(string parameterName) =>
+        Parameters.Any(p => parameterName == p || parameterName.StartsWith(p + ".", StringComparison.Ordinal));
 }
 
 /// <summary>One level of multi-level features: the block or stage it comes from, its channels and its stride in pixels.</summary>

@@ -54,8 +54,11 @@ public abstract class BackboneFamily
     /// <summary>Names of weights that ship with a package rather than in a checkpoint file (e.g. ML.NET's ResNet-18).</summary>
     public virtual IReadOnlyCollection<string> BuiltInWeights => [];
 
-    /// <summary>Builds the backbone of built-in weights <paramref name="name"/> and reads those weights, in this family's names.</summary>
-    public virtual BuiltInCheckpoint LoadBuiltIn(string name, int numClasses, string? directory) =>
+    /// <summary>
+    /// Builds the backbone of built-in weights <paramref name="name"/> and reads those weights, in this family's names, at
+    /// input resolution <paramref name="imageSize"/> (null: the weights' own).
+    /// </summary>
+    public virtual BuiltInCheckpoint LoadBuiltIn(string name, int numClasses, string? directory, int? imageSize = null) =>
         throw new ArgumentException($"The {Name} family has no built-in weights named '{name}'.", nameof(name));
 
     /// <summary>

@@ -51,19 +51,22 @@ public static class PretrainedBackbones
     /// <param name="name">The built-in weights' name.</param>
     /// <param name="numClasses">Classes of a new, freshly initialised head (0: none).</param>
     /// <param name="directory">Where the weights are, when not where their family looks by default.</param>
-    public static LoadedBackbone LoadBuiltIn(string name, int numClasses = 0, string? directory = null)
+    /// <param name="imageSize">Input resolution; null: the weights' own (see the family's LoadBuiltIn for what changes).</param>
+    public static LoadedBackbone LoadBuiltIn(string name, int numClasses = 0, string? directory = null, int? imageSize = null)
     {
         var family = BackboneFamilies.OfBuiltInWeights(name)
             ?? throw new ArgumentException($"No built-in weights named '{name}'. Known: {string.Join(", ", BackboneFamilies.All.SelectMany(f => f.BuiltInWeights))}.", nameof(name));
         using var scope = NewDisposeScope();
-        var builtIn = family.LoadBuiltIn(name, numClasses, directory);
+        var builtIn = family.LoadBuiltIn(name, numClasses, directory, imageSize);
         return Apply(builtIn.Backbone, builtIn.Path, builtIn.Format, builtIn.Weights);
     }
 
     /// <summary>ML.NET's own pretrained ResNet-18 (<see cref="ResNetFamily.LoadBuiltIn"/> says how it is read).</summary>
     /// <param name="numClasses">Classes of a new, freshly initialised head (0: none; the ONNX graph has no classifier).</param>
     /// <param name="modelDirectory">The package's <c>DnnImageModels</c> folder; null looks where the package puts it.</param>
-    public static LoadedBackbone LoadMLNetResNet18(int numClasses = 0, string? modelDirectory = null) => LoadBuiltIn(MLNetResNet18, numClasses, modelDirectory);
+    /// <param name="imageSize">Input resolution; null: 224, as trained (other sizes resample its mean image).</param>
+    public static LoadedBackbone LoadMLNetResNet18(int numClasses = 0, string? modelDirectory = null, int? imageSize = null) =>
+        LoadBuiltIn(MLNetResNet18, numClasses, modelDirectory, imageSize);
 
     private static LoadedBackbone Apply(Backbone backbone, string path, CheckpointFormat format, ConvertedCheckpoint converted)
     {

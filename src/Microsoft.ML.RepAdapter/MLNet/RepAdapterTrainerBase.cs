@@ -106,9 +106,10 @@ public abstract class RepAdapterTrainerBase<TOptions, TTransformer> : IEstimator
 
         float scale = options.AdapterScale;
         Dictionary<string, double>? searched = null;
+        using var prefixes = new PrefixCaches();
         if (options.SearchScale && options.UsesAdapters)
-            (scale, searched) = SearchScale(ch, task, runs, source, train, validation, classOfRow, seed, device);
-        var network = TrainOnce(ch, task, runs, source, train, validation, scale, seed, device, "final", options.EarlyStopping);
+            (scale, searched) = SearchScale(ch, task, runs, source, train, validation, classOfRow, seed, device, prefixes);
+        var network = TrainOnce(ch, task, runs, source, train, validation, scale, seed, device, "final", options.EarlyStopping, prefixes);
         try
         {
             long trainable = network.CountParameters(trainableOnly: true);
@@ -137,7 +138,7 @@ public abstract class RepAdapterTrainerBase<TOptions, TTransformer> : IEstimator
     /// on a stratified hold-out of the training data (the final model is then retrained on all of it).
     /// </summary>
     private (float scale, Dictionary<string, double> metric) SearchScale(IChannel ch, ImageTask task, BackboneDescriptor runs, Backbone source,
-        TrainingImages train, TrainingImages? validation, IReadOnlyDictionary<long, long> classOfRow, int seed, Device device)
+        TrainingImages train, TrainingImages? validation, IReadOnlyDictionary<long, long> classOfRow, int seed, Device device, PrefixCaches prefixes)
     {
         var trainRows = train.Rows.ToHashSet();
         var heldOut = validation is null
@@ -152,8 +153,8 @@ public abstract class RepAdapterTrainerBase<TOptions, TTransformer> : IEstimator
         string name = task.Objective.MetricName;
         foreach (float candidate in TrainerOptions.ScaleCandidates)
         {
-            using var network = TrainOnce(ch, task, runs, source, fitOn, null, candidate, seed, device, $"scale {Key(candidate)}", earlyStopping: null);
-            metric[Key(candidate)] = FineTuning.Evaluate(network, runs.Input, judgeOn, task.Objective, device, TrainerOptions.BatchSize).Metric;
+            using var network = TrainOnce(ch, task, runs, source, fitOn, null, candidate, seed, device, $"scale {Key(candidate)}", earlyStopping: null, prefixes);
+            metric[Key(candidate)] = FineTuning.Evaluate(network, runs.Input.Normalize, judgeOn, task.Objective, device, TrainerOptions.BatchSize).Metric;
             ch.Info($"Scale search: s = {Key(candidate)} -> validation {name} {metric[Key(candidate)]:P2}");
         }
         float best = TrainerOptions.ScaleCandidates.MaxBy(s => metric[Key(s)]);
@@ -164,7 +165,7 @@ public abstract class RepAdapterTrainerBase<TOptions, TTransformer> : IEstimator
     private static string Key(float scale) => scale.ToString("G", System.Globalization.CultureInfo.InvariantCulture);
 
     private nn.Module<Tensor, Tensor> TrainOnce(IChannel ch, ImageTask task, BackboneDescriptor runs, Backbone source,
-        TrainingImages train, TrainingImages? validation, float scale, int seed, Device device, string run, EarlyStopping? earlyStopping)
+        TrainingImages train, TrainingImages? validation, float scale, int seed, Device device, string run, EarlyStopping? earlyStopping, PrefixCaches prefixes)
     {
         var backbone = runs.Build();
         nn.Module<Tensor, Tensor> network = backbone;
@@ -188,15 +189,25 @@ public abstract class RepAdapterTrainerBase<TOptions, TTransformer> : IEstimator
                 e.SetMetric(0, last.Loss);
                 e.SetMetric(1, last.TrainAccuracy);
             });
-            var result = FineTuning.Train(network, runs.Input, train, validation, task.Objective, TrainerOptions.Settings(seed) with { EarlyStopping = earlyStopping },
-                device, run, TrainerOptions.TrainingStateFolder,
-                progress: r =>
-                {
-                    last = r;
-                    ch.Info(r.ToString());
-                    TrainerOptions.MetricsCallback?.Invoke(r);
-                },
-                checkAlive: Host.CheckAlive);
+            var (model, toInput, trainOn, validateOn) = RunInputs(ch, network, runs, train, validation, device, prefixes);
+            TrainingResult result;
+            try
+            {
+                result = FineTuning.Train(model, toInput, trainOn, validateOn, task.Objective, TrainerOptions.Settings(seed) with { EarlyStopping = earlyStopping },
+                    device, run, TrainerOptions.TrainingStateFolder,
+                    progress: r =>
+                    {
+                        last = r;
+                        ch.Info(r.ToString());
+                        TrainerOptions.MetricsCallback?.Invoke(r);
+                    },
+                    checkAlive: Host.CheckAlive);
+            }
+            finally
+            {
+                // A SuffixNetwork is a view of the network: dispose the view, keep the network.
+                if (!ReferenceEquals(model, network)) model.Dispose();
+            }
             if (result.ResumedAfterEpoch > 0)
                 ch.Info($"Resumed ({run}) after epoch {result.ResumedAfterEpoch} from the state in {TrainerOptions.TrainingStateFolder}.");
             if (result.Stopped || result.BestEpoch != result.Reports.Count)
@@ -208,6 +219,50 @@ public abstract class RepAdapterTrainerBase<TOptions, TTransformer> : IEstimator
             network.Dispose();
             if (!ReferenceEquals(network, backbone)) backbone.Dispose();
             throw;
+        }
+    }
+
+    /// <summary>
+    /// What a run trains on: the network on normalised images, or, when the first steps of a classification backbone's
+    /// trunk are frozen (adapters in the last blocks only, or head only), the rest of it on the frozen prefix's outputs,
+    /// computed once per Fit (<see cref="FrozenPrefix"/>). Not with augmentation (the prefix would see other images every
+    /// epoch), nor when the cached outputs would exceed <c>CacheMemoryLimitMegabytes</c>.
+    /// </summary>
+    private (nn.Module<Tensor, Tensor> Model, Func<Tensor, Tensor> ToInput, TrainingImages Train, TrainingImages? Validation) RunInputs(
+        IChannel ch, nn.Module<Tensor, Tensor> network, BackboneDescriptor runs, TrainingImages train, TrainingImages? validation, Device device, PrefixCaches prefixes)
+    {
+        var plain = (network, (Func<Tensor, Tensor>)runs.Input.Normalize, train, validation);
+        if (!TrainerOptions.CacheFrozenPrefix || TrainerOptions.Augmentation is not null || network is not Backbone backbone) return plain;
+        int steps = FrozenPrefix.Steps(backbone);
+        if (steps == 0) return plain;
+        long bytes = FrozenPrefix.CacheBytes(backbone, steps, train.Count + (validation?.Count ?? 0));
+        string what = $"the first {steps} of {backbone.Trunk().Count} trunk steps ({string.Join(", ", backbone.Trunk().Take(steps).Select(s => s.Name).Where((_, i) => i < 2))}...)";
+        if (bytes > TrainerOptions.CacheMemoryLimitMegabytes * (1L << 20))
+        {
+            ch.Info($"The frozen prefix, {what}, runs every step: its outputs would take {bytes / 1e6:F0} MB, over CacheMemoryLimitMegabytes.");
+            return plain;
+        }
+        var cachedTrain = prefixes.Get(train, steps, () => FrozenPrefix.Compute(backbone, steps, runs.Input.Normalize, train, device, TrainerOptions.BatchSize));
+        var cachedValidation = validation is null ? null
+            : prefixes.Get(validation, steps, () => FrozenPrefix.Compute(backbone, steps, runs.Input.Normalize, validation, device, TrainerOptions.BatchSize));
+        ch.Info($"The frozen prefix, {what}, was computed once per image ({bytes / 1e6:F0} MB); each step runs the rest.");
+        return (new SuffixNetwork(backbone, steps), x => x, cachedTrain, cachedValidation);
+    }
+
+    /// <summary>Frozen prefixes computed in one Fit, by data set and cut, shared by its runs (scale candidates, final run).</summary>
+    private sealed class PrefixCaches : IDisposable
+    {
+        private readonly Dictionary<(TrainingImages Images, int Steps), LabeledImages> _cached = [];
+
+        public TrainingImages Get(TrainingImages images, int steps, Func<LabeledImages> compute)
+        {
+            if (!_cached.TryGetValue((images, steps), out var cached)) _cached[(images, steps)] = cached = compute();
+            return cached;
+        }
+
+        public void Dispose()
+        {
+            foreach (var cached in _cached.Values) cached.Dispose();
         }
     }
 
@@ -224,7 +279,7 @@ public abstract class RepAdapterTrainerBase<TOptions, TTransformer> : IEstimator
         }
         else if (TrainerOptions.Architecture is null or PretrainedBackbones.MLNetResNet18)
         {
-            var loaded = PretrainedBackbones.LoadMLNetResNet18(classes);
+            var loaded = PretrainedBackbones.LoadMLNetResNet18(classes, imageSize: TrainerOptions.ImageSize);
             ch.Info(loaded.Report.ToString());
             backbone = loaded.Backbone;
         }

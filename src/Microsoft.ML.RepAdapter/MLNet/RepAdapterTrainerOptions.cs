@@ -55,6 +55,20 @@ public abstract class RepAdapterTrainerOptions
     /// <summary>What the run trains; everything else stays frozen.</summary>
     public TrainableParameters Trainable = TrainableParameters.AdaptersAndHead;
 
+    /// <summary>
+    /// Adapters in the last this many blocks of the trunk only; null: every block (the paper). The frozen blocks before
+    /// them are then computed once per image (see <see cref="CacheFrozenPrefix"/>).
+    /// </summary>
+    public int? AdaptedBlocks;
+
+    /// <summary>
+    /// When the first blocks of a classification backbone are frozen (<see cref="AdaptedBlocks"/>, or a head-only run),
+    /// compute their output once per image and train the rest on it: exact (the frozen blocks run as in evaluation, without
+    /// stochastic depth), and each step does only the trainable part's work. Not with <see cref="Augmentation"/>, nor when
+    /// the outputs exceed <see cref="CacheMemoryLimitMegabytes"/>.
+    /// </summary>
+    public bool CacheFrozenPrefix = true;
+
     /// <summary>RepAdapter's hidden size r (LoRA's rank).</summary>
     public int AdapterHidden = 8;
 
@@ -164,7 +178,7 @@ public abstract class RepAdapterTrainerOptions
     internal FineTuneSettings Settings(int seed) =>
         new(Epochs, BatchSize, LearningRate, WeightDecay, WarmupEpochs, WarmupLearningRate, FinalLearningRate, seed, EarlyStopping, Augmentation);
 
-    internal AdapterConfig Adapters(float scale) => new(Method, Placement, AdapterHidden, AdapterGroups, scale, AdapterDropout);
+    internal AdapterConfig Adapters(float scale) => new(Method, Placement, AdapterHidden, AdapterGroups, scale, AdapterDropout, AdaptedBlocks);
 
     internal bool UsesAdapters => Trainable is TrainableParameters.AdaptersAndHead or TrainableParameters.AdaptersHeadAndBiases;
 
@@ -179,6 +193,7 @@ public abstract class RepAdapterTrainerOptions
             "needs three finite, non-zero values (or null)");
         OptionCheck.That(NumHeads is null or > 0, nameof(NumHeads), NumHeads, "must be positive (or null)");
         OptionCheck.That(AdapterHidden > 0, nameof(AdapterHidden), AdapterHidden, "must be positive");
+        OptionCheck.That(AdaptedBlocks is null or > 0, nameof(AdaptedBlocks), AdaptedBlocks, "must be positive (or null for every block)");
         OptionCheck.That(AdapterGroups > 0 && AdapterHidden % AdapterGroups == 0, nameof(AdapterGroups), AdapterGroups,
             $"must be positive and divide AdapterHidden ({AdapterHidden})");
         OptionCheck.That(float.IsFinite(AdapterScale), nameof(AdapterScale), AdapterScale, "must be finite");

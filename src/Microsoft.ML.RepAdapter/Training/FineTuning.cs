@@ -54,7 +54,10 @@ public static class FineTuning
 {
     /// <summary>Trains <paramref name="model"/> in place.</summary>
     /// <param name="model">Images in, task output out (class logits, or per-pixel logits).</param>
-    /// <param name="input">How the stored uint8 pixels become the model's input.</param>
+    /// <param name="toInput">
+    /// How a stored batch becomes the model's input: <see cref="ImageInputSpec.Normalize"/> for uint8 pixels, the identity
+    /// for stored inputs such as <see cref="FrozenPrefix"/> outputs.
+    /// </param>
     /// <param name="train">The training images and targets, read in a seeded order every epoch.</param>
     /// <param name="validation">Evaluated after every epoch (null or empty: none); required for early stopping.</param>
     /// <param name="objective">The loss, the training accuracy and the validation metric.</param>
@@ -73,7 +76,7 @@ public static class FineTuning
     /// </exception>
     public static TrainingResult Train(
         nn.Module<Tensor, Tensor> model,
-        ImageInputSpec input,
+        Func<Tensor, Tensor> toInput,
         TrainingImages train,
         TrainingImages? validation,
         ITrainingObjective objective,
@@ -116,7 +119,7 @@ public static class FineTuning
                     checkAlive?.Invoke();
                     using var scope = NewDisposeScope();
                     var batch = settings.Augmentation?.Apply(read, settings.Seed, epoch, b) ?? read;
-                    var images = input.Normalize(batch.Pixels.to(device));
+                    var images = toInput(batch.Pixels.to(device));
                     var targets = batch.Targets.to(device);
                     optimizer.zero_grad();
                     var output = model.forward(images);
@@ -146,7 +149,7 @@ public static class FineTuning
                 }
             }
             (double? validationMetric, double? validationLoss) = (null, null);
-            if (validation is { Count: > 0 }) (validationMetric, validationLoss) = Evaluate(model, input, validation, objective, device, settings.BatchSize);
+            if (validation is { Count: > 0 }) (validationMetric, validationLoss) = Evaluate(model, toInput, validation, objective, device, settings.BatchSize);
             trainedHere++;
             double perSecond = seen / Math.Max(epochClock.Elapsed.TotalSeconds, 1e-9);
             var remaining = TimeSpan.FromSeconds(clock.Elapsed.TotalSeconds / trainedHere * (settings.Epochs - epoch - 1));
@@ -183,7 +186,7 @@ public static class FineTuning
     }
 
     /// <summary>The objective's metric and mean loss of <paramref name="model"/> on <paramref name="data"/> (eval mode, no gradients).</summary>
-    public static (double Metric, double Loss) Evaluate(nn.Module<Tensor, Tensor> model, ImageInputSpec input, TrainingImages data,
+    public static (double Metric, double Loss) Evaluate(nn.Module<Tensor, Tensor> model, Func<Tensor, Tensor> toInput, TrainingImages data,
         ITrainingObjective objective, Device device, int batchSize = 64)
     {
         if (data.Count == 0) throw new ArgumentException("No images to evaluate.", nameof(data));
@@ -199,7 +202,7 @@ public static class FineTuning
                 using (batch)
                 {
                     using var scope = NewDisposeScope();
-                    var output = model.forward(input.Normalize(batch.Pixels.to(device)));
+                    var output = model.forward(toInput(batch.Pixels.to(device)));
                     var targets = batch.Targets.to(device);
                     metric.Add(output, targets);
                     lossSum += objective.Loss(output, targets).item<float>() * batch.Count;

@@ -2,7 +2,10 @@ using static TorchSharp.torch;
 
 namespace Microsoft.ML.RepAdapter.Training;
 
-/// <summary>A batch of examples: uint8 pixels [B, 3, S, S] and int64 targets, [B] (a class each) or [B, S, S] (a class per pixel).</summary>
+/// <summary>
+/// A batch of examples: uint8 pixels [B, 3, S, S] (or stored inputs, such as a frozen prefix's outputs) and int64
+/// targets, [B] (a class each) or [B, S, S] (a class per pixel).
+/// </summary>
 public sealed class ImageBatch(Tensor pixels, Tensor targets) : IDisposable
 {
     /// <summary>The pixels, in the backbone's channel order, at its input size.</summary>
@@ -82,9 +85,9 @@ public abstract class TrainingImages : IDisposable
 }
 
 /// <summary>
-/// Examples held in memory as bytes ([N, 3, S, S] uint8, in the backbone's channel order) with their targets (int64
-/// [N], or [N, S, S] as int64 or as uint8 class indices, handed out as int64). Bytes keep a VTAB-1k sized set at
-/// 224 px near 150 MB.
+/// Examples held in memory: images as bytes ([N, 3, S, S] uint8, in the backbone's channel order), or any other stored
+/// input such as a frozen prefix's outputs ([N, ...] float), with their targets (int64 [N], or [N, S, S] as int64 or as
+/// uint8 class indices, handed out as int64). Bytes keep a VTAB-1k sized set at 224 px near 150 MB.
 /// </summary>
 public sealed class LabeledImages : TrainingImages
 {
@@ -93,20 +96,21 @@ public sealed class LabeledImages : TrainingImages
     /// <summary>Examples from stacked <paramref name="pixels"/> and <paramref name="labels"/> (owned); <paramref name="rows"/> defaults to 0..N-1.</summary>
     public LabeledImages(Tensor pixels, Tensor labels, long[]? rows = null)
     {
-        if (pixels.dtype != ScalarType.Byte || pixels.dim() != 4 || pixels.shape[1] != 3)
-            throw new ArgumentException($"Pixels must be uint8 [N, 3, S, S], got {pixels.dtype} [{string.Join(", ", pixels.shape)}].");
-        bool perImage = labels.dim() == 1, perPixel = labels.dim() == 3 && labels.shape[1] == pixels.shape[2] && labels.shape[2] == pixels.shape[3];
+        bool images = pixels.dtype == ScalarType.Byte && pixels.dim() == 4 && pixels.shape[1] == 3;
+        if (pixels.dim() < 2 || pixels.dtype == ScalarType.Byte && !images)
+            throw new ArgumentException($"Pixels must be uint8 [N, 3, S, S] (or stored float inputs [N, ...]), got {pixels.dtype} [{string.Join(", ", pixels.shape)}].");
+        bool perImage = labels.dim() == 1, perPixel = images && labels.dim() == 3 && labels.shape[1] == pixels.shape[2] && labels.shape[2] == pixels.shape[3];
         bool typed = labels.dtype == ScalarType.Int64 || perPixel && labels.dtype == ScalarType.Byte;
         if (!typed || !(perImage || perPixel) || labels.shape[0] != pixels.shape[0])
             throw new ArgumentException(
-                $"Labels must be int64 [{pixels.shape[0]}] or [{pixels.shape[0]}, {pixels.shape[2]}, {pixels.shape[3]}], got {labels.dtype} [{string.Join(", ", labels.shape)}].");
+                $"Labels must be int64 [{pixels.shape[0]}]{(images ? $" or [{pixels.shape[0]}, {pixels.shape[2]}, {pixels.shape[3]}]" : "")}, got {labels.dtype} [{string.Join(", ", labels.shape)}].");
         Pixels = pixels;
         Labels = labels;
         _rows = rows ?? [.. Enumerable.Range(0, (int)pixels.shape[0]).Select(i => (long)i)];
         if (_rows.Length != pixels.shape[0]) throw new ArgumentException($"{_rows.Length} row ids for {pixels.shape[0]} examples.");
     }
 
-    /// <summary>The pixels [N, 3, S, S].</summary>
+    /// <summary>The pixels [N, 3, S, S], or the stored inputs [N, ...].</summary>
     public Tensor Pixels { get; }
 
     /// <summary>The targets [N] or [N, S, S].</summary>

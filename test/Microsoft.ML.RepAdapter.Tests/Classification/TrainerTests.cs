@@ -177,4 +177,34 @@ public class TrainerTests
         Assert.AreEqual(32L * 2 + 2, transformer.TrainableParameterCount);
         Assert.AreEqual(0, transformer.Summary.AdaptersMerged);
     }
+
+    [TestMethod]
+    [DataRow(TrainableParameters.AdaptersAndHead, 1)]
+    [DataRow(TrainableParameters.HeadOnly, null)]
+    public void AFrozenPrefixComputedOnceTrainsTheModelItWouldTrainEveryStep(TrainableParameters trainable, int? adaptedBlocks)
+    {
+        (float[][] Scores, List<string> Log, long Trainable) Train(bool cache)
+        {
+            var mlContext = new MLContext(seed: 1);
+            var log = new List<string>();
+            mlContext.Log += (_, e) => { lock (log) log.Add(e.RawMessage); };
+            var data = TestData.Prepared(mlContext, TestData.Images(classes: 2, perClass: 8));
+            var options = TinyTrainerOptions.Create(epochs: 3);
+            options.Trainable = trainable;
+            options.AdaptedBlocks = adaptedBlocks;
+            options.CacheFrozenPrefix = cache;
+            var transformer = mlContext.MulticlassClassification.Trainers.RepAdapter(options).Fit(data);
+            return ([.. transformer.Transform(data).GetColumn<float[]>("Score")], log, transformer.TrainableParameterCount);
+        }
+        var cached = Train(cache: true);
+        var everyStep = Train(cache: false);
+        Assert.IsTrue(cached.Log.Any(m => m.StartsWith("The frozen prefix") && m.Contains("was computed once per image")), string.Join("\n", cached.Log));
+        Assert.IsFalse(everyStep.Log.Any(m => m.StartsWith("The frozen prefix")));
+        Assert.AreEqual(everyStep.Trainable, cached.Trainable);
+        // The same computation, batched differently for the prefix: equal up to float rounding.
+        for (int i = 0; i < cached.Scores.Length; i++)
+        {
+            for (int k = 0; k < cached.Scores[i].Length; k++) Assert.AreEqual(everyStep.Scores[i][k], cached.Scores[i][k], 1e-4f, $"row {i}, class {k}");
+        }
+    }
 }

@@ -107,7 +107,8 @@ public sealed class ConvNeXt : Backbone
     {
         if (placement != AdapterPlacement.Block)
             throw new NotSupportedException($"ConvNeXt has no attention; use {nameof(AdapterPlacement)}.{nameof(AdapterPlacement.Block)}.");
-        return [.. stages.SelectMany((stage, s) => stage.Blocks.Select((block, b) => new AdapterSite($"stages.{s}.blocks.{b}.mlp.fc1", block.Mlp.Fc1)))];
+        return [.. stages.SelectMany((stage, s) => stage.Blocks.Select((block, b) => (Name: $"stages.{s}.blocks.{b}.mlp.fc1", block.Mlp.Fc1)))
+            .Select((site, index) => new AdapterSite(site.Name, site.Fc1, index))];
     }
 
     /// <summary>Each stage's output, at strides 4, 8, 16, 32.</summary>
@@ -137,11 +138,29 @@ public sealed class ConvNeXt : Backbone
         return ForwardIntermediates(images)[^1].MoveToOuterDisposeScope();
     }
 
-    /// <summary>Global average pooling, then the head's LayerNorm (timm's NormMlpClassifierHead without its fc).</summary>
-    public override Tensor ForwardFeatures(Tensor images)
+    /// <inheritdoc/>
+    /// <remarks>The stem, each stage's downsampling and blocks, then global average pooling and the head's LayerNorm (timm's NormMlpClassifierHead without its fc).</remarks>
+    public override IReadOnlyList<TrunkStep> Trunk()
     {
-        using var scope = NewDisposeScope();
-        return head.Norm(ForwardFeatureMap(images).mean([2, 3])).MoveToOuterDisposeScope();
+        var steps = new List<TrunkStep>
+        {
+            new("stem", ["stem"], false, images =>
+            {
+                CheckInput(images);
+                return stem.forward(images);
+            }),
+        };
+        for (int s = 0; s < stages.Count; s++)
+        {
+            if (stages[s].Downsample is { } downsample) steps.Add(new TrunkStep($"stages.{s}.downsample", [$"stages.{s}.downsample"], false, downsample.forward));
+            steps.AddRange(stages[s].Blocks.Select((block, b) => new TrunkStep($"stages.{s}.blocks.{b}", [$"stages.{s}.blocks.{b}"], true, block.forward)));
+        }
+        steps.Add(new TrunkStep("pool", ["head.norm"], false, map =>
+        {
+            using var scope = NewDisposeScope();
+            return head.Norm(map.mean([2, 3])).MoveToOuterDisposeScope();
+        }));
+        return steps;
     }
 
     /// <inheritdoc/>
@@ -248,6 +267,9 @@ public sealed class ConvNeXt : Backbone
 
         /// <summary>The stage's blocks.</summary>
         public IReadOnlyList<Block> Blocks { get; }
+
+        /// <summary>The downsampling in front of the blocks (none when neither width nor stride changes).</summary>
+        public Sequential? Downsample => downsample;
 
         /// <inheritdoc/>
         public override Tensor forward(Tensor x)

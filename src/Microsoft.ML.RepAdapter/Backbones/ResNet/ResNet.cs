@@ -157,10 +157,10 @@ public sealed class ResNet : Backbone
         if (placement != AdapterPlacement.Block)
             throw new NotSupportedException($"ResNet has no attention; use {nameof(AdapterPlacement)}.{nameof(AdapterPlacement.Block)}.");
         var sites = new List<AdapterSite>();
-        foreach (var (stageName, stage) in new[] { ("layer1", layer1), ("layer2", layer2), ("layer3", layer3), ("layer4", layer4) })
+        foreach (var (stageName, stage) in Stages())
         {
             foreach (var (blockName, block) in stage.named_children())
-                sites.Add(new AdapterSite($"{stageName}.{blockName}.conv1", ((ResidualBlock)block).FirstConv));
+                sites.Add(new AdapterSite($"{stageName}.{blockName}.conv1", ((ResidualBlock)block).FirstConv, sites.Count));
         }
         return sites;
     }
@@ -248,11 +248,9 @@ public sealed class ResNet : Backbone
     public override IReadOnlyList<Tensor> ForwardIntermediates(Tensor images)
     {
         using var scope = NewDisposeScope();
-        CheckInput(images);
-        if (input_offset is not null) images = images + input_offset;
-        Tensor x = maxpool.forward(relu.forward(bn1.forward(conv1.forward(images))));
+        Tensor x = Stem(images);
         var maps = new List<Tensor>();
-        foreach (var stage in new[] { layer1, layer2, layer3, layer4 })
+        foreach (var (_, stage) in Stages())
         {
             x = stage.forward(x);
             maps.Add(x);
@@ -262,11 +260,23 @@ public sealed class ResNet : Backbone
     }
 
     /// <inheritdoc/>
-    /// <remarks>Global average pooling of <see cref="ForwardFeatureMap"/>.</remarks>
-    public override Tensor ForwardFeatures(Tensor images)
+    /// <remarks>The stem (conv, BatchNorm, ReLU, max pool), every residual block, then global average pooling.</remarks>
+    public override IReadOnlyList<TrunkStep> Trunk() =>
+    [
+        new("stem", ["conv1", "bn1"], false, Stem),
+        .. Stages().SelectMany(stage => stage.Stage.named_children().Select(child =>
+            new TrunkStep($"{stage.Name}.{child.name}", [$"{stage.Name}.{child.name}"], true, ((ResidualBlock)child.module).forward))),
+        new("pool", [], false, map => map.mean([2, 3])),
+    ];
+
+    private IEnumerable<(string Name, Sequential Stage)> Stages() => [("layer1", layer1), ("layer2", layer2), ("layer3", layer3), ("layer4", layer4)];
+
+    private Tensor Stem(Tensor images)
     {
         using var scope = NewDisposeScope();
-        return ForwardFeatureMap(images).mean([2, 3]).MoveToOuterDisposeScope();
+        CheckInput(images);
+        if (input_offset is not null) images = images + input_offset;
+        return maxpool.forward(relu.forward(bn1.forward(conv1.forward(images)))).MoveToOuterDisposeScope();
     }
 
     /// <inheritdoc/>

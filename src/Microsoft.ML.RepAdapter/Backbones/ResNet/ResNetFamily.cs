@@ -85,15 +85,19 @@ public sealed class ResNetFamily : BackboneFamily
     /// stages [2, 2, 2, 3] (one block more than torchvision's ResNet-18 in the last stage) and separate BatchNorms; its
     /// preprocessing (ResNetPreprocess.onnx) turns RGB 0..255 into BGR minus a per-pixel mean image. The backbone
     /// reproduces that exactly: <see cref="Backbone.Input"/> is BGR, scale 1, std 1, minus the mean image's per-channel
-    /// averages, and the per-pixel remainder is the ResNet's fixed <c>input_offset</c>. Input is 224x224 only.
+    /// averages, and the per-pixel remainder is the ResNet's fixed <c>input_offset</c>. The network was trained at 224 x 224;
+    /// at another <paramref name="imageSize"/> the mean image is resampled to that size (bilinear, antialiased), an
+    /// approximation of the preprocessing it was trained with (the convolutions themselves work at any size).
     /// </summary>
     /// <param name="name"><see cref="MLNetResNet18"/>.</param>
     /// <param name="numClasses">Classes of a new, freshly initialised head (0: none; the ONNX graph has no classifier).</param>
     /// <param name="directory">The package's <c>DnnImageModels</c> folder. Null looks next to the application
     /// (where the package copies it) and then in the NuGet package cache.</param>
-    public override BuiltInCheckpoint LoadBuiltIn(string name, int numClasses, string? directory)
+    /// <param name="imageSize">Input resolution; null: 224, as trained.</param>
+    public override BuiltInCheckpoint LoadBuiltIn(string name, int numClasses, string? directory, int? imageSize = null)
     {
-        if (name != MLNetResNet18) return base.LoadBuiltIn(name, numClasses, directory);
+        if (name != MLNetResNet18) return base.LoadBuiltIn(name, numClasses, directory, imageSize);
+        if (imageSize is <= 0) throw new ArgumentOutOfRangeException(nameof(imageSize), imageSize, "The image size must be positive.");
         directory = LocateDnnImageModels(directory);
         string modelPath = Path.Combine(directory, "ResNet18Onnx", "ResNet18.onnx");
         string preprocessPath = Path.Combine(directory, "ResNetPrepOnnx", "ResNetPreprocess.onnx");
@@ -103,12 +107,15 @@ public sealed class ResNetFamily : BackboneFamily
         var graph = OnnxResNetImport.Convert(model);
         var preprocess = CheckpointReader.Read(preprocessPath);
         var meanImage = OnnxResNetImport.ReadMeanImage(preprocess, graph.ImageSize);
+        int size = imageSize ?? graph.ImageSize;
+        if (size != graph.ImageSize)
+            meanImage = nn.functional.interpolate(meanImage, [size, size], mode: InterpolationMode.Bilinear, align_corners: false, antialias: true);
         var channelMeans = meanImage.mean([0, 2, 3]);
         graph.Weights.Add("input_offset", channelMeans.view(1, 3, 1, 1) - meanImage);
 
         float[] means = channelMeans.data<float>().ToArray();
-        var input = new ImageInputSpec(graph.ImageSize, means, [1f, 1f, 1f], PixelScale: 1f, Order: ChannelOrder.Bgr);
-        var config = new ResNetConfig(ResNetBlock.Basic, graph.Layers, graph.Widths, numClasses, graph.ImageSize, HasInputOffset: true);
+        var input = new ImageInputSpec(size, means, [1f, 1f, 1f], PixelScale: 1f, Order: ChannelOrder.Bgr);
+        var config = new ResNetConfig(ResNetBlock.Basic, graph.Layers, graph.Widths, numClasses, size, HasInputOffset: true);
         var backbone = ModuleScopes.Unscoped(() => new ResNet(config, MLNetResNet18, input));
         return new BuiltInCheckpoint(backbone, modelPath, CheckpointFormat.Onnx,
             new ConvertedCheckpoint("ML.NET ResNet-18 ONNX", graph.Weights, new Dictionary<string, string>()));

@@ -126,13 +126,14 @@ public sealed class SwinTransformer : Backbone
     public override IReadOnlyList<AdapterSite> AdapterSites(AdapterPlacement placement)
     {
         var sites = new List<AdapterSite>();
+        int index = 0;
         for (int s = 0; s < layers.Count; s++)
         {
-            for (int b = 0; b < layers[s].Blocks.Count; b++)
+            for (int b = 0; b < layers[s].Blocks.Count; b++, index++)
             {
                 var block = layers[s].Blocks[b];
-                sites.Add(new AdapterSite($"layers.{s}.blocks.{b}.attn.qkv", block.Attn.Qkv));
-                if (placement == AdapterPlacement.Block) sites.Add(new AdapterSite($"layers.{s}.blocks.{b}.mlp.fc1", block.Mlp.Fc1));
+                sites.Add(new AdapterSite($"layers.{s}.blocks.{b}.attn.qkv", block.Attn.Qkv, index));
+                if (placement == AdapterPlacement.Block) sites.Add(new AdapterSite($"layers.{s}.blocks.{b}.mlp.fc1", block.Mlp.Fc1, index));
             }
         }
         return sites;
@@ -158,11 +159,25 @@ public sealed class SwinTransformer : Backbone
         return norm.forward(Stages(images)[^1]).permute(0, 3, 1, 2).MoveToOuterDisposeScope();
     }
 
-    /// <summary>Average of the final-norm tokens (timm's ClassifierHead pooling).</summary>
-    public override Tensor ForwardFeatures(Tensor images)
+    /// <inheritdoc/>
+    /// <remarks>The patch embedding, each stage's patch merging and blocks, then the average of the final-norm tokens (timm's ClassifierHead pooling).</remarks>
+    public override IReadOnlyList<TrunkStep> Trunk()
     {
-        using var scope = NewDisposeScope();
-        return norm.forward(Stages(images)[^1]).mean([1, 2]).MoveToOuterDisposeScope();
+        var steps = new List<TrunkStep>
+        {
+            new("embed", ["patch_embed"], false, images =>
+            {
+                CheckInput(images);
+                return patch_embed.forward(images);
+            }),
+        };
+        for (int s = 0; s < layers.Count; s++)
+        {
+            if (layers[s].Downsample is { } downsample) steps.Add(new TrunkStep($"layers.{s}.downsample", [$"layers.{s}.downsample"], false, downsample.forward));
+            steps.AddRange(layers[s].Blocks.Select((block, b) => new TrunkStep($"layers.{s}.blocks.{b}", [$"layers.{s}.blocks.{b}"], true, block.forward)));
+        }
+        steps.Add(new TrunkStep("pool", ["norm"], false, x => norm.forward(x).mean([1, 2])));
+        return steps;
     }
 
     /// <inheritdoc/>
@@ -171,8 +186,7 @@ public sealed class SwinTransformer : Backbone
     /// <summary>The stages' NHWC outputs (in the caller's dispose scope).</summary>
     private List<Tensor> Stages(Tensor images)
     {
-        if (images.dim() != 4 || images.shape[1] != 3 || images.shape[2] != Config.ImageSize || images.shape[3] != Config.ImageSize)
-            throw new ArgumentException($"{Architecture} expects images [B, 3, {Config.ImageSize}, {Config.ImageSize}], got [{string.Join(", ", images.shape)}].");
+        CheckInput(images);
         Tensor x = patch_embed.forward(images);
         var outputs = new List<Tensor>();
         foreach (var stage in layers)
@@ -181,6 +195,12 @@ public sealed class SwinTransformer : Backbone
             outputs.Add(x);
         }
         return outputs;
+    }
+
+    private void CheckInput(Tensor images)
+    {
+        if (images.dim() != 4 || images.shape[1] != 3 || images.shape[2] != Config.ImageSize || images.shape[3] != Config.ImageSize)
+            throw new ArgumentException($"{Architecture} expects images [B, 3, {Config.ImageSize}, {Config.ImageSize}], got [{string.Join(", ", images.shape)}].");
     }
 
     private void InitWeights()
@@ -416,6 +436,9 @@ public sealed class SwinTransformer : Backbone
         /// <summary>The stage's blocks.</summary>
         public IReadOnlyList<Block> Blocks { get; }
 
+        /// <summary>The patch merging in front of the blocks (none in the first stage).</summary>
+        public PatchMerging? Downsample => downsample;
+
         /// <inheritdoc/>
         public override Tensor forward(Tensor x)
         {
@@ -425,7 +448,7 @@ public sealed class SwinTransformer : Backbone
         }
     }
 
-    /// <summary>timm's ClassifierHead: holds <c>fc</c> (pooling happens in <see cref="ForwardFeatures"/>).</summary>
+    /// <summary>timm's ClassifierHead: holds <c>fc</c> (pooling happens in <see cref="Backbone.ForwardFeatures"/>).</summary>
     internal sealed class HeadModule : nn.Module
     {
         /// <summary>An empty head.</summary>

@@ -147,8 +147,8 @@ public sealed class VisionTransformer : Backbone
         var sites = new List<AdapterSite>();
         for (int i = 0; i < blocks.Count; i++)
         {
-            sites.Add(new AdapterSite($"blocks.{i}.attn.qkv", blocks[i].Attn.Qkv));
-            if (placement == AdapterPlacement.Block) sites.Add(new AdapterSite($"blocks.{i}.mlp.fc1", blocks[i].Mlp.Fc1));
+            sites.Add(new AdapterSite($"blocks.{i}.attn.qkv", blocks[i].Attn.Qkv, i));
+            if (placement == AdapterPlacement.Block) sites.Add(new AdapterSite($"blocks.{i}.mlp.fc1", blocks[i].Mlp.Fc1, i));
         }
         return sites;
     }
@@ -164,15 +164,27 @@ public sealed class VisionTransformer : Backbone
     }
 
     /// <inheritdoc/>
-    /// <remarks>The class token after the final norm, through the pre-logits layer or image projection when there is one.</remarks>
-    public override Tensor ForwardFeatures(Tensor images)
-    {
-        using var scope = NewDisposeScope();
-        Tensor cls = ForwardTokens(images).select(1, 0);
-        if (pre_logits is not null) cls = pre_logits.forward(cls);
-        if (proj is not null) cls = proj.forward(cls);
-        return cls.MoveToOuterDisposeScope();
-    }
+    /// <remarks>
+    /// The embedding (patches, class token, position embeddings), every block, then the class token after the final norm,
+    /// through the pre-logits layer or image projection when there is one.
+    /// </remarks>
+    public override IReadOnlyList<TrunkStep> Trunk() =>
+    [
+        new("embed", ["patch_embed", "cls_token", "pos_embed", "norm_pre"], false, images =>
+        {
+            CheckInput(images);
+            return Embed(images);
+        }),
+        .. blocks.Select((block, i) => new TrunkStep($"blocks.{i}", [$"blocks.{i}"], true, block.forward)),
+        new("pool", ["norm", "pre_logits", "proj"], false, tokens =>
+        {
+            using var scope = NewDisposeScope();
+            Tensor cls = norm.forward(tokens).select(1, 0);
+            if (pre_logits is not null) cls = pre_logits.forward(cls);
+            if (proj is not null) cls = proj.forward(cls);
+            return cls.MoveToOuterDisposeScope();
+        }),
+    ];
 
     /// <inheritdoc/>
     /// <remarks>The patch tokens after the final norm as a [B, EmbedDim, grid, grid] map (class token dropped).</remarks>
