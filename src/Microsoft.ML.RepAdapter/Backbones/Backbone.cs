@@ -1,5 +1,6 @@
 using Microsoft.ML.RepAdapter.Torch;
 using Microsoft.ML.RepAdapter.Adapters;
+using Microsoft.ML.RepAdapter.Formats;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -144,6 +145,40 @@ public abstract class Backbone : nn.Module<Tensor, Tensor>, IAdaptableModel
     /// the backbone itself is frozen. Backbones without such statistics ignore it.
     /// </summary>
     public bool FreezeNormStatistics { get; set; }
+
+    /// <summary>
+    /// Writes this backbone and its head (a merged model: no adapter left) as a standard ONNX model (opset 17, dynamic
+    /// batch): input <c>pixels</c>, float [batch, 3, S, S], the raw pixel values 0..255 in <see cref="ImageInputSpec.Order"/>
+    /// (the normalisation is in the graph, folded into the first convolution where that is exact); output <c>logits</c>
+    /// [batch, NumClasses], or <c>features</c> [batch, FeatureDim] without a head. BatchNorm is folded into the convolutions.
+    /// Throws <see cref="InvalidOperationException"/> for a model with unmerged adapters.
+    /// </summary>
+    /// <param name="stream">Where the model is written. Weights over protobuf's 2 GB limit need <see cref="ExportOnnx(string, OnnxExportOptions?)"/>.</param>
+    public void ExportOnnx(Stream stream) => OnnxExport.Write(OnnxExport.Classifier(this), stream);
+
+    /// <summary>Writes the model as <see cref="ExportOnnx(Stream)"/> does, to a file (large weights as ONNX external data next to it).</summary>
+    /// <param name="path">The .onnx file to write.</param>
+    /// <param name="options">External data settings; null for the defaults.</param>
+    public void ExportOnnx(string path, OnnxExportOptions? options = null) => OnnxExport.Write(OnnxExport.Classifier(this), path, options);
+
+    // The ONNX export contract. Every family implements it in its own folder (e.g. Backbones/ResNet/ResNetOnnx.cs):
+    // the graph must compute what the TorchSharp module computes in eval mode (to 1e-4 on the tests' tiny models), from
+    // raw pixels (0..255, float, in Input.Order; OnnxExport.NormalizedConv folds Input's normalisation into the stem),
+    // with BatchNorm folded and a dynamic batch; parameters are read from the module, never copied into other files.
+
+    /// <summary>Emits <see cref="ForwardFeatures"/> (pooled features [batch, FeatureDim]) from raw pixels; returns the value's name.</summary>
+    internal abstract string EmitFeatures(OnnxGraphBuilder graph, string pixels);
+
+    /// <summary>Emits <see cref="ForwardIntermediates"/> (one NCHW map per <see cref="FeatureLevels"/> entry) from raw pixels.</summary>
+    internal abstract IReadOnlyList<string> EmitIntermediates(OnnxGraphBuilder graph, string pixels);
+
+    /// <summary>Emits <see cref="ForwardHead"/>: the linear classifier at <see cref="HeadName"/>, or the features themselves without one.</summary>
+    internal virtual string EmitHead(OnnxGraphBuilder graph, string features)
+    {
+        if (NumClasses == 0) return features;
+        var parameters = named_parameters().ToDictionary(p => p.name, p => p.parameter);
+        return graph.Linear(features, parameters[HeadName + ".weight"], parameters.GetValueOrDefault(HeadName + ".bias"), HeadName);
+    }
 }
 
 /// <summary>One step of a backbone's <see cref="Backbone.Trunk"/>.</summary>

@@ -27,6 +27,7 @@ public sealed class Mlp : nn.Module<Tensor, Tensor>
     /// <summary>An MLP <paramref name="dim"/> -> <paramref name="hidden"/> -> <paramref name="dim"/>.</summary>
     public Mlp(int dim, int hidden, MlpActivation activation = MlpActivation.Gelu) : base(nameof(Mlp))
     {
+        Activation = activation;
         fc1 = new AdaptableLinear(dim, hidden);
         act = activation == MlpActivation.QuickGelu ? new QuickGelu() : nn.GELU();
         fc2 = nn.Linear(hidden, dim);
@@ -35,6 +36,9 @@ public sealed class Mlp : nn.Module<Tensor, Tensor>
 
     /// <summary>The first projection, an adapter site.</summary>
     public AdaptableLinear Fc1 => fc1;
+
+    /// <summary>The activation between fc1 and fc2.</summary>
+    internal MlpActivation Activation { get; }
 
     /// <inheritdoc/>
     public override Tensor forward(Tensor x)

@@ -1,5 +1,4 @@
 using System.Buffers.Binary;
-using System.Text;
 using static TorchSharp.torch;
 
 namespace Microsoft.ML.RepAdapter.Formats;
@@ -72,14 +71,14 @@ internal static class OnnxReader
         {
             switch (field)
             {
-                case 1 when wire == 0: irVersion = model.Varint(); break;
-                case 2 when wire == 2: producer = model.String(); break;
-                case 7 when wire == 2: graph = ParseGraph(model.Message(), tensors, producer, irVersion); break;
-                case 8 when wire == 2:
+                case OnnxFields.Model.IrVersion when wire == 0: irVersion = model.Varint(); break;
+                case OnnxFields.Model.ProducerName when wire == 2: producer = model.String(); break;
+                case OnnxFields.Model.Graph when wire == 2: graph = ParseGraph(model.Message(), tensors, producer, irVersion); break;
+                case OnnxFields.Model.OpsetImport when wire == 2:
                     var opsetReader = model.Message();
                     while (opsetReader.Next(out int f, out int w))
                     {
-                        if (f == 2 && w == 0) opset = Math.Max(opset, opsetReader.Varint());
+                        if (f == OnnxFields.OperatorSet.Version && w == 0) opset = Math.Max(opset, opsetReader.Varint());
                         else opsetReader.Skip(w);
                     }
                     break;
@@ -100,9 +99,9 @@ internal static class OnnxReader
         {
             switch (field)
             {
-                case 1 when wire == 2: nodes.Add(ParseNode(graph.Message())); break;
-                case 2 when wire == 2: name = graph.String(); break;
-                case 5 when wire == 2:
+                case OnnxFields.Graph.Node when wire == 2: nodes.Add(ParseNode(graph.Message())); break;
+                case OnnxFields.Graph.Name when wire == 2: name = graph.String(); break;
+                case OnnxFields.Graph.Initializer when wire == 2:
                     var (tensorName, tensor) = ParseTensor(graph.Message());
                     if (!tensors.TryAdd(tensorName, tensor))
                     {
@@ -110,8 +109,8 @@ internal static class OnnxReader
                         throw new BadInitializer(tensorName, "initializer appears twice.");
                     }
                     break;
-                case 11 when wire == 2: inputs.Add(ParseValueInfo(graph.Message())); break;
-                case 12 when wire == 2: outputs.Add(ParseValueInfo(graph.Message())); break;
+                case OnnxFields.Graph.Input when wire == 2: inputs.Add(ParseValueInfo(graph.Message())); break;
+                case OnnxFields.Graph.Output when wire == 2: outputs.Add(ParseValueInfo(graph.Message())); break;
                 default: graph.Skip(wire); break;
             }
         }
@@ -128,11 +127,11 @@ internal static class OnnxReader
         {
             switch (field)
             {
-                case 1 when wire == 2: inputs.Add(node.String()); break;
-                case 2 when wire == 2: outputs.Add(node.String()); break;
-                case 3 when wire == 2: name = node.String(); break;
-                case 4 when wire == 2: opType = node.String(); break;
-                case 5 when wire == 2:
+                case OnnxFields.Node.Input when wire == 2: inputs.Add(node.String()); break;
+                case OnnxFields.Node.Output when wire == 2: outputs.Add(node.String()); break;
+                case OnnxFields.Node.Name when wire == 2: name = node.String(); break;
+                case OnnxFields.Node.OpType when wire == 2: opType = node.String(); break;
+                case OnnxFields.Node.Attribute when wire == 2:
                     var attribute = ParseAttribute(node.Message());
                     attributes[attribute.Name] = attribute;
                     break;
@@ -154,12 +153,12 @@ internal static class OnnxReader
         {
             switch (field)
             {
-                case 1 when wire == 2: name = attribute.String(); break;
-                case 2 when wire == 5: f = attribute.Fixed32Float(); break;
-                case 3 when wire == 0: i = attribute.Varint(); break;
-                case 4 when wire == 2: s = attribute.String(); break;
-                case 7: attribute.RepeatedFloat(wire, floats); break;
-                case 8: attribute.RepeatedVarint(wire, ints); break;
+                case OnnxFields.Attribute.Name when wire == 2: name = attribute.String(); break;
+                case OnnxFields.Attribute.Float when wire == 5: f = attribute.Fixed32Float(); break;
+                case OnnxFields.Attribute.Int when wire == 0: i = attribute.Varint(); break;
+                case OnnxFields.Attribute.String when wire == 2: s = attribute.String(); break;
+                case OnnxFields.Attribute.Floats: attribute.RepeatedFloat(wire, floats); break;
+                case OnnxFields.Attribute.Ints: attribute.RepeatedVarint(wire, ints); break;
                 default: attribute.Skip(wire); break;
             }
         }
@@ -172,27 +171,27 @@ internal static class OnnxReader
         var shape = new List<long?>();
         while (valueInfo.Next(out int field, out int wire))
         {
-            if (field == 1 && wire == 2) name = valueInfo.String();
-            else if (field == 2 && wire == 2)
+            if (field == OnnxFields.ValueInfo.Name && wire == 2) name = valueInfo.String();
+            else if (field == OnnxFields.ValueInfo.Type && wire == 2)
             {
                 // TypeProto.tensor_type (1) -> TensorShapeProto shape (2) -> dim (1) -> dim_value (1) | dim_param (2)
                 var type = valueInfo.Message();
                 while (type.Next(out int tf, out int tw))
                 {
-                    if (tf != 1 || tw != 2) { type.Skip(tw); continue; }
+                    if (tf != OnnxFields.Type.TensorType || tw != 2) { type.Skip(tw); continue; }
                     var tensorType = type.Message();
                     while (tensorType.Next(out int sf, out int sw))
                     {
-                        if (sf != 2 || sw != 2) { tensorType.Skip(sw); continue; }
+                        if (sf != OnnxFields.Type.Shape || sw != 2) { tensorType.Skip(sw); continue; }
                         var shapeProto = tensorType.Message();
                         while (shapeProto.Next(out int df, out int dw))
                         {
-                            if (df != 1 || dw != 2) { shapeProto.Skip(dw); continue; }
+                            if (df != OnnxFields.Type.Dim || dw != 2) { shapeProto.Skip(dw); continue; }
                             var dim = shapeProto.Message();
                             long? value = null;
                             while (dim.Next(out int vf, out int vw))
                             {
-                                if (vf == 1 && vw == 0) value = dim.Varint();
+                                if (vf == OnnxFields.Type.DimValue && vw == 0) value = dim.Varint();
                                 else dim.Skip(vw);
                             }
                             shape.Add(value);
@@ -206,7 +205,7 @@ internal static class OnnxReader
     }
 
     // TensorProto.DataType values this reader materialises.
-    private const int Float = 1, Int32 = 6, Int64 = 7, Double = 11;
+    private const int Float = OnnxFields.DataType.Float, Int32 = OnnxFields.DataType.Int32, Int64 = OnnxFields.DataType.Int64, Double = OnnxFields.DataType.Double;
 
     private static (string Name, Tensor Tensor) ParseTensor(ProtoReader proto)
     {
@@ -221,17 +220,17 @@ internal static class OnnxReader
         {
             switch (field)
             {
-                case 1: proto.RepeatedVarint(wire, dims); break;
-                case 2 when wire == 0: dataType = (int)proto.Varint(); break;
-                case 4: proto.RepeatedFloat(wire, floats); break;
-                case 5: proto.RepeatedVarint(wire, longs); break;   // int32_data
-                case 7: proto.RepeatedVarint(wire, longs); break;   // int64_data
-                case 8 when wire == 2: name = proto.String(); break;
-                case 9 when wire == 2: raw = proto.Message(); break;
-                case 10: proto.RepeatedDouble(wire, doubles); break;
-                case 13: throw new BadInitializer(name, "external tensor data is not supported: expected the weights inside the .onnx file.");
-                case 14 when wire == 0:
-                    if (proto.Varint() == 1) throw new BadInitializer(name, "external tensor data is not supported: expected the weights inside the .onnx file.");
+                case OnnxFields.Tensor.Dims: proto.RepeatedVarint(wire, dims); break;
+                case OnnxFields.Tensor.DataType when wire == 0: dataType = (int)proto.Varint(); break;
+                case OnnxFields.Tensor.FloatData: proto.RepeatedFloat(wire, floats); break;
+                case OnnxFields.Tensor.Int32Data: proto.RepeatedVarint(wire, longs); break;
+                case OnnxFields.Tensor.Int64Data: proto.RepeatedVarint(wire, longs); break;
+                case OnnxFields.Tensor.Name when wire == 2: name = proto.String(); break;
+                case OnnxFields.Tensor.RawData when wire == 2: raw = proto.Message(); break;
+                case OnnxFields.Tensor.DoubleData: proto.RepeatedDouble(wire, doubles); break;
+                case OnnxFields.Tensor.ExternalData: throw new BadInitializer(name, "external tensor data is not supported: expected the weights inside the .onnx file.");
+                case OnnxFields.Tensor.DataLocation when wire == 0:
+                    if (proto.Varint() == OnnxFields.Tensor.External) throw new BadInitializer(name, "external tensor data is not supported: expected the weights inside the .onnx file.");
                     break;
                 default: proto.Skip(wire); break;
             }
@@ -278,105 +277,5 @@ internal static class OnnxReader
     private sealed class BadInitializer(string key, string message) : Exception(message)
     {
         public string Key { get; } = key;
-    }
-
-    /// <summary>Reads protobuf wire format from a byte range; throws on anything that runs past its end.</summary>
-    private sealed class ProtoReader(byte[] data, int start, int end)
-    {
-        private int _position = start;
-
-        public long Remaining => end - _position;
-
-        public ReadOnlySpan<byte> Rest => data.AsSpan(_position, end - _position);
-
-        public bool Next(out int field, out int wire)
-        {
-            field = wire = 0;
-            if (_position >= end) return false;
-            ulong tag = (ulong)Varint();
-            field = (int)(tag >> 3);
-            wire = (int)(tag & 7);
-            if (field == 0) throw new InvalidDataException($"field number 0 at byte {_position}.");
-            return true;
-        }
-
-        public long Varint()
-        {
-            ulong value = 0;
-            for (int shift = 0; shift < 64; shift += 7)
-            {
-                if (_position >= end) throw new InvalidDataException("truncated varint.");
-                byte b = data[_position++];
-                value |= (ulong)(b & 0x7f) << shift;
-                if (b < 0x80) return (long)value;
-            }
-            throw new InvalidDataException("varint longer than 10 bytes.");
-        }
-
-        public ProtoReader Message()
-        {
-            long length = Varint();
-            if (length < 0 || length > end - _position)
-                throw new InvalidDataException($"truncated file: a field of {length} bytes at byte {_position}, but only {end - _position} bytes remain.");
-            var sub = new ProtoReader(data, _position, _position + (int)length);
-            _position += (int)length;
-            return sub;
-        }
-
-        public string String()
-        {
-            var sub = Message();
-            return Encoding.UTF8.GetString(sub.Rest);
-        }
-
-        public float Fixed32Float() => BinaryPrimitives.ReadSingleLittleEndian(Take(4));
-
-        public void RepeatedVarint(int wire, List<long> values)
-        {
-            if (wire == 0) { values.Add(Varint()); return; }
-            if (wire != 2) throw new InvalidDataException($"wire type {wire} for a repeated integer.");
-            var packed = Message();
-            while (packed.Remaining > 0) values.Add(packed.Varint());
-        }
-
-        public void RepeatedFloat(int wire, List<float> values)
-        {
-            if (wire == 5) { values.Add(Fixed32Float()); return; }
-            if (wire != 2) throw new InvalidDataException($"wire type {wire} for a repeated float.");
-            var packed = Message();
-            if (packed.Remaining % 4 != 0) throw new InvalidDataException("packed floats not a multiple of 4 bytes.");
-            var span = packed.Rest;
-            values.EnsureCapacity(values.Count + span.Length / 4);
-            for (int i = 0; i < span.Length; i += 4) values.Add(BinaryPrimitives.ReadSingleLittleEndian(span[i..]));
-        }
-
-        public void RepeatedDouble(int wire, List<double> values)
-        {
-            if (wire == 1) { values.Add(BinaryPrimitives.ReadDoubleLittleEndian(Take(8))); return; }
-            if (wire != 2) throw new InvalidDataException($"wire type {wire} for a repeated double.");
-            var packed = Message();
-            var span = packed.Rest;
-            for (int i = 0; i + 8 <= span.Length; i += 8) values.Add(BinaryPrimitives.ReadDoubleLittleEndian(span[i..]));
-        }
-
-        public void Skip(int wire)
-        {
-            switch (wire)
-            {
-                case 0: Varint(); break;
-                case 1: Take(8); break;
-                case 2: Message(); break;
-                case 5: Take(4); break;
-                default: throw new InvalidDataException($"unsupported wire type {wire} at byte {_position}.");
-            }
-        }
-
-        private ReadOnlySpan<byte> Take(int count)
-        {
-            if (count > end - _position) throw new InvalidDataException($"truncated file: {count} bytes needed at byte {_position}, {end - _position} remain.");
-            var span = data.AsSpan(_position, count);
-            _position += count;
-            return span;
-        }
     }
 }

@@ -226,13 +226,15 @@ public abstract class RepAdapterTrainerBase<TOptions, TTransformer> : IEstimator
     /// What a run trains on: the network on normalised images, or, when the first steps of a classification backbone's
     /// trunk are frozen (adapters in the last blocks only, or head only), the rest of it on the frozen prefix's outputs,
     /// computed once per Fit (<see cref="FrozenPrefix"/>). Not with augmentation (the prefix would see other images every
-    /// epoch), nor when the cached outputs would exceed <c>CacheMemoryLimitMegabytes</c>.
+    /// epoch), not when the images are asked to stay out of memory (<c>Cache</c> Disk or None), nor when the cached outputs
+    /// would exceed <c>CacheMemoryLimitMegabytes</c>.
     /// </summary>
     private (nn.Module<Tensor, Tensor> Model, Func<Tensor, Tensor> ToInput, TrainingImages Train, TrainingImages? Validation) RunInputs(
         IChannel ch, nn.Module<Tensor, Tensor> network, BackboneDescriptor runs, TrainingImages train, TrainingImages? validation, Device device, PrefixCaches prefixes)
     {
         var plain = (network, (Func<Tensor, Tensor>)runs.Input.Normalize, train, validation);
-        if (!TrainerOptions.CacheFrozenPrefix || TrainerOptions.Augmentation is not null || network is not Backbone backbone) return plain;
+        if (!TrainerOptions.CacheFrozenPrefix || TrainerOptions.Augmentation is not null || network is not Backbone backbone
+            || TrainerOptions.Cache is ImageCache.Disk or ImageCache.None) return plain;
         int steps = FrozenPrefix.Steps(backbone);
         if (steps == 0) return plain;
         long bytes = FrozenPrefix.CacheBytes(backbone, steps, train.Count + (validation?.Count ?? 0));

@@ -64,8 +64,8 @@ public abstract class RepAdapterTrainerOptions
     /// <summary>
     /// When the first blocks of a classification backbone are frozen (<see cref="AdaptedBlocks"/>, or a head-only run),
     /// compute their output once per image and train the rest on it: exact (the frozen blocks run as in evaluation, without
-    /// stochastic depth), and each step does only the trainable part's work. Not with <see cref="Augmentation"/>, nor when
-    /// the outputs exceed <see cref="CacheMemoryLimitMegabytes"/>.
+    /// stochastic depth), and each step does only the trainable part's work. In memory, so only with <see cref="Cache"/> Auto
+    /// or Memory and while the outputs fit in <see cref="CacheMemoryLimitMegabytes"/>; not with <see cref="Augmentation"/>.
     /// </summary>
     public bool CacheFrozenPrefix = true;
 

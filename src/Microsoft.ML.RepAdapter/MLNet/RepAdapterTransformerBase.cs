@@ -9,6 +9,15 @@ using static TorchSharp.torch;
 
 namespace Microsoft.ML.RepAdapter.MLNet;
 
+/// <summary>The number format a transformer scores in.</summary>
+public enum ScoringPrecision
+{
+    /// <summary>32-bit floats, as trained (the default).</summary>
+    Float32,
+    /// <summary>bfloat16 weights and activations (8-bit mantissa), float32 output.</summary>
+    BFloat16,
+}
+
 /// <summary>
 /// What every RepAdapter transformer shares: a merged network (the plain architecture, no adapter modules, no extra
 /// latency), its preprocessing, batch scoring (<see cref="ScoringBatchSize"/> rows per forward pass) and row-by-row
@@ -27,6 +36,7 @@ public abstract class RepAdapterTransformerBase : RowToRowTransformerBase, ITran
     private readonly ReaderWriterLockSlim _gate = new(LockRecursionPolicy.SupportsRecursion);
     private bool _disposed;
     private int _forwardPasses;
+    private nn.Module<Tensor, Tensor>? _reduced;
 
     private protected RepAdapterTransformerBase(IHost host, nn.Module<Tensor, Tensor> network, ImageInputSpec input, TrainingSummary summary,
         string imageColumnName, int scoringBatchSize, Device device)
@@ -62,6 +72,52 @@ public abstract class RepAdapterTransformerBase : RowToRowTransformerBase, ITran
     /// <summary>Input size and normalisation.</summary>
     public ImageInputSpec Input { get; }
 
+    /// <summary>
+    /// The number format of scoring: <see cref="ScoringPrecision.Float32"/> (the default) or
+    /// <see cref="ScoringPrecision.BFloat16"/>, which scores with a bfloat16 copy of the merged weights (the float32 weights
+    /// stay, and are what is saved). bfloat16 is faster only on CPUs whose kernels use AVX-512 BF16 or AMX well (see the
+    /// README's measurements); scores differ from float32 ones in the third significant digit. A setting of this
+    /// instance, not saved with the model.
+    /// </summary>
+    public ScoringPrecision Precision
+    {
+        get => _reduced is null ? ScoringPrecision.Float32 : ScoringPrecision.BFloat16;
+        set
+        {
+            _gate.EnterWriteLock();
+            try
+            {
+                ObjectDisposedException.ThrowIf(_disposed, this);
+                if (value == Precision) return;
+                _reduced?.Dispose();
+                _reduced = value == ScoringPrecision.BFloat16 ? ReducedCopy(ScalarType.BFloat16) : null;
+            }
+            finally
+            {
+                _gate.ExitWriteLock();
+            }
+        }
+    }
+
+    /// <summary>A copy of the network in <paramref name="dtype"/>, on the scoring device, in eval mode.</summary>
+    private nn.Module<Tensor, Tensor> ReducedCopy(ScalarType dtype)
+    {
+        var copy = BuildNetwork(DescribeNetwork());
+        try
+        {
+            copy.load_state_dict(_network.state_dict(), strict: true);
+            copy.to(dtype);
+            copy.to(_device);
+            copy.eval();
+            return copy;
+        }
+        catch
+        {
+            copy.Dispose();
+            throw;
+        }
+    }
+
     internal ImagePreprocessor Preprocessor { get; }
 
     /// <summary>Number of forward passes run so far (lets tests see batching at work).</summary>
@@ -93,7 +149,9 @@ public abstract class RepAdapterTransformerBase : RowToRowTransformerBase, ITran
             Interlocked.Increment(ref _forwardPasses);
             using var scope = NewDisposeScope();
             using var inference = inference_mode();
-            return _network.forward(Input.Normalize(pixels.to(_device))).cpu().MoveToOuterDisposeScope();
+            var input = Input.Normalize(pixels.to(_device));
+            if (_reduced is not null) return _reduced.forward(input.to(ScalarType.BFloat16)).to(float32).cpu().MoveToOuterDisposeScope();
+            return _network.forward(input).cpu().MoveToOuterDisposeScope();
         }
         finally
         {
@@ -126,6 +184,9 @@ public abstract class RepAdapterTransformerBase : RowToRowTransformerBase, ITran
 
     /// <summary>The JSON that rebuilds the network's modules (not its weights).</summary>
     private protected abstract string DescribeNetwork();
+
+    /// <summary>The network's modules (freshly initialised) from <see cref="DescribeNetwork"/>'s JSON.</summary>
+    private protected abstract nn.Module<Tensor, Tensor> BuildNetwork(string description);
 
     /// <summary>Writes the task's own data (e.g. label values), before the weights.</summary>
     private protected abstract void SaveTaskData(ModelSaveContext ctx);
@@ -225,6 +286,7 @@ public abstract class RepAdapterTransformerBase : RowToRowTransformerBase, ITran
             if (_disposed) return;
             _disposed = true;
             _network.Dispose();
+            _reduced?.Dispose();
         }
         finally
         {

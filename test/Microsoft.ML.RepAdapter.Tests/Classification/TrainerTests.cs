@@ -2,6 +2,7 @@ using Microsoft.ML.Data;
 using Microsoft.ML.RepAdapter.Adapters;
 using Microsoft.ML.RepAdapter.Checkpoints;
 using Microsoft.ML.RepAdapter.Classification;
+using Microsoft.ML.RepAdapter.MLNet;
 
 namespace Microsoft.ML.RepAdapter.Tests.Classification;
 
@@ -206,5 +207,21 @@ public class TrainerTests
         {
             for (int k = 0; k < cached.Scores[i].Length; k++) Assert.AreEqual(everyStep.Scores[i][k], cached.Scores[i][k], 1e-4f, $"row {i}, class {k}");
         }
+    }
+
+    [TestMethod]
+    [DataRow(ImageCache.Disk)]
+    [DataRow(ImageCache.None)]
+    public void ImagesAskedToStayOutOfMemoryKeepTheFrozenPrefixOutToo(ImageCache cache)
+    {
+        // Disk or None says the data may not fit in memory: the prefix's outputs, as large as the images or larger, are not cached.
+        var mlContext = new MLContext(seed: 1);
+        var log = new List<string>();
+        mlContext.Log += (_, e) => { lock (log) log.Add(e.RawMessage); };
+        var options = TinyTrainerOptions.Create(epochs: 1);
+        options.Trainable = TrainableParameters.HeadOnly;
+        options.Cache = cache;
+        mlContext.MulticlassClassification.Trainers.RepAdapter(options).Fit(TestData.Prepared(mlContext, TestData.Images(classes: 2, perClass: 4)));
+        Assert.IsFalse(log.Any(m => m.StartsWith("The frozen prefix") && m.Contains("was computed once per image")), string.Join("\n", log));
     }
 }

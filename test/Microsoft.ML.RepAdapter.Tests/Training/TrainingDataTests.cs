@@ -18,6 +18,7 @@ public class TrainingDataTests
         options.Cache = cache;
         options.DecodeThreads = decodeThreads;
         options.ShuffleBufferSize = shuffleBuffer;
+        options.CacheFrozenPrefix = false; // these tests compare the image caches, not the prefix cache (tested in TrainerTests)
         return [.. mlContext.MulticlassClassification.Trainers.RepAdapter(options).Fit(data).Transform(data).GetColumn<float[]>("Score")];
     }
 

@@ -41,7 +41,7 @@ public sealed record ConvNeXtConfig(int[] Depths, int[] Dims, int NumClasses = 1
 /// which a channel map folds exactly; the paper's placement in front of the depthwise conv is not offered, since a dense
 /// channel map does not fold into a depthwise (per-channel) convolution.
 /// </summary>
-public sealed class ConvNeXt : Backbone
+public sealed partial class ConvNeXt : Backbone
 {
     private readonly Sequential stem;
     private readonly ModuleList<Stage> stages;

@@ -63,7 +63,7 @@ public sealed record ResNetConfig(
 /// as in ViT). For a 3x3 zero-padded conv only a bias-free linear map folds exactly (the padding would not see the
 /// bias), so ResNet adapters are bias-free; torchvision's convs have no bias to absorb one anyway.
 /// </summary>
-public sealed class ResNet : Backbone
+public sealed partial class ResNet : Backbone
 {
     private readonly Conv2d conv1;
     private nn.Module<Tensor, Tensor> bn1;
@@ -292,8 +292,11 @@ public sealed class ResNet : Backbone
     }
 
     /// <summary>A residual block whose first conv is an adapter site.</summary>
-    internal abstract class ResidualBlock(string name) : nn.Module<Tensor, Tensor>(name)
+    internal abstract partial class ResidualBlock(string name) : nn.Module<Tensor, Tensor>(name)
     {
+        /// <summary>The block's stride (on its 3x3 conv and its downsample).</summary>
+        public long Stride { get; protected init; } = 1;
+
         public abstract AdaptableConv2d FirstConv { get; }
 
         internal abstract void FoldBatchNorm();
@@ -319,7 +322,7 @@ public sealed class ResNet : Backbone
     }
 
     /// <summary>torchvision's BasicBlock: conv3x3-BN-ReLU-conv3x3-BN plus the shortcut, then ReLU.</summary>
-    internal sealed class BasicBlock : ResidualBlock
+    internal sealed partial class BasicBlock : ResidualBlock
     {
         private readonly AdaptableConv2d conv1;
         private nn.Module<Tensor, Tensor> bn1;
@@ -330,6 +333,7 @@ public sealed class ResNet : Backbone
 
         public BasicBlock(int inplanes, int planes, int stride, bool folded = false) : base(nameof(BasicBlock))
         {
+            Stride = stride;
             conv1 = new AdaptableConv2d(inplanes, planes, 3, stride, padding: 1, hasBias: folded);
             bn1 = Norm(planes, folded);
             conv2 = nn.Conv2d(planes, planes, 3, padding: 1, bias: folded);
@@ -359,7 +363,7 @@ public sealed class ResNet : Backbone
     }
 
     /// <summary>torchvision's Bottleneck (v1.5): conv1x1-BN-ReLU-conv3x3(stride)-BN-ReLU-conv1x1-BN plus the shortcut, then ReLU.</summary>
-    internal sealed class Bottleneck : ResidualBlock
+    internal sealed partial class Bottleneck : ResidualBlock
     {
         private readonly AdaptableConv2d conv1;
         private nn.Module<Tensor, Tensor> bn1;
@@ -372,6 +376,7 @@ public sealed class ResNet : Backbone
 
         public Bottleneck(int inplanes, int planes, int stride, bool folded = false) : base(nameof(Bottleneck))
         {
+            Stride = stride;
             conv1 = new AdaptableConv2d(inplanes, planes, 1, hasBias: folded);
             bn1 = Norm(planes, folded);
             conv2 = nn.Conv2d(planes, planes, 3, stride: stride, padding: 1, bias: folded);

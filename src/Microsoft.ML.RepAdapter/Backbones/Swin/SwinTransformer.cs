@@ -59,7 +59,7 @@ public sealed record SwinConfig(int[] Depths, int[] NumHeads, int EmbedDim = 96,
 /// first, a final LayerNorm, average pooling and <c>head.fc</c>. Tokens stay NHWC. The adapter sites are each block's
 /// attention qkv and MLP fc1: an adapter is a per-token map, so it commutes with the window partition and shift.
 /// </summary>
-public sealed class SwinTransformer : Backbone
+public sealed partial class SwinTransformer : Backbone
 {
     private readonly PatchEmbed patch_embed;
     private readonly ModuleList<Stage> layers;
@@ -272,7 +272,7 @@ public sealed class SwinTransformer : Backbone
     }
 
     /// <summary>Multi-head self-attention within windows, with a learned relative position bias.</summary>
-    internal sealed class WindowAttention : nn.Module<Tensor, Tensor?, Tensor>
+    internal sealed partial class WindowAttention : nn.Module<Tensor, Tensor?, Tensor>
     {
         private readonly Parameter relative_position_bias_table;
         private readonly AdaptableLinear qkv;
@@ -333,7 +333,7 @@ public sealed class SwinTransformer : Backbone
     }
 
     /// <summary>Window attention (shifted in every second block) and an MLP, each pre-normed, behind drop path.</summary>
-    internal sealed class Block : nn.Module<Tensor, Tensor>
+    internal sealed partial class Block : nn.Module<Tensor, Tensor>
     {
         private readonly LayerNorm norm1;
         private readonly WindowAttention attn;
@@ -409,7 +409,7 @@ public sealed class SwinTransformer : Backbone
             Tensor y = norm1.forward(x);
             if (_shift > 0) y = roll(y, [-_shift, -_shift], [1, 2]);
             var windows = Partition(y, _window).view(-1, _window * _window, c);
-            y = Reverse(attn.forward(windows, _mask?.On(x.device)).view(-1, _window, _window, c), _window, h, w);
+            y = Reverse(attn.forward(windows, _mask?.On(x.device, x.dtype)).view(-1, _window, _window, c), _window, h, w);
             if (_shift > 0) y = roll(y, [_shift, _shift], [1, 2]);
             x = x + drop_path1.forward(y);
             x = x + drop_path2.forward(mlp.forward(norm2.forward(x)));
@@ -466,17 +466,18 @@ public sealed class SwinTransformer : Backbone
     {
         private readonly Dictionary<string, Tensor> _onDevice = [];
 
-        public Tensor On(Device device)
+        /// <summary>The values on <paramref name="device"/>; floating-point values in <paramref name="dtype"/> when given (e.g. bf16 scoring).</summary>
+        public Tensor On(Device device, ScalarType? dtype = null)
         {
             lock (_onDevice)
             {
-                string key = device.ToString();
+                string key = $"{device} {dtype}";
                 if (!_onDevice.TryGetValue(key, out var value))
                 {
                     value = ModuleScopes.Unscoped(() => (values switch
                     {
                         long[] longs => tensor(longs, device: device),
-                        float[] floats => tensor(floats, device: device),
+                        float[] floats => tensor(floats, device: device, dtype: dtype ?? ScalarType.Float32),
                         _ => throw new NotSupportedException(values.GetType().Name),
                     }).view(shape));
                     _onDevice[key] = value;

@@ -60,7 +60,7 @@ public sealed record VisionTransformerConfig(
 /// token, absolute position embeddings, pre-norm blocks with fused qkv and a GELU MLP, final norm, optional pre-logits,
 /// head. Attention qkv and MLP fc1 are <see cref="AdaptableLinear"/>s: the RepAdapter sites.
 /// </summary>
-public sealed class VisionTransformer : Backbone
+public sealed partial class VisionTransformer : Backbone
 {
     private readonly PatchEmbed patch_embed;
     private readonly Parameter cls_token;

@@ -135,6 +135,8 @@ public sealed class RepAdapterImageClassificationTransformer : RepAdapterTransfo
 
     private protected override string DescribeNetwork() => Model.Describe().ToJson();
 
+    private protected override nn.Module<Tensor, Tensor> BuildNetwork(string description) => BackboneDescriptor.FromJson(description).Build();
+
     private protected override void SaveTaskData(ModelSaveContext ctx) => _labels.Save(Host, ctx.Writer.BaseStream);
 
     // Factory for SignatureLoadModel.

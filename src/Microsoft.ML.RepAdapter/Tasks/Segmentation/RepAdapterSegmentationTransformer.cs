@@ -183,6 +183,8 @@ public sealed class RepAdapterSegmentationTransformer : RepAdapterTransformerBas
 
     private protected override string DescribeNetwork() => Model.Describe();
 
+    private protected override nn.Module<Tensor, Tensor> BuildNetwork(string description) => SegmentationNetwork.FromDescription(description);
+
     private protected override void SaveTaskData(ModelSaveContext ctx)
     {
         ctx.Writer.Write(JsonSerializer.Serialize(_classNames));

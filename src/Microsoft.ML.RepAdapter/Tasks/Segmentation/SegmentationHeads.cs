@@ -63,7 +63,7 @@ public sealed record SegmentationHeadConfig(SegmentationHeadKind Kind, int Chann
 }
 
 /// <summary>SETR-naive: the last level, 1x1 conv + BN + ReLU, 1x1 classifier; logits at the level's stride.</summary>
-internal sealed class NaiveHead : nn.Module<IReadOnlyList<Tensor>, Tensor>
+internal sealed partial class NaiveHead : nn.Module<IReadOnlyList<Tensor>, Tensor>
 {
     private readonly Sequential conv;
     private readonly Conv2d conv_seg;
@@ -83,7 +83,7 @@ internal sealed class NaiveHead : nn.Module<IReadOnlyList<Tensor>, Tensor>
 }
 
 /// <summary>FPN over every level, fused at the finest level's stride; logits at that stride.</summary>
-internal sealed class MultiLevelHead : nn.Module<IReadOnlyList<Tensor>, Tensor>
+internal sealed partial class MultiLevelHead : nn.Module<IReadOnlyList<Tensor>, Tensor>
 {
     private readonly ModuleList<Sequential> lateral_convs;
     private readonly ModuleList<Sequential> fpn_convs;

@@ -13,7 +13,7 @@ namespace Microsoft.ML.RepAdapter.Segmentation;
 /// logits [B, K, S, S] out, at the input resolution. Parameter names follow mmsegmentation: <c>backbone.*</c>,
 /// <c>decode_head.*</c>. Adapters live in the backbone and merge into it as in classification.
 /// </summary>
-public sealed class SegmentationNetwork : nn.Module<Tensor, Tensor>, IAdaptableModel
+public sealed partial class SegmentationNetwork : nn.Module<Tensor, Tensor>, IAdaptableModel
 {
     private const string HeadPrefix = "decode_head.";
     private static readonly JsonSerializerOptions Json = new() { Converters = { new JsonStringEnumConverter() } };

@@ -1,0 +1,159 @@
+using Microsoft.ML.RepAdapter.Adapters;
+using Microsoft.ML.RepAdapter.Formats;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.RepAdapter.Backbones;
+
+/// <summary>How an ONNX file is written.</summary>
+public sealed record OnnxExportOptions
+{
+    /// <summary>
+    /// Weights larger than this many bytes in all are written as ONNX external data (a <c>.onnx.data</c> file next to
+    /// the model, which ONNX Runtime reads when it loads the model from its path). Null (the default): only when they
+    /// would not fit in one protobuf message (2 GB). ViT-L/16, 304 M parameters, is 1.2 GB in float32 and fits.
+    /// </summary>
+    public long? ExternalDataThresholdBytes { get; init; }
+}
+
+/// <summary>
+/// What every ONNX export shares: the checks, the <c>pixels</c> input, the stem convolution with the input
+/// normalisation folded in, BatchNorm folding, and writing. Families call these from their emitters.
+/// </summary>
+internal static class OnnxExport
+{
+    /// <summary>The graph input: raw pixel values as float [batch, 3, S, S].</summary>
+    public const string PixelsName = "pixels";
+
+    /// <summary>A graph of <paramref name="backbone"/> and its head, dynamic batch: logits (or features without a head).</summary>
+    public static OnnxGraphBuilder Classifier(Backbone backbone) =>
+        Build(backbone.Architecture, backbone, backbone.Input, "batch", (graph, pixels) => backbone.EmitHead(graph, backbone.EmitFeatures(graph, pixels)),
+            (graph, output) => graph.Output(output, backbone.NumClasses > 0 ? "logits" : "features", OnnxFields.DataType.Float, "batch",
+                backbone.NumClasses > 0 ? backbone.NumClasses : backbone.FeatureDim));
+
+    /// <summary>
+    /// A graph of <paramref name="model"/> (checked to be merged): the <c>pixels</c> input for <paramref name="input"/>
+    /// with <paramref name="batch"/> as its first dimension, <paramref name="network"/>'s nodes on it, then
+    /// <paramref name="outputs"/> declaring the graph's outputs from the network's value. Runs without gradients; the
+    /// builder is disposed if anything fails.
+    /// </summary>
+    public static OnnxGraphBuilder Build(string name, nn.Module model, ImageInputSpec input, OnnxDim batch,
+        Func<OnnxGraphBuilder, string, string> network, Action<OnnxGraphBuilder, string> outputs)
+    {
+        CheckExportable(model, name);
+        var graph = new OnnxGraphBuilder(name);
+        try
+        {
+            using var scope = NewDisposeScope();
+            using var _ = no_grad();
+            string pixels = PixelsInput(graph, input, batch);
+            outputs(graph, network(graph, pixels));
+            graph.Metadata["model"] = name;
+            return graph;
+        }
+        catch
+        {
+            graph.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Declares the <c>pixels</c> input for <paramref name="input"/> and records how it is fed in the model's metadata.</summary>
+    public static string PixelsInput(OnnxGraphBuilder graph, ImageInputSpec input, OnnxDim batch)
+    {
+        graph.Metadata["input"] = $"{PixelsName}: float [batch, 3, {input.ImageSize}, {input.ImageSize}], raw pixel values 0..255, channels {input.Order.ToString().ToUpperInvariant()}, NCHW";
+        graph.Metadata["normalization"] = $"(pixel * {input.PixelScale:R} - mean) / std, mean [{string.Join(", ", input.Mean)}], std [{string.Join(", ", input.Std)}], in the graph";
+        return graph.Input(PixelsName, OnnxFields.DataType.Float, batch, 3, input.ImageSize, input.ImageSize);
+    }
+
+    /// <summary>Throws unless <paramref name="model"/> is a merged model (no adapter modules left).</summary>
+    public static void CheckExportable(nn.Module model, string what)
+    {
+        var unmerged = model.AdaptedLayers().Count();
+        if (unmerged > 0)
+            throw new InvalidOperationException(
+                $"{what} has {unmerged} unmerged adapters: ONNX export writes the plain architecture, so merge them first (MergeAdapters(); a trained transformer's model is already merged).");
+    }
+
+    public static void Write(OnnxGraphBuilder graph, Stream stream)
+    {
+        using (graph) OnnxWriter.Write(graph, stream);
+    }
+
+    public static void Write(OnnxGraphBuilder graph, string path, OnnxExportOptions? options)
+    {
+        using (graph) OnnxWriter.Write(graph, path, options?.ExternalDataThresholdBytes);
+    }
+
+    /// <summary>
+    /// The stem's first convolution applied to the normalised input, from raw pixels. Normalisation is x * a_c + b_c
+    /// (a = PixelScale / Std, b = -Mean / Std), plus an optional fixed per-pixel <paramref name="inputOffset"/>.
+    /// An unpadded convolution sees only real pixels, so the whole map folds into it exactly: W' = W a,
+    /// bias' = bias + sum W b. A zero-padded one does not: its padding is zero in the normalised input, which no raw
+    /// pixel value produces once b is folded away. There the scale still folds (zero times a is zero) and the shift
+    /// stays an Add in front of the conv: a (x + (b + offset) / a).
+    /// </summary>
+    public static string NormalizedConv(OnnxGraphBuilder graph, string pixels, ImageInputSpec input, Tensor weight, Tensor? bias,
+        long kernel, long stride, long padding, string hint, Tensor? inputOffset = null)
+    {
+        using var scope = NewDisposeScope();
+        var scale = tensor(input.Std.Select(s => input.PixelScale / s).ToArray());
+        var shift = tensor(input.Mean.Zip(input.Std, (m, s) => -m / s).ToArray());
+        var w = weight.detach().to(float32) * scale.view(1, 3, 1, 1);
+        if (padding == 0 && inputOffset is null)
+        {
+            var b = (bias?.detach().to(float32) ?? zeros(weight.shape[0])) + (weight.detach().to(float32) * shift.view(1, 3, 1, 1)).sum([1, 2, 3]);
+            return graph.Conv(pixels, graph.Initializer(hint + ".weight", w), graph.Initializer(hint + ".bias", b), kernel, stride, padding);
+        }
+        var offset = shift.view(1, 3, 1, 1);
+        if (inputOffset is not null) offset = offset + inputOffset.detach().to(float32);
+        string shifted = graph.Add(pixels, graph.Initializer("input_shift", offset / scale.view(1, 3, 1, 1)));
+        return graph.Conv(shifted, graph.Initializer(hint + ".weight", w), bias is null ? null : graph.Initializer(hint + ".bias", bias), kernel, stride, padding);
+    }
+
+    /// <summary>
+    /// The conv weight and bias with an eval-mode BatchNorm after it folded in: W g / s and (b - mean) g / s + beta,
+    /// s = sqrt(running_var + eps). New tensors (in the caller's dispose scope); the modules are not changed.
+    /// </summary>
+    public static (Tensor Weight, Tensor Bias) FoldBatchNorm(Tensor weight, Tensor? bias, BatchNorm2d bn)
+    {
+        var scale = bn.weight!.detach() / (bn.running_var!.detach() + bn.eps).sqrt();
+        var foldedBias = ((bias?.detach() ?? zeros_like(scale)) - bn.running_mean!.detach()) * scale + bn.bias!.detach();
+        return (weight.detach() * scale.view(-1, 1, 1, 1), foldedBias);
+    }
+
+    /// <summary>
+    /// A convolution (a PyTorch conv's <paramref name="weight"/> and <paramref name="bias"/>) followed by <paramref name="norm"/>: a
+    /// BatchNorm2d is folded into it, an Identity (already folded) is nothing.
+    /// </summary>
+    public static string ConvNorm(OnnxGraphBuilder graph, string x, Tensor weight, Tensor? bias, nn.Module? norm, long stride, long padding, string hint, long groups = 1)
+    {
+        using var scope = NewDisposeScope();
+        (Tensor w, Tensor? b) = norm switch
+        {
+            BatchNorm2d bn => FoldBatchNorm(weight, bias, bn),
+            null or Identity => (weight, bias),
+            _ => throw new NotSupportedException($"ONNX export of '{hint}': a {norm.GetType().Name} after a convolution is not supported (BatchNorm2d is)."),
+        };
+        return graph.Conv(x, graph.Initializer(hint + ".weight", w), b is null ? null : graph.Initializer(hint + ".bias", b),
+            weight.shape[2], stride, padding, groups);
+    }
+
+    /// <summary>timm's Mlp: fc1, GELU or QuickGELU, fc2, on the last axis.</summary>
+    public static string Mlp(OnnxGraphBuilder graph, string x, Mlp mlp, string hint)
+    {
+        string h = graph.Linear(x, mlp.Fc1.weight, mlp.Fc1.bias, hint + ".fc1");
+        h = mlp.Activation == MlpActivation.QuickGelu ? graph.QuickGelu(h) : graph.Gelu(h);
+        var fc2 = mlp.named_parameters().ToDictionary(p => p.name, p => p.parameter);
+        return graph.Linear(h, fc2["fc2.weight"], fc2["fc2.bias"], hint + ".fc2");
+    }
+
+    /// <summary>LayerNorm over the last axis with the module's affine parameters.</summary>
+    public static string LayerNorm(OnnxGraphBuilder graph, string x, LayerNorm norm, string hint) =>
+        graph.LayerNorm(x, norm.weight!, norm.bias!, norm.eps, hint);
+
+    /// <summary>The parameters of <paramref name="module"/> by their names relative to it.</summary>
+    public static Dictionary<string, Tensor> Parameters(nn.Module module) =>
+        module.named_parameters().ToDictionary(p => p.name, p => (Tensor)p.parameter);
+}

@@ -1,0 +1,67 @@
+using Microsoft.ML.RepAdapter.Formats;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.RepAdapter.Backbones;
+
+// The Vision Transformer family's ONNX emitter (the Backbone export contract), which CLIP's image encoders use too (they
+// are VisionTransformers: pre-norm, QuickGELU, image projection). The patch embedding is an unpadded conv, so the input
+// normalisation folds into it exactly.
+public sealed partial class VisionTransformer
+{
+    internal override string EmitFeatures(OnnxGraphBuilder graph, string pixels)
+    {
+        var p = OnnxExport.Parameters(this);
+        string x = EmitEmbedding(graph, pixels, p);
+        for (int i = 0; i < blocks.Count; i++) x = EmitBlock(graph, x, p, i);
+        string cls = graph.Select(Norm(graph, x, p, "norm"), axis: 1, index: 0);
+        if (pre_logits is not null) cls = graph.Tanh(graph.Linear(cls, p["pre_logits.fc.weight"], p["pre_logits.fc.bias"], "pre_logits.fc"));
+        if (proj is not null) cls = graph.Linear(cls, p["proj.weight"], null, "proj");
+        return cls;
+    }
+
+    internal override IReadOnlyList<string> EmitIntermediates(OnnxGraphBuilder graph, string pixels)
+    {
+        var p = OnnxExport.Parameters(this);
+        var wanted = IntermediateBlocks.ToHashSet();
+        var maps = new List<string>();
+        string x = EmitEmbedding(graph, pixels, p);
+        for (int i = 0; i < blocks.Count && maps.Count < wanted.Count; i++)
+        {
+            x = EmitBlock(graph, x, p, i);
+            if (!wanted.Contains(i)) continue;
+            // Patch tokens [B, 1 + g*g, D] (class token dropped) as a [B, D, g, g] map.
+            string tokens = graph.Slice(Norm(graph, x, p, "norm"), axis: 1, start: 1, end: 1 + Config.NumPatches);
+            maps.Add(graph.Reshape(graph.Transpose(tokens, 0, 2, 1), 0, Config.EmbedDim, Config.GridSize, Config.GridSize));
+        }
+        return maps;
+    }
+
+    private string Norm(OnnxGraphBuilder graph, string x, Dictionary<string, Tensor> p, string name) =>
+        graph.LayerNorm(x, p[name + ".weight"], p[name + ".bias"], Config.LayerNormEps, name);
+
+    private string EmitEmbedding(OnnxGraphBuilder graph, string pixels, Dictionary<string, Tensor> p)
+    {
+        int d = Config.EmbedDim;
+        string x = OnnxExport.NormalizedConv(graph, pixels, Input, p["patch_embed.proj.weight"], p.GetValueOrDefault("patch_embed.proj.bias"),
+            Config.PatchSize, Config.PatchSize, 0, "patch_embed.proj");
+        x = graph.Transpose(graph.Reshape(x, 0, d, Config.NumPatches), 0, 2, 1);
+        string batch = graph.Slice(graph.Shape(x), 0, 0, 1);
+        string cls = graph.Expand(graph.Initializer("cls_token", p["cls_token"]), graph.Concat(0, batch, graph.Ints(1, d)));
+        x = graph.Add(graph.Concat(1, cls, x), graph.Initializer("pos_embed", p["pos_embed"]));
+        return norm_pre is null ? x : Norm(graph, x, p, "norm_pre");
+    }
+
+    private string EmitBlock(OnnxGraphBuilder graph, string x, Dictionary<string, Tensor> p, int i)
+    {
+        string name = $"blocks.{i}";
+        long d = Config.EmbedDim, heads = Config.NumHeads, tokens = Config.NumPatches + 1;
+        string h = graph.Linear(Norm(graph, x, p, name + ".norm1"), p[name + ".attn.qkv.weight"], p.GetValueOrDefault(name + ".attn.qkv.bias"), name + ".attn.qkv");
+        string qkv = graph.Transpose(graph.Reshape(h, 0, tokens, 3, heads, d / heads), 2, 0, 3, 1, 4);
+        string q = graph.Mul(graph.Select(qkv, 0, 0), graph.Scalar((float)(1 / Math.Sqrt(d / heads))));
+        string k = graph.Select(qkv, 0, 1), v = graph.Select(qkv, 0, 2);
+        string attention = graph.Softmax(graph.MatMul(q, graph.Transpose(k, 0, 1, 3, 2)));
+        string attended = graph.Reshape(graph.Transpose(graph.MatMul(attention, v), 0, 2, 1, 3), 0, tokens, d);
+        x = graph.Add(x, graph.Linear(attended, p[name + ".attn.proj.weight"], p[name + ".attn.proj.bias"], name + ".attn.proj"));
+        return graph.Add(x, OnnxExport.Mlp(graph, Norm(graph, x, p, name + ".norm2"), blocks[i].Mlp, name + ".mlp"));
+    }
+}

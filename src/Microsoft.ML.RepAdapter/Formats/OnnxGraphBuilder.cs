@@ -1,0 +1,281 @@
+using System.Globalization;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.RepAdapter.Formats;
+
+/// <summary>A dimension of a graph input or output: a fixed size, or a symbolic one (e.g. <c>batch</c>).</summary>
+internal readonly record struct OnnxDim(long? Value, string? Symbol)
+{
+    public static implicit operator OnnxDim(long value) => new(value, null);
+
+    public static implicit operator OnnxDim(string symbol) => new(null, symbol);
+
+    public override string ToString() => Value?.ToString(CultureInfo.InvariantCulture) ?? Symbol ?? "?";
+}
+
+/// <summary>A graph input or output: name, element type (<see cref="OnnxFields.DataType"/>) and shape.</summary>
+internal sealed record OnnxValue(string Name, int ElementType, IReadOnlyList<OnnxDim> Shape);
+
+/// <summary>One node as written: op, inputs and outputs by value name, attributes (long, float, string or arrays of them).</summary>
+internal sealed record OnnxNodeSpec(string Name, string OpType, string Domain, IReadOnlyList<string> Inputs, IReadOnlyList<string> Outputs,
+    IReadOnlyList<KeyValuePair<string, object>> Attributes);
+
+/// <summary>
+/// An initializer as written: a float32 or int64 tensor (owned by the builder, on the CPU, contiguous) or strings.
+/// </summary>
+internal sealed record OnnxInitializer(string Name, int DataType, long[] Dims, Tensor? Tensor, string[]? Strings)
+{
+    /// <summary>Bytes of raw data (tensors) or of the strings.</summary>
+    public long ByteCount => Tensor is { } t ? t.NumberOfElements * t.ElementSize : Strings!.Sum(s => (long)System.Text.Encoding.UTF8.GetByteCount(s));
+}
+
+/// <summary>
+/// Builds an ONNX graph in C# (ai.onnx opset <see cref="Opset"/>; ai.onnx.ml when a node asks for it) for
+/// <see cref="OnnxWriter"/>: inputs, outputs, initializers and nodes, with helpers for the operators vision networks
+/// need (convolutions, linear layers, LayerNorm, GELU, attention pieces, resizing). Value names are made unique here;
+/// every helper returns the name of the value it produces. It knows operators, never a network family. Owns the
+/// initializer tensors it is given copies of: dispose it after writing.
+/// </summary>
+internal sealed class OnnxGraphBuilder(string graphName) : IDisposable
+{
+    /// <summary>The ai.onnx operator set the graph is written for (LayerNormalization needs 17).</summary>
+    public const int Opset = 17;
+
+    /// <summary>The ai.onnx.ml operator set, imported only when a node of that domain is used.</summary>
+    public const int MLOpset = 3;
+
+    /// <summary>The ai.onnx.ml domain name.</summary>
+    public const string MLDomain = "ai.onnx.ml";
+
+    private readonly List<OnnxNodeSpec> _nodes = [];
+    private readonly List<OnnxInitializer> _initializers = [];
+    private readonly List<OnnxValue> _inputs = [];
+    private readonly List<OnnxValue> _outputs = [];
+    private readonly HashSet<string> _names = [];
+    private readonly Dictionary<string, string> _intConstants = [];
+    private int _counter;
+
+    public string GraphName { get; } = graphName;
+
+    public IReadOnlyList<OnnxNodeSpec> Nodes => _nodes;
+
+    public IReadOnlyList<OnnxInitializer> Initializers => _initializers;
+
+    public IReadOnlyList<OnnxValue> Inputs => _inputs;
+
+    public IReadOnlyList<OnnxValue> Outputs => _outputs;
+
+    /// <summary>Model metadata (metadata_props), e.g. the input's channel order and pixel range.</summary>
+    public Dictionary<string, string> Metadata { get; } = [];
+
+    public bool UsesMLDomain => _nodes.Any(n => n.Domain == MLDomain);
+
+    public string Input(string name, int elementType, params OnnxDim[] shape)
+    {
+        _inputs.Add(new OnnxValue(Claim(name), elementType, shape));
+        return name;
+    }
+
+    /// <summary>Declares <paramref name="value"/> a graph output called <paramref name="name"/> (through an Identity when the names differ).</summary>
+    public void Output(string value, string name, int elementType, params OnnxDim[] shape)
+    {
+        if (value != name) Node("Identity", [value], [Claim(name)], "");
+        _outputs.Add(new OnnxValue(name, elementType, shape));
+    }
+
+    /// <summary>A float32 or int64 initializer holding a copy of <paramref name="value"/> (float64 is stored as float32).</summary>
+    public string Initializer(string hint, Tensor value)
+    {
+        using var scope = NewDisposeScope();
+        var owned = value.detach().cpu();
+        if (owned.dtype == ScalarType.Float64) owned = owned.to(ScalarType.Float32);
+        int dataType = owned.dtype switch
+        {
+            ScalarType.Float32 => OnnxFields.DataType.Float,
+            ScalarType.Int64 => OnnxFields.DataType.Int64,
+            _ => throw new NotSupportedException($"ONNX initializer '{hint}': {owned.dtype} is not exported (float32 and int64 are)."),
+        };
+        owned = owned.contiguous().clone().DetachFromDisposeScope();
+        string name = Unique(hint);
+        _initializers.Add(new OnnxInitializer(name, dataType, owned.shape, owned, null));
+        return name;
+    }
+
+    public string Floats(string hint, float[] values, params long[] dims)
+    {
+        using var scope = NewDisposeScope();
+        return Initializer(hint, tensor(values).reshape(dims.Length == 0 && values.Length == 1 ? [] : dims.Length == 0 ? [values.Length] : dims));
+    }
+
+    public string Scalar(float value) => Floats("scalar", [value]);
+
+    /// <summary>A 1-D int64 constant (shapes, axes, indices), shared between nodes that use the same values.</summary>
+    public string Ints(params long[] values)
+    {
+        string key = string.Join(",", values);
+        if (_intConstants.TryGetValue(key, out var existing)) return existing;
+        using var scope = NewDisposeScope();
+        return _intConstants[key] = Initializer("ints", tensor(values));
+    }
+
+    /// <summary>A 0-d int64 constant (a Gather index that drops the axis).</summary>
+    public string IntScalar(long value)
+    {
+        string key = $"scalar:{value}";
+        if (_intConstants.TryGetValue(key, out var existing)) return existing;
+        using var scope = NewDisposeScope();
+        return _intConstants[key] = Initializer("index", tensor(value));
+    }
+
+    public string Strings(string hint, string[] values, params long[] dims)
+    {
+        string name = Unique(hint);
+        _initializers.Add(new OnnxInitializer(name, OnnxFields.DataType.String, dims.Length == 0 ? [values.Length] : dims, null, values));
+        return name;
+    }
+
+    /// <summary>A node with one output; returns that output's name.</summary>
+    public string Node(string opType, IReadOnlyList<string> inputs, params (string Name, object Value)[] attributes) =>
+        Node(opType, inputs, [Unique(opType.ToLowerInvariant())], "", attributes)[0];
+
+    /// <summary>A node with the given outputs in <paramref name="domain"/> ("" for ai.onnx).</summary>
+    public IReadOnlyList<string> Node(string opType, IReadOnlyList<string> inputs, IReadOnlyList<string> outputs, string domain,
+        params (string Name, object Value)[] attributes)
+    {
+        foreach (var (name, value) in attributes)
+        {
+            if (value is not (long or int or float or double or string or long[] or int[] or float[] or string[]))
+                throw new ArgumentException($"{opType}: attribute '{name}' of type {value?.GetType().Name} cannot be written.");
+        }
+        _nodes.Add(new OnnxNodeSpec(Unique($"{opType}_{_nodes.Count}"), opType, domain, inputs, outputs,
+            [.. attributes.Select(a => new KeyValuePair<string, object>(a.Name, a.Value))]));
+        return outputs;
+    }
+
+    /// <summary>A fresh value name starting with <paramref name="hint"/>.</summary>
+    public string Unique(string hint)
+    {
+        string name = hint;
+        while (!_names.Add(name)) name = $"{hint}_{++_counter}";
+        return name;
+    }
+
+    private string Claim(string name)
+    {
+        if (!_names.Add(name)) throw new ArgumentException($"ONNX value name '{name}' is already used.", nameof(name));
+        return name;
+    }
+
+    // Operators.
+
+    public string Add(string a, string b) => Node("Add", [a, b]);
+
+    public string Sub(string a, string b) => Node("Sub", [a, b]);
+
+    public string Mul(string a, string b) => Node("Mul", [a, b]);
+
+    public string Div(string a, string b) => Node("Div", [a, b]);
+
+    public string MatMul(string a, string b) => Node("MatMul", [a, b]);
+
+    public string Relu(string x) => Node("Relu", [x]);
+
+    public string Sigmoid(string x) => Node("Sigmoid", [x]);
+
+    public string Tanh(string x) => Node("Tanh", [x]);
+
+    public string Softmax(string x, long axis = -1) => Node("Softmax", [x], ("axis", axis));
+
+    public string Transpose(string x, params long[] perm) => Node("Transpose", [x], ("perm", perm));
+
+    /// <summary>Reshape to <paramref name="shape"/> (0 copies the input's dimension, -1 is inferred: use it for the batch).</summary>
+    public string Reshape(string x, params long[] shape) => Node("Reshape", [x, Ints(shape)]);
+
+    public string Flatten(string x, long axis = 1) => Node("Flatten", [x], ("axis", axis));
+
+    public string Concat(long axis, params string[] values) => Node("Concat", values, ("axis", axis));
+
+    /// <summary>Elements <paramref name="index"/> along <paramref name="axis"/>, dropping that axis.</summary>
+    public string Select(string x, long axis, long index) => Node("Gather", [x, IntScalar(index)], ("axis", axis));
+
+    public string Slice(string x, long axis, long start, long end) => Node("Slice", [x, Ints(start), Ints(end), Ints(axis)]);
+
+    public string ReduceMean(string x, long[] axes, bool keepDims) => Node("ReduceMean", [x], ("axes", axes), ("keepdims", keepDims ? 1L : 0L));
+
+    public string Shape(string x) => Node("Shape", [x]);
+
+    public string Expand(string x, string shape) => Node("Expand", [x, shape]);
+
+    public string ArgMax(string x, long axis, bool keepDims) => Node("ArgMax", [x], ("axis", axis), ("keepdims", keepDims ? 1L : 0L));
+
+    public string Cast(string x, int dataType) => Node("Cast", [x], ("to", (long)dataType));
+
+    /// <summary>
+    /// A 2-D convolution (NCHW, OIHW weights) with symmetric zero padding <paramref name="padding"/> on each side.
+    /// </summary>
+    public string Conv(string x, string weight, string? bias, long kernel, long stride = 1, long padding = 0, long groups = 1) =>
+        Node("Conv", bias is null ? [x, weight] : [x, weight, bias],
+            ("kernel_shape", new[] { kernel, kernel }), ("strides", new[] { stride, stride }),
+            ("pads", new[] { padding, padding, padding, padding }), ("dilations", new[] { 1L, 1L }), ("group", groups));
+
+    public string MaxPool(string x, long kernel, long stride, long padding) =>
+        Node("MaxPool", [x], ("kernel_shape", new[] { kernel, kernel }), ("strides", new[] { stride, stride }),
+            ("pads", new[] { padding, padding, padding, padding }));
+
+    /// <summary>x W^T + b on the last axis, for a PyTorch weight [out, in] (transposed here) and optional bias [out].</summary>
+    public string Linear(string x, Tensor weight, Tensor? bias, string hint)
+    {
+        using var scope = NewDisposeScope();
+        string y = MatMul(x, Initializer(hint + ".weight_t", weight.detach().t()));
+        return bias is null ? y : Add(y, Initializer(hint + ".bias", bias));
+    }
+
+    /// <summary>LayerNorm over the last axis (LayerNormalization, opset 17).</summary>
+    public string LayerNorm(string x, Tensor weight, Tensor bias, double eps, string hint) =>
+        Node("LayerNormalization", [x, Initializer(hint + ".weight", weight), Initializer(hint + ".bias", bias)],
+            ("axis", -1L), ("epsilon", (float)eps));
+
+    /// <summary>Exact (erf) GELU: 0.5 x (1 + erf(x / sqrt 2)); the Gelu operator needs opset 20.</summary>
+    public string Gelu(string x)
+    {
+        string erf = Node("Erf", [Mul(x, Scalar((float)(1 / Math.Sqrt(2))))]);
+        return Mul(Mul(x, Add(erf, Scalar(1f))), Scalar(0.5f));
+    }
+
+    /// <summary>OpenAI CLIP's QuickGELU: x * sigmoid(1.702 x).</summary>
+    public string QuickGelu(string x) => Mul(x, Sigmoid(Mul(x, Scalar(1.702f))));
+
+    /// <summary>
+    /// Bilinear resize of an NCHW map to <paramref name="height"/> x <paramref name="width"/> with half-pixel centres
+    /// (PyTorch's <c>interpolate(mode: bilinear, align_corners: false)</c>, no antialiasing). The batch stays dynamic.
+    /// </summary>
+    public string ResizeBilinear(string x, long height, long width)
+    {
+        string sizes = Concat(0, Slice(Shape(x), 0, 0, 2), Ints(height, width));
+        return Node("Resize", [x, "", "", sizes], ("mode", "linear"), ("coordinate_transformation_mode", "half_pixel"));
+    }
+
+    /// <summary>[N, C, H, W] to [N, H, W, C].</summary>
+    public string ToChannelsLast(string x) => Transpose(x, 0, 2, 3, 1);
+
+    /// <summary>[N, H, W, C] to [N, C, H, W].</summary>
+    public string ToChannelsFirst(string x) => Transpose(x, 0, 3, 1, 2);
+
+    /// <summary>
+    /// PyTorch's <c>roll</c> of <paramref name="shift"/> along <paramref name="axis"/> of extent <paramref name="size"/>
+    /// (ONNX has no Roll): the last <c>shift</c> elements moved to the front.
+    /// </summary>
+    public string Roll(string x, long shift, long axis, long size)
+    {
+        shift = ((shift % size) + size) % size;
+        if (shift == 0) return x;
+        return Concat(axis, Slice(x, axis, size - shift, size), Slice(x, axis, 0, size - shift));
+    }
+
+    /// <summary>Frees the initializer tensors.</summary>
+    public void Dispose()
+    {
+        foreach (var initializer in _initializers) initializer.Tensor?.Dispose();
+        _initializers.Clear();
+    }
+}

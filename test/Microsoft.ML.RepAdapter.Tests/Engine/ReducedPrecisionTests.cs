@@ -1,0 +1,55 @@
+using Microsoft.ML.Data;
+using Microsoft.ML.RepAdapter.Classification;
+using Microsoft.ML.RepAdapter.MLNet;
+using Microsoft.ML.RepAdapter.Tests.Classification;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.RepAdapter.Tests.Engine;
+
+/// <summary>bfloat16 scoring: every family runs in bf16 (module.to(dtype) reaches every weight and derived constant) close to float32.</summary>
+[TestClass]
+public class ReducedPrecisionTests
+{
+    public static IEnumerable<object[]> Kinds => TinyModels.Kinds.Select(kind => new object[] { kind });
+
+    [TestMethod]
+    [DynamicData(nameof(Kinds))]
+    public void EveryFamilyRunsInBFloat16CloseToFloat32(string kind)
+    {
+        using var backbone = TinyModels.Create(kind);
+        TinyModels.Randomize(backbone, seed: 4);
+        backbone.eval();
+        using var _ = no_grad();
+        using var images = TinyModels.Images(backbone, batch: 3);
+        using var expected = backbone.ForwardFeatures(images);
+        backbone.to(bfloat16);
+        Assert.IsTrue(backbone.parameters().All(p => p.dtype == bfloat16), "every parameter converted");
+        using var reduced = backbone.ForwardFeatures(images.to(bfloat16)).to(float32);
+        // bfloat16 keeps 8 bits of mantissa: a relative error of a few 1e-3 per operation, a few 1e-2 over a network.
+        double scale = expected.abs().max().item<float>();
+        double error = (reduced - expected).abs().max().item<float>();
+        Assert.IsLessThan(0.1 * scale, error, $"{kind}: max |bf16 - fp32| {error:G3} against feature scale {scale:G3}");
+    }
+
+    [TestMethod]
+    public void ATransformerScoresInBFloat16OnRequestAndBackInFloat32()
+    {
+        var mlContext = new MLContext(seed: 1);
+        var data = TestData.Prepared(mlContext, TestData.Images(classes: 3, perClass: 6));
+        var transformer = mlContext.MulticlassClassification.Trainers.RepAdapter(TinyTrainerOptions.Create(epochs: 2)).Fit(data);
+        float[][] Scores() => [.. transformer.Transform(data).GetColumn<float[]>("Score")];
+        var full = Scores();
+        Assert.AreEqual(ScoringPrecision.Float32, transformer.Precision);
+        transformer.Precision = ScoringPrecision.BFloat16;
+        var reduced = Scores();
+        int agree = full.Zip(reduced).Count(p => Array.IndexOf(p.First, p.First.Max()) == Array.IndexOf(p.Second, p.Second.Max()));
+        double largest = full.Zip(reduced).Max(p => p.First.Zip(p.Second).Max(q => Math.Abs(q.First - q.Second)));
+        Assert.IsGreaterThan(0.0, largest, "bf16 scores are not the float32 ones");
+        Assert.IsLessThan(0.1, largest, "probabilities within 0.1");
+        Assert.IsGreaterThanOrEqualTo(full.Length - 2, agree, "the same class for nearly every row");
+        transformer.Precision = ScoringPrecision.Float32;
+        var back = Scores();
+        for (int i = 0; i < full.Length; i++) CollectionAssert.AreEqual(full[i], back[i], $"row {i}: float32 again");
+    }
+}
