@@ -1,100 +1,52 @@
-using ScottPlot;
+using System.Diagnostics;
+using System.Text.Json;
 
 namespace RepAdapter.Benchmarks;
 
-/// <summary>The reports' PNG plots (ScottPlot).</summary>
+/// <summary>
+/// The reports' PNG plots, asked for as <see cref="PlotRequest"/>s and drawn by RepAdapter.Benchmarks.Plots (ScottPlot) in
+/// a child process when the report is written (see PlotRequests.cs for why not in this one).
+/// </summary>
 internal static class Plots
 {
-    private const int Width = 900, Height = 500;
+    private static readonly List<PlotRequest> Pending = [];
 
     /// <summary>merged/plain and plain2/plain (the noise floor) per model and batch, with their 95 % intervals, around 1.</summary>
-    public static void Ratios(string path, IReadOnlyList<LatencySuite.Row> rows)
-    {
-        var plot = new Plot();
-        var bars = new List<Bar>();
-        var ticks = new List<Tick>();
-        for (int i = 0; i < rows.Count; i++)
-        {
-            var r = rows[i];
-            bars.Add(new Bar { Position = 3 * i, Value = r.MergedRatio, ValueBase = 1, Error = (r.MergedHigh - r.MergedLow) / 2, FillColor = Colors.SteelBlue });
-            bars.Add(new Bar { Position = 3 * i + 1, Value = r.NoiseRatio, ValueBase = 1, Error = (r.NoiseHigh - r.NoiseLow) / 2, FillColor = Colors.LightGray });
-            ticks.Add(new Tick(3 * i + 0.5, $"{Short(r.Model)}\nb{r.Batch}"));
-        }
-        plot.Add.Bars(bars);
-        var target = plot.Add.HorizontalLine(1.01);
-        target.LinePattern = LinePattern.Dashed;
-        target.LegendText = "1.01 target";
-        plot.Add.HorizontalLine(0.99).LinePattern = LinePattern.Dashed;
-        plot.Axes.Bottom.TickGenerator = new ScottPlot.TickGenerators.NumericManual([.. ticks]);
-        plot.Title("Latency ratios: merged / plain (blue), plain2 / plain noise floor (gray)");
-        plot.YLabel("ratio of medians per round");
-        plot.SavePng(path, Width + 200, Height);
-    }
+    public static void Ratios(string path, IReadOnlyList<LatencySuite.Row> rows) => Pending.Add(new(PlotKind.Ratios, path,
+        "Latency ratios: merged / plain (blue), plain2 / plain noise floor (gray)", "", "ratio of medians per round",
+        [.. rows.Select(r => $"{Short(r.Model)}\nb{r.Batch}")],
+        [
+            new("merged / plain", [.. rows.Select(r => r.MergedRatio)], Low: [.. rows.Select(r => r.MergedLow)], High: [.. rows.Select(r => r.MergedHigh)]),
+            new("plain2 / plain", [.. rows.Select(r => r.NoiseRatio)], Low: [.. rows.Select(r => r.NoiseLow)], High: [.. rows.Select(r => r.NoiseHigh)]),
+        ]));
 
-    /// <summary>Test accuracy against trainable parameters (log scale), one series per task, one point per method.</summary>
-    public static void AccuracyVsParameters(string path, IReadOnlyList<(string Task, string Method, long Trainable, double Accuracy)> points)
-    {
-        var plot = new Plot();
-        var palette = new ScottPlot.Palettes.Category10();
-        int series = 0;
-        foreach (var task in points.GroupBy(p => p.Task))
-        {
-            var color = palette.GetColor(series++);
-            var xs = task.Select(p => Math.Log10(Math.Max(1, p.Trainable))).ToArray();
-            var ys = task.Select(p => 100 * p.Accuracy).ToArray();
-            var scatter = plot.Add.ScatterPoints(xs, ys, color);
-            scatter.MarkerSize = 9;
-            scatter.LegendText = task.Key;
-            foreach (var p in task)
-            {
-                var label = plot.Add.Text(p.Method, Math.Log10(Math.Max(1, p.Trainable)), 100 * p.Accuracy);
-                label.LabelFontSize = 11;
-                label.LabelFontColor = color;
-            }
-        }
-        plot.Axes.Bottom.TickGenerator = new ScottPlot.TickGenerators.NumericAutomatic { LabelFormatter = x => $"{Math.Pow(10, x):G3}" };
-        plot.XLabel("trainable parameters (log scale)");
-        plot.YLabel("test accuracy, %");
-        plot.Title("Accuracy against trainable parameters");
-        plot.ShowLegend(Alignment.LowerRight);
-        plot.SavePng(path, Width, Height);
-    }
+    /// <summary>Test accuracy (%) against trainable parameters (log scale), one series per task, one labelled point per method.</summary>
+    public static void AccuracyVsParameters(string path, IReadOnlyList<(string Task, string Method, long Trainable, double Accuracy)> points) =>
+        Pending.Add(new(PlotKind.LogScatter, path, "Accuracy against trainable parameters", "trainable parameters (log scale)", "test accuracy, %", [],
+            [.. points.GroupBy(p => p.Task).Select(task => new PlotSeries(task.Key, [.. task.Select(p => 100 * p.Accuracy)],
+                Labels: [.. task.Select(p => p.Method)], X: [.. task.Select(p => (double)p.Trainable)]))]));
 
-    /// <summary>Training loss per epoch, one line per (task, method).</summary>
-    public static void Curves(string path, string title, IReadOnlyList<(string Name, double[] Values)> curves, string yLabel)
-    {
-        var plot = new Plot();
-        foreach (var (name, values) in curves)
-        {
-            var line = plot.Add.Scatter(Enumerable.Range(1, values.Length).Select(i => (double)i).ToArray(), values);
-            line.LegendText = name;
-        }
-        plot.XLabel("epoch");
-        plot.YLabel(yLabel);
-        plot.Title(title);
-        plot.ShowLegend(Alignment.UpperRight);
-        plot.SavePng(path, Width, Height);
-    }
+    /// <summary>A value per epoch, one line per (task, method).</summary>
+    public static void Curves(string path, string title, IReadOnlyList<(string Name, double[] Values)> curves, string yLabel) =>
+        Pending.Add(new(PlotKind.Curves, path, title, "epoch", yLabel, [], [.. curves.Select(c => new PlotSeries(c.Name, c.Values))]));
 
     /// <summary>Grouped bars: one group per label, one bar per series.</summary>
-    public static void GroupedBars(string path, string title, string yLabel, IReadOnlyList<string> groups, IReadOnlyList<(string Series, double[] Values)> series)
+    public static void GroupedBars(string path, string title, string yLabel, IReadOnlyList<string> groups, IReadOnlyList<(string Series, double[] Values)> series) =>
+        Pending.Add(new(PlotKind.GroupedBars, path, title, "", yLabel, [.. groups], [.. series.Select(s => new PlotSeries(s.Series, s.Values))]));
+
+    /// <summary>Draws the plots asked for so far (dotnet run of RepAdapter.Benchmarks.Plots); a failure is reported, not thrown.</summary>
+    public static void RenderPending()
     {
-        var plot = new Plot();
-        var palette = new ScottPlot.Palettes.Category10();
-        int n = series.Count;
-        for (int s = 0; s < n; s++)
-        {
-            var color = palette.GetColor(s);
-            var bars = series[s].Values.Select((v, g) => new Bar { Position = g * (n + 1) + s, Value = v, FillColor = color }).ToList();
-            plot.Add.Bars(bars).LegendText = series[s].Series;
-        }
-        plot.Axes.Bottom.TickGenerator = new ScottPlot.TickGenerators.NumericManual(
-            [.. groups.Select((g, i) => new Tick(i * (n + 1) + (n - 1) / 2.0, g))]);
-        plot.Axes.Margins(bottom: 0);
-        plot.YLabel(yLabel);
-        plot.Title(title);
-        plot.ShowLegend(Alignment.UpperLeft);
-        plot.SavePng(path, Width, Height);
+        if (Pending.Count == 0) return;
+        string requests = Path.Combine(Path.GetTempPath(), $"repadapter-plots-{Environment.ProcessId}.json");
+        File.WriteAllText(requests, JsonSerializer.Serialize(Pending, PlotRequest.Json));
+        Pending.Clear();
+        string project = Path.Combine(Report.RepoRoot(), "samples", "RepAdapter.Benchmarks.Plots");
+        var start = new ProcessStartInfo("dotnet", ["run", "-c", "Release", "--project", project, "--", requests]) { UseShellExecute = false };
+        using var process = Process.Start(start)!;
+        process.WaitForExit();
+        if (process.ExitCode != 0) Console.Error.WriteLine($"Plots were not drawn (exit code {process.ExitCode}); the requests are in {requests}.");
+        else File.Delete(requests);
     }
 
     private static string Short(string model) => model.Replace("_patch16_224", "").Replace("_patch4_window7_224", "");

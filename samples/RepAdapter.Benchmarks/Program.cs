@@ -9,13 +9,13 @@
 //   accuracy      RepAdapter, LoRA, head-only, full fine-tune and the ML.NET pipeline on Fashion-MNIST-1k and two structured
 //                 tasks [--tasks a,b] (Fashion-MNIST: run build/install-benchmark-data.sh once)
 //   segmentation  RepAdapter against head-only on the Fashion-MNIST mosaics, several seeds [--seeds 42,1,2]
+//   onnx          merged model latency, ONNX Runtime (CPU) against TorchSharp, per backbone and batch size [--models a,b --batches 1,16]
 //   all           every suite
 using RepAdapter.Benchmarks;
 
 if (args.Length > 0 && args[0] == "training-step-one")
 {
-    TrainingStepSuite.One(args[1], int.Parse(args[2]), args[3], int.Parse(args[4]), int.Parse(args[5]));
-    return 0;
+    return TrainingStepSuite.One(args[1], int.Parse(args[2]), args[3], int.Parse(args[4]), int.Parse(args[5]));
 }
 string suite = args.FirstOrDefault() ?? "";
 var options = new Dictionary<string, string>();
@@ -24,7 +24,7 @@ string settings = string.Join(" ", options.Select(o => $"--{o.Key} {o.Value}"));
 string[] List(string key, string[] fallback) => options.TryGetValue(key, out var v) ? v.Split(',') : fallback;
 int Int(string key, int fallback) => options.TryGetValue(key, out var v) ? int.Parse(v) : fallback;
 
-var suites = suite == "all" ? ["latency", "training", "accuracy", "segmentation"] : new[] { suite };
+var suites = suite == "all" ? ["latency", "training", "accuracy", "segmentation", "onnx"] : new[] { suite };
 foreach (string name in suites)
 {
     var report = new Report(name, settings);
@@ -51,8 +51,12 @@ foreach (string name in suites)
             var segmentation = SegmentationSuite.Settings.Default;
             SegmentationSuite.Run(segmentation with { Seeds = [.. List("seeds", [.. segmentation.Seeds.Select(s => s.ToString())]).Select(int.Parse)] }, report);
             break;
+        case "onnx":
+            var onnx = OnnxSuite.Settings.Default;
+            OnnxSuite.Run(onnx with { Models = List("models", onnx.Models), Batches = [.. List("batches", [.. onnx.Batches.Select(b => b.ToString())]).Select(int.Parse)] }, report);
+            break;
         default:
-            Console.Error.WriteLine("usage: RepAdapter.Benchmarks latency|training|accuracy|segmentation|all [options] (see Program.cs)");
+            Console.Error.WriteLine("usage: RepAdapter.Benchmarks latency|training|accuracy|segmentation|onnx|all [options] (see Program.cs)");
             return 2;
     }
     report.Write();

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Globalization;
+using System.Reflection;
 using System.Runtime.InteropServices;
 using System.Text;
 using System.Text.Json;
@@ -61,6 +62,7 @@ internal sealed class Report(string suite, string settings)
         _json["machine"] = machine;
         _json["command"] = $"{Suite} {settings}".Trim();
         File.WriteAllText(Path.Combine(OutputFolder, $"{Suite}.json"), JsonSerializer.Serialize(_json, new JsonSerializerOptions { WriteIndented = true }));
+        Plots.RenderPending();
         Console.WriteLine($"Wrote {Path.Combine(OutputFolder, Suite)}.md, .json and plots.");
     }
 
@@ -93,9 +95,13 @@ internal sealed record Machine(string Cpu, int Cores, double MemoryGb, string Os
         double memory = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes / 1e9;
         return new Machine(Field("model name") is { Length: > 0 } cpu ? cpu : RuntimeInformation.ProcessArchitecture.ToString(), Environment.ProcessorCount,
             memory, RuntimeInformation.OSDescription, Environment.Version.ToString(), typeof(global::TorchSharp.torch).Assembly.GetName().Version?.ToString() ?? "?",
-            "2.10.0", global::TorchSharp.torch.get_num_threads(), typeof(Microsoft.ML.MLContext).Assembly.GetName().Version?.ToString() ?? "?",
+            "2.10.0", global::TorchSharp.torch.get_num_threads(), MLNetVersion(),
             features.Length > 0 ? features : "none of avx2/avx512", Git("rev-parse --short HEAD"), DateTime.UtcNow.ToString("yyyy-MM-dd HH:mm 'UTC'"));
     }
+
+    /// <summary>The package version (the assembly version of Microsoft.ML stays 1.0.0.0).</summary>
+    private static string MLNetVersion() =>
+        typeof(Microsoft.ML.MLContext).Assembly.GetCustomAttribute<AssemblyInformationalVersionAttribute>()?.InformationalVersion.Split('+')[0] ?? "?";
 
     private static string Git(string arguments)
     {

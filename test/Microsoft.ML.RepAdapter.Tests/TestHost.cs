@@ -12,10 +12,13 @@ internal static class TestHost
         TestData.Configuration, "net10.0", "Microsoft.ML.RepAdapter.TestHost.dll");
 
     /// <summary>Runs the host with <paramref name="arguments"/>; returns its exit code and its output (stdout, then stderr).</summary>
-    public static (int ExitCode, string Output) Run(params string[] arguments)
+    public static (int ExitCode, string Output) Run(params string[] arguments) => RunApp(AssemblyPath, arguments);
+
+    /// <summary>Runs another built application (<c>dotnet app.dll</c>) the same way: its exit code and its output.</summary>
+    public static (int ExitCode, string Output) RunApp(string assemblyPath, params string[] arguments)
     {
-        Assert.IsTrue(File.Exists(AssemblyPath), $"test host built at {AssemblyPath}");
-        var start = new ProcessStartInfo("dotnet", [AssemblyPath, .. arguments]) { RedirectStandardOutput = true, RedirectStandardError = true };
+        Assert.IsTrue(File.Exists(assemblyPath), $"application built at {assemblyPath}");
+        var start = new ProcessStartInfo("dotnet", [assemblyPath, .. arguments]) { RedirectStandardOutput = true, RedirectStandardError = true };
         using var process = Process.Start(start)!;
         var stderr = process.StandardError.ReadToEndAsync();
         string stdout = process.StandardOutput.ReadToEnd();

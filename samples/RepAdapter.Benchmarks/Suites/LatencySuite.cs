@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Runtime.InteropServices;
 using Microsoft.ML.RepAdapter.Adapters;
 using Microsoft.ML.RepAdapter.Backbones;
+using TorchSharp;
 using static TorchSharp.torch;
 
 namespace RepAdapter.Benchmarks;
@@ -22,7 +23,7 @@ internal static class LatencySuite
 
     public sealed record Row(string Model, int Batch, double PlainMs, double UnmergedMs, double MergedMs,
         double MergedRatio, double MergedLow, double MergedHigh, double UnmergedRatio, double NoiseRatio, double NoiseLow, double NoiseHigh,
-        double MergedCpuRatio, double NoiseCpuRatio, int Rounds);
+        double MergedCpuRatio, double NoiseCpuRatio, double BFloat16Ms, double BFloat16Ratio, int Rounds);
 
     public static List<Row> Run(Settings settings, Report report)
     {
@@ -45,7 +46,7 @@ internal static class LatencySuite
                     var (nl, nh) = Stats.MedianInterval(noise);
                     var row = new Row(preset, batch, Stats.Median(wall[0]), Stats.Median(wall[1]), Stats.Median(wall[2]),
                         Stats.Median(merged), ml, mh, Stats.Median(Ratio(wall, 1, 0)), Stats.Median(noise), nl, nh,
-                        Stats.Median(Ratio(cpu, 2, 0)), Stats.Median(Ratio(cpu, 3, 0)), wall[0].Count);
+                        Stats.Median(Ratio(cpu, 2, 0)), Stats.Median(Ratio(cpu, 3, 0)), Stats.Median(wall[4]), Stats.Median(Ratio(wall, 4, 2)), wall[0].Count);
                     rows.Add(row);
                     Console.WriteLine($"{preset} batch {batch}: merged/plain {row.MergedRatio:F4} [{ml:F4}, {mh:F4}], noise {row.NoiseRatio:F4} [{nl:F4}, {nh:F4}]");
                 }
@@ -57,17 +58,19 @@ internal static class LatencySuite
         }
         report.Text("Medians over rounds of per-round ratios, with 95 % bootstrap intervals; `plain2` is a second, identical plain "
             + "model: its ratio is the noise floor. Weights are random (latency does not depend on their values); adapters get "
-            + "random non-zero values so that the unmerged model does real work. The merged model is the plain architecture.");
+            + "random non-zero values so that the unmerged model does real work. The merged model is the plain architecture. "
+            + "`bf16` is the merged model with bfloat16 weights and inputs (the transformers' `Precision = BFloat16`), `bf16/fp32` its "
+            + "per-round ratio to the float32 merged model.");
         report.Table("latency", ["model", "batch", "plain ms", "unmerged ms", "merged ms", "merged/plain [95 % CI]", "unmerged/plain",
-            "plain2/plain [95 % CI]", "merged/plain CPU time", "plain2/plain CPU time", "rounds"],
+            "plain2/plain [95 % CI]", "merged/plain CPU time", "plain2/plain CPU time", "bf16 merged ms", "bf16/fp32", "rounds"],
             rows.Select(r => new object[] { r.Model, r.Batch, r.PlainMs, r.UnmergedMs, r.MergedMs, $"{r.MergedRatio:F3} [{r.MergedLow:F3}, {r.MergedHigh:F3}]",
-                r.UnmergedRatio, $"{r.NoiseRatio:F3} [{r.NoiseLow:F3}, {r.NoiseHigh:F3}]", r.MergedCpuRatio, r.NoiseCpuRatio, r.Rounds }));
+                r.UnmergedRatio, $"{r.NoiseRatio:F3} [{r.NoiseLow:F3}, {r.NoiseHigh:F3}]", r.MergedCpuRatio, r.NoiseCpuRatio, r.BFloat16Ms, r.BFloat16Ratio, r.Rounds }));
         Plots.Ratios(report.Plot("ratios", "merged/plain and the noise floor, with 95 % intervals"), rows);
         report.Data("rows", rows);
         return rows;
     }
 
-    /// <summary>plain, unmerged (random non-zero adapters), merged, and a second plain model, in eval mode.</summary>
+    /// <summary>plain, unmerged (random non-zero adapters), merged, a second plain model and the merged one in bfloat16, in eval mode.</summary>
     private static Backbone[] Build(string preset)
     {
         manual_seed(0);
@@ -87,7 +90,11 @@ internal static class LatencySuite
         merged.load_state_dict(unmerged.state_dict());
         merged.MergeAdapters();
         if (merged.CountParameters() != plain.CountParameters()) throw new InvalidOperationException("merged model is not the plain architecture");
-        Backbone[] models = [plain, unmerged, merged, plain2];
+        // The merged model in bfloat16 (the transformer's ScoringPrecision.BFloat16 scores with such a copy).
+        var reduced = Create();
+        reduced.load_state_dict(merged.state_dict());
+        reduced.to(ScalarType.BFloat16);
+        Backbone[] models = [plain, unmerged, merged, plain2, reduced];
         foreach (var model in models) model.eval();
         return models;
     }
@@ -97,6 +104,7 @@ internal static class LatencySuite
         var wall = models.Select(_ => new List<double>()).ToArray();
         var cpu = models.Select(_ => new List<double>()).ToArray();
         using var inference = inference_mode();
+        var inputs = models.Select(m => images.to(m.parameters().First().dtype)).ToArray();
         for (int i = 0; i < warmup + rounds; i++)
         {
             // Rotate the order every round so that no model always runs right after another one.
@@ -106,7 +114,7 @@ internal static class LatencySuite
                 using var scope = NewDisposeScope();
                 double cpuStart = ProcessCpuSeconds();
                 var clock = Stopwatch.StartNew();
-                models[k].forward(images);
+                models[k].forward(inputs[k]);
                 double elapsed = clock.Elapsed.TotalMilliseconds, cpuUsed = (ProcessCpuSeconds() - cpuStart) * 1000;
                 if (i < warmup) continue;
                 wall[k].Add(elapsed);

@@ -27,12 +27,17 @@ internal static class TrainingStepSuite
     public static List<Measurement> Run(Settings settings, Report report)
     {
         var runs = new List<Measurement>();
+        var notApplicable = new SortedSet<string>();
         foreach (var (model, batch) in settings.Models)
         {
             for (int round = 0; round < 2; round++)
             {
                 var order = round == 0 ? settings.Methods : settings.Methods.Reverse().ToArray();
-                foreach (string method in order) runs.Add(Child(model, batch, method, settings));
+                foreach (string method in order)
+                {
+                    if (Child(model, batch, method, settings) is { } run) runs.Add(run);
+                    else notApplicable.Add($"{method} on {model}");
+                }
             }
         }
         var rows = runs.GroupBy(r => (r.Model, r.Batch, r.Method)).Select(g => g.First() with
@@ -45,6 +50,7 @@ internal static class TrainingStepSuite
             + $"{settings.Warmup} warm-up steps, then {settings.Steps} timed, random images and labels, each (model, method) in its "
             + "own process, twice, in opposite orders. Ratios are to full fine-tuning of the same model. The cached-prefix row times "
             + "the trainable part only: its prefix is computed once per image, before training (not counted here).");
+        foreach (string skipped in notApplicable) report.Text($"{skipped}: not applicable (the library's LoRA is defined for linear layers), so no row.");
         report.Table("steps", ["model", "batch", "method", "trainable", "step ms", "step / full", "peak MB", "peak / full"],
             rows.Select(r =>
             {
@@ -62,11 +68,16 @@ internal static class TrainingStepSuite
 
     private static double Ratio(List<Measurement> rows, string group, string method, Func<Measurement, double> value)
     {
-        var row = rows.First(r => $"{r.Model} b{r.Batch}" == group && r.Method == method);
+        var row = rows.FirstOrDefault(r => $"{r.Model} b{r.Batch}" == group && r.Method == method);
+        if (row is null) return double.NaN; // not applicable: no bar
         return value(row) / value(rows.First(r => $"{r.Model} b{r.Batch}" == group && r.Method == "full fine-tune"));
     }
 
-    private static Measurement Child(string model, int batch, string method, Settings settings)
+    /// <summary>Exit code of a child whose method does not apply to the model.</summary>
+    private const int NotApplicable = 3;
+
+    /// <summary>The (model, method) measured in a child process; null when the method does not apply to the model.</summary>
+    private static Measurement? Child(string model, int batch, string method, Settings settings)
     {
         string self = typeof(TrainingStepSuite).Assembly.Location;
         var start = new ProcessStartInfo("dotnet", [self, "training-step-one", model, batch.ToString(), method, settings.Warmup.ToString(), settings.Steps.ToString()])
@@ -76,6 +87,11 @@ internal static class TrainingStepSuite
         using var process = Process.Start(start)!;
         string output = process.StandardOutput.ReadToEnd();
         process.WaitForExit();
+        if (process.ExitCode == NotApplicable)
+        {
+            Console.WriteLine($"  {model} b{batch} {method}: not applicable: {output.Trim()}");
+            return null;
+        }
         string? json = output.Split('\n').LastOrDefault(l => l.StartsWith('{'));
         if (process.ExitCode != 0 || json is null) throw new InvalidOperationException($"training-step-one {model} {method} failed:\n{output}");
         var measurement = JsonSerializer.Deserialize<Measurement>(json)!;
@@ -84,7 +100,7 @@ internal static class TrainingStepSuite
     }
 
     /// <summary>The child process: one (model, method), prints its measurement as JSON.</summary>
-    public static void One(string model, int batch, string method, int warmup, int steps)
+    public static int One(string model, int batch, string method, int warmup, int steps)
     {
         manual_seed(0);
         Backbone backbone = model == PretrainedBackbones.MLNetResNet18 ? PretrainedBackbones.LoadMLNetResNet18(numClasses: 10).Backbone : BackbonePresets.Create(model, 10);
@@ -95,8 +111,16 @@ internal static class TrainingStepSuite
             "RepAdapter last 3 blocks, cached prefix" => (TrainableParameters.AdaptersAndHead, 3),
             _ => (TrainableParameters.AdaptersAndHead, null),
         };
-        if (trainable == TrainableParameters.AdaptersAndHead)
-            backbone.AttachAdapters(new AdapterConfig(method == "LoRA" ? AdaptationMethod.LoRA : AdaptationMethod.RepAdapter, LastBlocks: lastBlocks));
+        try
+        {
+            if (trainable == TrainableParameters.AdaptersAndHead)
+                backbone.AttachAdapters(new AdapterConfig(method == "LoRA" ? AdaptationMethod.LoRA : AdaptationMethod.RepAdapter, LastBlocks: lastBlocks));
+        }
+        catch (NotSupportedException e)
+        {
+            Console.WriteLine(e.Message);
+            return NotApplicable;
+        }
         backbone.SetTrainable(trainable);
         backbone.train();
         int size = backbone.Input.ImageSize;
@@ -127,5 +151,6 @@ internal static class TrainingStepSuite
         }
         double peak = Stats.PeakResidentMb() - modelMb;
         Console.WriteLine(JsonSerializer.Serialize(new Measurement(model, batch, method, parameters.Sum(p => p.numel()), Stats.Median(times), peak, modelMb)));
+        return 0;
     }
 }

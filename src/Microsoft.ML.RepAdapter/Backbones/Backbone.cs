@@ -172,6 +172,9 @@ public abstract class Backbone : nn.Module<Tensor, Tensor>, IAdaptableModel
     /// <summary>Emits <see cref="ForwardIntermediates"/> (one NCHW map per <see cref="FeatureLevels"/> entry) from raw pixels.</summary>
     internal abstract IReadOnlyList<string> EmitIntermediates(OnnxGraphBuilder graph, string pixels);
 
+    /// <summary>Emits <see cref="forward"/> from raw pixels: features, then the head; returns the value's name.</summary>
+    internal string EmitForward(OnnxGraphBuilder graph, string pixels) => EmitHead(graph, EmitFeatures(graph, pixels));
+
     /// <summary>Emits <see cref="ForwardHead"/>: the linear classifier at <see cref="HeadName"/>, or the features themselves without one.</summary>
     internal virtual string EmitHead(OnnxGraphBuilder graph, string features)
     {

@@ -28,7 +28,7 @@ internal static class OnnxExport
 
     /// <summary>A graph of <paramref name="backbone"/> and its head, dynamic batch: logits (or features without a head).</summary>
     public static OnnxGraphBuilder Classifier(Backbone backbone) =>
-        Build(backbone.Architecture, backbone, backbone.Input, "batch", (graph, pixels) => backbone.EmitHead(graph, backbone.EmitFeatures(graph, pixels)),
+        Build(backbone.Architecture, backbone, backbone.Input, "batch", backbone.EmitForward,
             (graph, output) => graph.Output(output, backbone.NumClasses > 0 ? "logits" : "features", OnnxFields.DataType.Float, "batch",
                 backbone.NumClasses > 0 ? backbone.NumClasses : backbone.FeatureDim));
 
@@ -36,10 +36,11 @@ internal static class OnnxExport
     /// A graph of <paramref name="model"/> (checked to be merged): the <c>pixels</c> input for <paramref name="input"/>
     /// with <paramref name="batch"/> as its first dimension, <paramref name="network"/>'s nodes on it, then
     /// <paramref name="outputs"/> declaring the graph's outputs from the network's value. Runs without gradients; the
-    /// builder is disposed if anything fails.
+    /// builder is disposed if anything fails. With <paramref name="source"/>, the input is images of that size, which the
+    /// graph resamples to the model's size first (<see cref="ResizeAsPreprocessor"/>).
     /// </summary>
     public static OnnxGraphBuilder Build(string name, nn.Module model, ImageInputSpec input, OnnxDim batch,
-        Func<OnnxGraphBuilder, string, string> network, Action<OnnxGraphBuilder, string> outputs)
+        Func<OnnxGraphBuilder, string, string> network, Action<OnnxGraphBuilder, string> outputs, (int Width, int Height)? source = null)
     {
         CheckExportable(model, name);
         var graph = new OnnxGraphBuilder(name);
@@ -47,7 +48,9 @@ internal static class OnnxExport
         {
             using var scope = NewDisposeScope();
             using var _ = no_grad();
-            string pixels = PixelsInput(graph, input, batch);
+            string pixels = source is var (width, height) && (width, height) != (input.ImageSize, input.ImageSize)
+                ? ResizeAsPreprocessor(graph, PixelsInput(graph, input, batch, height, width), input)
+                : PixelsInput(graph, input, batch);
             outputs(graph, network(graph, pixels));
             graph.Metadata["model"] = name;
             return graph;
@@ -59,12 +62,32 @@ internal static class OnnxExport
         }
     }
 
-    /// <summary>Declares the <c>pixels</c> input for <paramref name="input"/> and records how it is fed in the model's metadata.</summary>
-    public static string PixelsInput(OnnxGraphBuilder graph, ImageInputSpec input, OnnxDim batch)
+    /// <summary>
+    /// Declares the <c>pixels</c> input for <paramref name="input"/> (images of <paramref name="height"/> x
+    /// <paramref name="width"/>, by default the model's size) and records how it is fed in the model's metadata.
+    /// </summary>
+    public static string PixelsInput(OnnxGraphBuilder graph, ImageInputSpec input, OnnxDim batch, int? height = null, int? width = null)
     {
-        graph.Metadata["input"] = $"{PixelsName}: float [batch, 3, {input.ImageSize}, {input.ImageSize}], raw pixel values 0..255, channels {input.Order.ToString().ToUpperInvariant()}, NCHW";
+        int h = height ?? input.ImageSize, w = width ?? input.ImageSize;
+        graph.Metadata["input"] = $"{PixelsName}: float [batch, 3, {h}, {w}], raw pixel values 0..255, channels {input.Order.ToString().ToUpperInvariant()}, NCHW"
+            + (h == input.ImageSize && w == input.ImageSize ? "" : $"; resampled to {input.ImageSize} x {input.ImageSize} in the graph");
         graph.Metadata["normalization"] = $"(pixel * {input.PixelScale:R} - mean) / std, mean [{string.Join(", ", input.Mean)}], std [{string.Join(", ", input.Std)}], in the graph";
-        return graph.Input(PixelsName, OnnxFields.DataType.Float, batch, 3, input.ImageSize, input.ImageSize);
+        return graph.Input(PixelsName, OnnxFields.DataType.Float, batch, 3, h, w);
+    }
+
+    /// <summary>
+    /// Resamples raw pixels to the model's size as <c>ImagePreprocessor</c> does: PyTorch's antialiased bicubic, which
+    /// uses PIL's kernel (a = -0.5, taps outside the image dropped and the weights renormalised: ONNX's
+    /// <c>exclude_outside</c>), half-pixel centres, then rounded and clamped to 0..255 as the uint8 pixels are. Opset 17's
+    /// Resize has no antialiasing, so this is the same filter when enlarging (or keeping the size) only; when shrinking,
+    /// antialiasing widens the kernel and the two differ.
+    /// </summary>
+    public static string ResizeAsPreprocessor(OnnxGraphBuilder graph, string pixels, ImageInputSpec input)
+    {
+        string sizes = graph.Concat(0, graph.Slice(graph.Shape(pixels), 0, 0, 2), graph.Ints(input.ImageSize, input.ImageSize));
+        string resized = graph.Node("Resize", [pixels, "", "", sizes], ("mode", "cubic"), ("cubic_coeff_a", -0.5f), ("exclude_outside", 1L),
+            ("coordinate_transformation_mode", "half_pixel"));
+        return graph.Node("Clip", [graph.Node("Round", [resized]), graph.Scalar(0f), graph.Scalar(255f)]);
     }
 
     /// <summary>Throws unless <paramref name="model"/> is a merged model (no adapter modules left).</summary>

@@ -2,6 +2,7 @@ using System.Text.Json;
 using System.Text.Json.Serialization;
 using Microsoft.ML.Data;
 using Microsoft.ML.RepAdapter.Backbones;
+using Microsoft.ML.RepAdapter.Formats;
 using Microsoft.ML.RepAdapter.Torch;
 using Microsoft.ML.Runtime;
 using TorchSharp;
@@ -165,6 +166,97 @@ public abstract class RepAdapterTransformerBase : RowToRowTransformerBase, ITran
         using var scope = NewDisposeScope();
         return DecodeOutputs(Forward(stack(images.Select(i => i.Pixels).ToArray())), images);
     }
+
+    /// <summary>
+    /// Writes the merged network as a standard ONNX model (opset 17, dynamic batch): input <c>pixels</c>, float
+    /// [batch, 3, S, S], raw pixel values 0..255 in <see cref="Input"/>'s channel order, NCHW (the normalisation is in the
+    /// graph, BatchNorm folded). Outputs, classification: <c>logits</c> [batch, K] and <c>probabilities</c> [batch, K]
+    /// (their softmax: the Score column's values); segmentation: <c>logits</c> [batch, K, S, S] and <c>mask</c>
+    /// [batch, S, S] (int64 class indices at the model's resolution). Resizing images to S x S is not in the graph.
+    /// Always float32 (<see cref="Precision"/> is a scoring setting, not exported).
+    /// </summary>
+    /// <param name="stream">Where the model is written. Weights over protobuf's 2 GB limit need <see cref="ExportOnnx(string, OnnxExportOptions?)"/>.</param>
+    public void ExportOnnx(Stream stream)
+    {
+        Host.CheckValue(stream, nameof(stream));
+        WithNetwork(() => OnnxExport.Write(OnnxGraph(mlNet: false), stream));
+    }
+
+    /// <summary>Writes the model as <see cref="ExportOnnx(Stream)"/> does, to a file (large weights as ONNX external data next to it).</summary>
+    /// <param name="path">The .onnx file to write.</param>
+    /// <param name="options">External data settings; null for the defaults.</param>
+    public void ExportOnnx(string path, OnnxExportOptions? options = null)
+    {
+        Host.CheckNonWhiteSpace(path, nameof(path));
+        WithNetwork(() => OnnxExport.Write(OnnxGraph(mlNet: false), path, options));
+    }
+
+    /// <summary>
+    /// The model as a chain of ML.NET's own transformers that needs neither TorchSharp nor this library to load and score:
+    /// ResizeImages (to S x S, or to <paramref name="sourceImageSize"/>, ignoring the aspect ratio) and ExtractPixels (raw 0..255, planar, in <see cref="Input"/>'s
+    /// channel order) on <see cref="ImageColumnName"/>, which must hold images (LoadImages); ApplyOnnxModel with the
+    /// merged network's ONNX bytes, which <c>mlContext.Model.Save</c> stores inside the .zip; then the task's output
+    /// columns under this transformer's names. Classification: Score and PredictedLabel with this transformer's types and
+    /// annotations (ML.NET's multiclass scorer over the logits). Segmentation: the predicted mask only, at the model's
+    /// resolution (S * S class indices, not resized to each image's size), no colourised mask or scores. An application loads the saved
+    /// .zip with Microsoft.ML, Microsoft.ML.ImageAnalytics, Microsoft.ML.OnnxTransformer and Microsoft.ML.OnnxRuntime.
+    /// ML.NET's ResizeImages takes the nearest pixel where this transformer resamples bicubically with antialiasing, so
+    /// on images of another size than S x S predictions can differ; <paramref name="sourceImageSize"/> avoids that.
+    /// </summary>
+    /// <param name="mlContext">The context the chain's transformers are created in.</param>
+    /// <param name="sourceImageSize">
+    /// The size of the images to score, when they all have one (e.g. 28 x 28 for Fashion-MNIST). ResizeImages then
+    /// leaves them as they are and the graph resamples them to S x S as this transformer does (bicubic, rounded to
+    /// 0..255), so predictions agree: exactly up to rounding when enlarging or keeping the size; when shrinking, the
+    /// graph (opset 17) does not antialias and results differ somewhat. Images of another size are first resized to it
+    /// (nearest pixel). Null (the default): ResizeImages goes straight to S x S.
+    /// </param>
+    public TransformerChain<ITransformer> ToOnnxPipeline(MLContext mlContext, (int Width, int Height)? sourceImageSize = null)
+    {
+        Host.CheckValue(mlContext, nameof(mlContext));
+        if (sourceImageSize is var (width, height) && (width <= 0 || height <= 0))
+            throw new ArgumentOutOfRangeException(nameof(sourceImageSize), sourceImageSize, "The source image size must be positive.");
+        byte[] onnx = null!;
+        WithNetwork(() =>
+        {
+            using var stream = new MemoryStream();
+            OnnxExport.Write(OnnxGraph(mlNet: true, sourceImageSize), stream);
+            onnx = stream.ToArray();
+        });
+        return OnnxScoringChain.Create(mlContext, this, onnx, sourceImageSize ?? (Input.ImageSize, Input.ImageSize));
+    }
+
+    /// <summary>Runs <paramref name="action"/> on the network, which cannot be disposed meanwhile.</summary>
+    private void WithNetwork(Action action)
+    {
+        _gate.EnterReadLock();
+        try
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            action();
+        }
+        finally
+        {
+            _gate.ExitReadLock();
+        }
+    }
+
+    /// <summary>
+    /// The ONNX graph of the merged network and the task's outputs. <paramref name="mlNet"/>: the graph ML.NET's
+    /// OnnxTransformer scores, one row per run, so batch 1 and outputs of fixed shapes (ML.NET types a column from the
+    /// declared shape; a symbolic batch would make it a vector of unknown size); otherwise a dynamic batch.
+    /// </summary>
+    /// <remarks><paramref name="source"/>: the size of the images fed when the graph resamples them (see <see cref="ToOnnxPipeline"/>).</remarks>
+    internal abstract OnnxGraphBuilder OnnxGraph(bool mlNet, (int Width, int Height)? source = null);
+
+    /// <summary>The outputs of <see cref="OnnxGraph"/>(mlNet: true) that ApplyOnnxModel reads.</summary>
+    internal abstract string[] OnnxScoringOutputs { get; }
+
+    /// <summary>
+    /// The ML.NET transformers after ApplyOnnxModel that turn <see cref="OnnxScoringOutputs"/> into this transformer's
+    /// output columns (none when the graph's outputs are those columns), and the intermediate columns to drop afterwards.
+    /// </summary>
+    internal abstract (IReadOnlyList<ITransformer> Tail, IReadOnlyList<string> Intermediate) OnnxScoringTail(IHostEnvironment env);
 
     /// <summary>Scores in batches of <see cref="ScoringBatchSize"/> rather than row by row.</summary>
     public new IDataView Transform(IDataView input) => BatchScoringDataView.Create(Host, input, this);

@@ -1,9 +1,10 @@
 using System.Runtime.CompilerServices;
 
-// Lets the runtime accept our use of ML.NET internals (model save/load plumbing); see build/Publicize.targets.
+// Lets the runtime accept our use of ML.NET internals (model save/load plumbing, the ONNX chain's scorer); see build/Publicize.targets.
 // Without it ComponentCatalog also silently ignores this assembly's [assembly: LoadableClass] attributes.
 [assembly: IgnoresAccessChecksTo("Microsoft.ML.Core")]
 [assembly: IgnoresAccessChecksTo("Microsoft.ML.Data")]
+[assembly: IgnoresAccessChecksTo("Microsoft.ML.StandardTrainers")]
 [assembly: InternalsVisibleTo("Microsoft.ML.RepAdapter.Tests")]
 
 namespace System.Runtime.CompilerServices

@@ -7,14 +7,23 @@ namespace Microsoft.ML.RepAdapter.Tests.Deployment;
 /// <summary>Runs exported models with ONNX Runtime and compares them with TorchSharp.</summary>
 internal static class OnnxRun
 {
-    /// <summary>The model's first output for <paramref name="pixels"/> (uint8 or float [N, 3, S, S]) fed as float input "pixels".</summary>
-    public static Tensor Run(InferenceSession session, Tensor pixels, string input = "pixels")
+    /// <summary>
+    /// The model's output <paramref name="output"/> (default: its first) for <paramref name="pixels"/> (uint8 or float
+    /// [N, 3, S, S]) fed as float input "pixels"; an int64 output comes back as int64.
+    /// </summary>
+    public static Tensor Run(InferenceSession session, Tensor pixels, string input = "pixels", string? output = null)
     {
         var values = pixels.to(float32).contiguous().data<float>().ToArray();
         var dense = new DenseTensor(values, [.. pixels.shape.Select(d => (int)d)]);
         using var results = session.Run([NamedOnnxValue.CreateFromTensor(input, dense)]);
-        var output = results.First().AsTensor<float>();
-        return tensor(output.ToArray()).reshape([.. output.Dimensions.ToArray().Select(d => (long)d)]);
+        var result = output is null ? results.First() : results.Single(r => r.Name == output);
+        if (result.ElementType == Microsoft.ML.OnnxRuntime.Tensors.TensorElementType.Int64)
+        {
+            var indices = result.AsTensor<long>();
+            return tensor(indices.ToArray()).reshape([.. indices.Dimensions.ToArray().Select(d => (long)d)]);
+        }
+        var floats = result.AsTensor<float>();
+        return tensor(floats.ToArray()).reshape([.. floats.Dimensions.ToArray().Select(d => (long)d)]);
     }
 
     /// <summary>Random uint8 pixels [N, 3, S, S].</summary>

@@ -2,6 +2,7 @@ using Microsoft.ML;
 using Microsoft.ML.Data;
 using Microsoft.ML.RepAdapter.Backbones;
 using Microsoft.ML.RepAdapter.Classification;
+using Microsoft.ML.RepAdapter.Formats;
 using Microsoft.ML.RepAdapter.MLNet;
 using Microsoft.ML.Runtime;
 using static TorchSharp.torch;
@@ -115,6 +116,29 @@ public sealed class RepAdapterImageClassificationTransformer : RepAdapterTransfo
         }
         return (uint)best + 1;
     }
+
+    private const string OnnxLogits = "logits";
+
+    // The ONNX graph: logits and (exported) their softmax; for ML.NET, logits alone, which its multiclass scorer turns
+    // into the Score and PredictedLabel columns.
+    internal override OnnxGraphBuilder OnnxGraph(bool mlNet, (int Width, int Height)? source = null)
+    {
+        int k = NumberOfClasses;
+        if (mlNet)
+            return OnnxExport.Build(Model.Architecture, Model, Model.Input, 1, (graph, pixels) => graph.Reshape(Model.EmitForward(graph, pixels), k),
+                (graph, logits) => graph.Output(logits, OnnxLogits, OnnxFields.DataType.Float, k), source);
+        return OnnxExport.Build(Model.Architecture, Model, Model.Input, "batch", Model.EmitForward,
+            (graph, logits) =>
+            {
+                graph.Output(logits, OnnxLogits, OnnxFields.DataType.Float, "batch", k);
+                graph.Output(graph.Softmax(logits, 1), "probabilities", OnnxFields.DataType.Float, "batch", k);
+            }, source);
+    }
+
+    internal override string[] OnnxScoringOutputs => [OnnxLogits];
+
+    internal override (IReadOnlyList<ITransformer> Tail, IReadOnlyList<string> Intermediate) OnnxScoringTail(IHostEnvironment env) =>
+        ([OnnxMulticlassScorer.Create(env, OnnxLogits, _labels, ScoreColumnName, PredictedLabelColumnName)], [OnnxLogits]);
 
     // 0x00010002 adds the weights' SHA-256 in a stream of its own, which 0x00010001 readers ignore.
     private static VersionInfo GetVersionInfo() => new(

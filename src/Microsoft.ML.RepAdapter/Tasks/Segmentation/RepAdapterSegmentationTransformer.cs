@@ -2,6 +2,7 @@ using System.Text.Json;
 using Microsoft.ML;
 using Microsoft.ML.Data;
 using Microsoft.ML.RepAdapter.Backbones;
+using Microsoft.ML.RepAdapter.Formats;
 using Microsoft.ML.RepAdapter.MLNet;
 using Microsoft.ML.RepAdapter.Segmentation;
 using Microsoft.ML.Runtime;
@@ -163,6 +164,29 @@ public sealed class RepAdapterSegmentationTransformer : RepAdapterTransformerBas
         }
         return MLImage.CreateFromPixels(row.Width, row.Height, MLPixelFormat.Bgra32, bgra);
     }
+
+    // The ONNX graph: logits and the argmax mask at the model's resolution, S x S (this transformer resizes the logits to
+    // each image's own size first: the graph cannot know it). For ML.NET, the mask alone, as the predicted-mask column:
+    // uint32 class indices, S * S values row-major (batch 1, a fixed size, so ML.NET types the column as a known-size vector).
+    internal override OnnxGraphBuilder OnnxGraph(bool mlNet, (int Width, int Height)? source = null)
+    {
+        int size = Input.ImageSize;
+        if (mlNet)
+        {
+            return Model.OnnxGraph(1, (graph, logits) => graph.Output(
+                graph.Reshape(graph.Cast(graph.ArgMax(logits, 1, keepDims: false), OnnxFields.DataType.UInt32), (long)size * size),
+                PredictedMaskColumnName, OnnxFields.DataType.UInt32, (long)size * size), source);
+        }
+        return Model.OnnxGraph("batch", (graph, logits) =>
+        {
+            graph.Output(logits, "logits", OnnxFields.DataType.Float, "batch", NumberOfClasses, size, size);
+            graph.Output(graph.ArgMax(logits, 1, keepDims: false), "mask", OnnxFields.DataType.Int64, "batch", size, size);
+        }, source);
+    }
+
+    internal override string[] OnnxScoringOutputs => [PredictedMaskColumnName];
+
+    internal override (IReadOnlyList<ITransformer> Tail, IReadOnlyList<string> Intermediate) OnnxScoringTail(IHostEnvironment env) => ([], []);
 
     private static VersionInfo GetVersionInfo() => new(
         modelSignature: "RPADPSEG",

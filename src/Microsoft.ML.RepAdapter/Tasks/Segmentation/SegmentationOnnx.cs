@@ -27,9 +27,15 @@ public sealed partial class SegmentationNetwork
     private OnnxGraphBuilder OnnxGraph()
     {
         int size = backbone.Input.ImageSize;
-        return OnnxExport.Build($"{backbone.Architecture}_segmentation", this, backbone.Input, "batch", EmitLogits,
-            (graph, logits) => graph.Output(logits, "logits", OnnxFields.DataType.Float, "batch", NumClasses, size, size));
+        return OnnxGraph("batch", (graph, logits) => graph.Output(logits, "logits", OnnxFields.DataType.Float, "batch", NumClasses, size, size));
     }
+
+    /// <summary>
+    /// The network's graph with <paramref name="batch"/> as the input's first dimension; <paramref name="outputs"/>
+    /// declares the outputs from the logits; <paramref name="source"/>: see <see cref="OnnxExport.Build"/>.
+    /// </summary>
+    internal OnnxGraphBuilder OnnxGraph(OnnxDim batch, Action<OnnxGraphBuilder, string> outputs, (int Width, int Height)? source = null) =>
+        OnnxExport.Build($"{backbone.Architecture}_segmentation", this, backbone.Input, batch, EmitLogits, outputs, source);
 
     /// <summary>Per-pixel logits [batch, K, S, S] from raw pixels: what <see cref="forward"/> computes.</summary>
     internal string EmitLogits(OnnxGraphBuilder graph, string pixels)

@@ -1,0 +1,319 @@
+using System.Globalization;
+using Microsoft.ML.Data;
+using Microsoft.ML.OnnxRuntime;
+using Microsoft.ML.RepAdapter.Adapters;
+using Microsoft.ML.RepAdapter.Backbones;
+using Microsoft.ML.RepAdapter.Classification;
+using Microsoft.ML.RepAdapter.MLNet;
+using Microsoft.ML.RepAdapter.Segmentation;
+using Microsoft.ML.RepAdapter.Tests.Classification;
+using Microsoft.ML.RepAdapter.Tests.Segmentation;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.RepAdapter.Tests.Deployment;
+
+/// <summary>
+/// A trained transformer exports to ONNX and converts to a chain of ML.NET built-ins (ToOnnxPipeline) that scores as the
+/// TorchSharp transformer does, saved, reloaded, and run by samples/OnnxScoring, an application without TorchSharp.
+/// </summary>
+[TestClass]
+public class OnnxPipelineTests
+{
+    private static string _folder = "";
+    private static TransformerChain<ITransformer> _model = null!;
+    private static RepAdapterImageClassificationTransformer _transformer = null!;
+    private static List<PathRow> _originals = [];
+    private static List<PathRow> _atModelSize = [];
+
+    public static string SampleAppPath { get; } = Path.Combine(TestData.RepoRoot, "samples", "OnnxScoring", "bin", TestData.Configuration, "net10.0", "OnnxScoring.dll");
+
+    [ClassInitialize]
+    public static void Train(TestContext _)
+    {
+        _folder = Path.Combine(Path.GetTempPath(), $"repadapter-onnx-{Guid.NewGuid():N}");
+        Directory.CreateDirectory(_folder);
+        var mlContext = new MLContext(seed: 1);
+        var rows = TestData.Images("train", classes: 3, perClass: 8);
+        var keyed = mlContext.Transforms.Conversion.MapValueToKey("Label").Fit(mlContext.Data.LoadFromEnumerable(rows))
+            .Transform(mlContext.Data.LoadFromEnumerable(rows));
+        var fitted = mlContext.Transforms.LoadImages("Image", "", nameof(ImageRow.ImagePath))
+            .Append(mlContext.MulticlassClassification.Trainers.RepAdapter(TinyTrainerOptions.Create(epochs: 2)))
+            .Fit(keyed);
+        _model = new TransformerChain<ITransformer>([.. fitted]);
+        _transformer = fitted.LastTransformer;
+        _originals = [.. TestData.Images("test", classes: 3, perClass: 4).Select(r => new PathRow { ImagePath = r.ImagePath })];
+        _atModelSize = AtModelSize(_originals, _transformer.Input, Path.Combine(_folder, "at-model-size"));
+    }
+
+    [ClassCleanup]
+    public static void Cleanup()
+    {
+        _transformer?.Dispose();
+        if (Directory.Exists(_folder)) Directory.Delete(_folder, recursive: true);
+    }
+
+    /// <summary>
+    /// The images as the library's preprocessing sees them (S x S, resampled bicubically), saved losslessly: on these
+    /// ML.NET's ResizeImages changes nothing, so the two paths get the same pixels.
+    /// </summary>
+    private static List<PathRow> AtModelSize(IEnumerable<PathRow> rows, ImageInputSpec spec, string folder)
+    {
+        Directory.CreateDirectory(folder);
+        var preprocessor = new ImagePreprocessor(spec);
+        var written = new List<PathRow>();
+        foreach (var row in rows)
+        {
+            using var scope = NewDisposeScope();
+            using var image = MLImage.CreateFromFile(row.ImagePath);
+            var pixels = preprocessor.ToPixels(image);
+            var bgr = spec.Order == ChannelOrder.Bgr ? pixels : pixels.flip(0);
+            var alpha = full([1, spec.ImageSize, spec.ImageSize], 255, ScalarType.Byte);
+            var bgra = cat([bgr, alpha], 0).permute(1, 2, 0).contiguous().data<byte>().ToArray();
+            string path = Path.Combine(folder, $"{written.Count:D3}-{Path.GetFileName(Path.GetDirectoryName(row.ImagePath))}.png");
+            using var resized = MLImage.CreateFromPixels(spec.ImageSize, spec.ImageSize, MLPixelFormat.Bgra32, bgra);
+            resized.Save(path);
+            written.Add(new PathRow { ImagePath = path });
+        }
+        return written;
+    }
+
+    private static (float[][] Scores, uint[] Labels) Predict(ITransformer model, MLContext mlContext, IEnumerable<PathRow> rows)
+    {
+        var scored = model.Transform(mlContext.Data.LoadFromEnumerable(rows));
+        return ([.. scored.GetColumn<float[]>("Score")], [.. scored.GetColumn<uint>("PredictedLabel")]);
+    }
+
+    private static float MaxDiff(float[][] a, float[][] b) => a.Zip(b).SelectMany(p => p.First.Zip(p.Second, (x, y) => Math.Abs(x - y))).Max();
+
+    [TestMethod]
+    public void ExportedModelGivesTheTransformersScores()
+    {
+        using var stream = new MemoryStream();
+        _transformer.ExportOnnx(stream);
+        using var session = new InferenceSession(stream.ToArray());
+        var images = _atModelSize.Select(r => MLImage.CreateFromFile(r.ImagePath)).ToList();
+        try
+        {
+            using var scope = NewDisposeScope();
+            var expected = _transformer.Score(images);
+            var actual = OnnxRun.Run(session, _transformer.Preprocessor.ToPixels(images), output: "probabilities");
+            OnnxRun.AssertClose(tensor(expected.SelectMany(p => p).ToArray()).reshape(expected.Length, _transformer.NumberOfClasses), actual,
+                $"probabilities, batch {images.Count}");
+        }
+        finally
+        {
+            images.ForEach(i => i.Dispose());
+        }
+    }
+
+    [TestMethod]
+    public void OnnxPipelineScoresAsTheTorchSharpTransformerAndSurvivesSaveAndLoad()
+    {
+        var mlContext = new MLContext(seed: 1);
+        var onnx = new TransformerChain<ITransformer>(_model.First(), _transformer.ToOnnxPipeline(mlContext));
+        Assert.IsFalse(onnx.SelectMany(t => t is TransformerChain<ITransformer> c ? c : (IEnumerable<ITransformer>)[t]).Any(t => t.GetType().Assembly == typeof(RepAdapterTransformerBase).Assembly),
+            "the chain is made of ML.NET's transformers only");
+
+        var (torchScores, torchLabels) = Predict(_model, mlContext, _atModelSize);
+        var (onnxScores, onnxLabels) = Predict(onnx, mlContext, _atModelSize);
+        Assert.IsLessThanOrEqualTo(1e-4f, MaxDiff(torchScores, onnxScores), "scores on images at the model's size");
+        CollectionAssert.AreEqual(torchLabels, onnxLabels, "predicted labels on images at the model's size");
+
+        // The columns a consumer reads carry the same annotations: label names on Score's slots and PredictedLabel's keys.
+        var schema = onnx.GetOutputSchema(mlContext.Data.LoadFromEnumerable(_atModelSize).Schema);
+        var keys = default(VBuffer<ReadOnlyMemory<char>>);
+        schema["PredictedLabel"].GetKeyValues(ref keys);
+        CollectionAssert.AreEqual(_transformer.LabelNames.ToArray(), keys.DenseValues().Select(k => k.ToString()).ToArray());
+        var slots = default(VBuffer<ReadOnlyMemory<char>>);
+        schema["Score"].GetSlotNames(ref slots);
+        CollectionAssert.AreEqual(_transformer.LabelNames.ToArray(), slots.DenseValues().Select(k => k.ToString()).ToArray());
+        Assert.IsNull(schema.GetColumnOrNull(OnnxScoringChain.ResizedColumn), "intermediate columns are dropped");
+
+        string zip = Path.Combine(_folder, "in-process.zip");
+        mlContext.Model.Save(onnx, mlContext.Data.LoadFromEnumerable(_atModelSize).Schema, zip);
+        var loaded = new MLContext(seed: 2).Model.Load(zip, out _);
+        var (loadedScores, loadedLabels) = Predict(loaded, mlContext, _atModelSize);
+        Assert.AreEqual(0f, MaxDiff(onnxScores, loadedScores), "reloaded chain");
+        CollectionAssert.AreEqual(onnxLabels, loadedLabels);
+
+        // On images of another size ML.NET resizes (nearest pixel) where the library resamples (bicubic, antialiased).
+        var (originalTorch, _) = Predict(_model, mlContext, _originals);
+        var (originalOnnx, _) = Predict(onnx, mlContext, _originals);
+        int agree = originalTorch.Zip(originalOnnx).Count(p => RepAdapterImageClassificationTransformer.PredictedKey(p.First) == RepAdapterImageClassificationTransformer.PredictedKey(p.Second));
+        Console.WriteLine($"28 px images resized to {_transformer.Input.ImageSize} px: {agree} of {_originals.Count} predictions agree; max |score difference| {MaxDiff(originalTorch, originalOnnx):G3}");
+    }
+
+    [TestMethod]
+    public void SampleAppWithoutTorchSharpPredictsAsTheTorchSharpTransformer()
+    {
+        var mlContext = new MLContext(seed: 1);
+        var onnx = new TransformerChain<ITransformer>(_model.First(), _transformer.ToOnnxPipeline(mlContext));
+        string zip = Path.Combine(_folder, "sample.zip"), output = Path.Combine(_folder, "predictions.tsv");
+        mlContext.Model.Save(onnx, mlContext.Data.LoadFromEnumerable(_atModelSize).Schema, zip);
+
+        var (exitCode, log) = TestHost.RunApp(SampleAppPath, zip, output, Path.Combine(_folder, "at-model-size"));
+        Assert.AreEqual(0, exitCode, log);
+
+        var (_, torchLabels) = Predict(_model, mlContext, _atModelSize);
+        var expected = _atModelSize.Select(r => r.ImagePath).Zip(torchLabels, (path, key) => (path, _transformer.LabelNames[(int)key - 1])).ToArray();
+        var actual = File.ReadAllLines(output).Select(line => line.Split('\t')).Select(f => (f[0], f[1])).ToArray();
+        CollectionAssert.AreEqual(expected, actual, "path and predicted label per image");
+        Assert.IsTrue(File.ReadAllLines(output).All(l => float.Parse(l.Split('\t')[2], CultureInfo.InvariantCulture) is > 0 and <= 1));
+
+        var shipped = Directory.GetFiles(Path.GetDirectoryName(SampleAppPath)!, "*", SearchOption.AllDirectories).Select(Path.GetFileName).ToArray();
+        var forbidden = shipped.Where(f => f!.Contains("torch", StringComparison.OrdinalIgnoreCase) || f.Contains("c10", StringComparison.OrdinalIgnoreCase)
+            || f.StartsWith("Microsoft.ML.RepAdapter", StringComparison.Ordinal)).ToArray();
+        Assert.IsEmpty(forbidden, $"the sample's output has no libtorch, TorchSharp or RepAdapter file: {string.Join(", ", forbidden)}");
+        CollectionAssert.Contains(shipped, "Microsoft.ML.OnnxTransformer.dll");
+    }
+
+    [TestMethod]
+    public void ExternalDataExportLoadsFromItsPathAndScoresTheSame()
+    {
+        string path = Path.Combine(_folder, "external.onnx");
+        _transformer.ExportOnnx(path, new OnnxExportOptions { ExternalDataThresholdBytes = 0 });
+        Assert.IsTrue(File.Exists(path + ".data"), "the weights went to external data");
+        Assert.IsLessThan(new FileInfo(path + ".data").Length, new FileInfo(path).Length, "the .onnx file holds the graph, the .data file the weights");
+
+        using var stream = new MemoryStream();
+        _transformer.ExportOnnx(stream);
+        using var inline = new InferenceSession(stream.ToArray());
+        using var external = new InferenceSession(path);
+        using var scope = NewDisposeScope();
+        var pixels = OnnxRun.Pixels(3, _transformer.Input.ImageSize);
+        Assert.AreEqual(0f, TinyModels.MaxAbsDiff(OnnxRun.Run(inline, pixels), OnnxRun.Run(external, pixels)), "same logits");
+    }
+
+    [TestMethod]
+    public void VitLargeWeightsFitInOneProtobufMessage()
+    {
+        // Counted with the formula below, checked first on a model that is built (the tiny ViT); ViT-L itself is not built.
+        static long Parameters(VisionTransformerConfig c)
+        {
+            long d = c.EmbedDim, h = c.MlpHidden;
+            long block = 2 * 2 * d + (3 * d * d + 3 * d) + (d * d + d) + (d * h + h) + (h * d + d);
+            return 3L * c.PatchSize * c.PatchSize * d + d + d + (c.NumPatches + 1) * d + c.Depth * block + 2 * d + (c.NumClasses > 0 ? c.NumClasses * (d + 1) : 0);
+        }
+        using (var tiny = TinyModels.Create("vit"))
+            Assert.AreEqual(tiny.parameters().Sum(p => p.numel()), Parameters(TinyModels.VitConfig), "the formula on the tiny ViT");
+        long large = Parameters(VisionTransformerFamily.PresetConfigs["vit_large_patch16_224"]);
+        Console.WriteLine($"ViT-L/16: {large:N0} parameters, {large * 4 / 1e9:F2} GB in float32; protobuf limit for inline weights {Formats.OnnxWriter.InlineLimitBytes / 1e9:F2} GB");
+        Assert.IsGreaterThan(300_000_000L, large);
+        Assert.IsLessThan(Formats.OnnxWriter.InlineLimitBytes, large * 4, "ViT-L/16 exports inline, without external data");
+    }
+
+    [TestMethod]
+    public void MLNetResNet18InBgrWithItsMeanImageScoresTheSameThroughTheOnnxPipeline()
+    {
+        // The main sample's backbone: BGR input and a per-pixel mean image (the stem's Add), at 32 px to stay fast.
+        var (backbone, _) = Microsoft.ML.RepAdapter.Checkpoints.PretrainedBackbones.LoadMLNetResNet18(numClasses: 3, imageSize: 32);
+        Assert.AreEqual(ChannelOrder.Bgr, backbone.Input.Order);
+        TinyModels.Randomize(backbone, seed: 5);
+        backbone.eval();
+        var mlContext = new MLContext(seed: 1);
+        using var transformer = new RepAdapterImageClassificationTransformer(mlContext, backbone, LabelKeyValues.FromNames(["a", "b", "c"]),
+            new TrainingSummary(AdaptationMethod.RepAdapter, AdapterPlacement.Block, TrainableParameters.AdaptersAndHead, 1f, 0, 0),
+            "Image", "Score", "PredictedLabel", scoringBatchSize: 4, CPU);
+        using (var scope = NewDisposeScope())
+        {
+            using var stream = new MemoryStream();
+            transformer.ExportOnnx(stream);
+            using var session = new InferenceSession(stream.ToArray());
+            var pixels = OnnxRun.Pixels(3, 32);
+            OnnxRun.AssertClose(transformer.Forward(pixels), OnnxRun.Run(session, pixels, output: "logits"), "ML.NET ResNet-18 logits, batch 3");
+        }
+
+        var rows = AtModelSize(_originals, transformer.Input, Path.Combine(_folder, "bgr-at-model-size"));
+        var load = mlContext.Transforms.LoadImages("Image", "", nameof(PathRow.ImagePath)).Fit(mlContext.Data.LoadFromEnumerable(rows));
+        var (torchScores, torchLabels) = Predict(new TransformerChain<ITransformer>(load, transformer), mlContext, rows);
+        var (onnxScores, onnxLabels) = Predict(new TransformerChain<ITransformer>(load, transformer.ToOnnxPipeline(mlContext)), mlContext, rows);
+        Assert.IsLessThanOrEqualTo(1e-4f, MaxDiff(torchScores, onnxScores), "scores through the ONNX pipeline (BGR pixels)");
+        CollectionAssert.AreEqual(torchLabels, onnxLabels);
+
+        // 28 px images enlarged to 32: with their size given, the graph resamples them as the library does (bicubic);
+        // a pixel may still round to the other side of .5, so scores agree closely rather than to float rounding.
+        load = mlContext.Transforms.LoadImages("Image", "", nameof(PathRow.ImagePath)).Fit(mlContext.Data.LoadFromEnumerable(_originals));
+        (torchScores, torchLabels) = Predict(new TransformerChain<ITransformer>(load, transformer), mlContext, _originals);
+        (onnxScores, onnxLabels) = Predict(new TransformerChain<ITransformer>(load, transformer.ToOnnxPipeline(mlContext, sourceImageSize: (28, 28))), mlContext, _originals);
+        var (nearestScores, nearestLabels) = Predict(new TransformerChain<ITransformer>(load, transformer.ToOnnxPipeline(mlContext)), mlContext, _originals);
+        Console.WriteLine($"28 px images, model at 32 px: resampled in the graph, max |score difference| {MaxDiff(torchScores, onnxScores):G3}, "
+            + $"{torchLabels.Zip(onnxLabels).Count(p => p.First == p.Second)} of {_originals.Count} labels agree; ResizeImages to 32 px (nearest): "
+            + $"{MaxDiff(torchScores, nearestScores):G3}, {torchLabels.Zip(nearestLabels).Count(p => p.First == p.Second)} agree");
+        Assert.IsLessThanOrEqualTo(1e-3f, MaxDiff(torchScores, onnxScores), "scores with the resampling in the graph");
+        CollectionAssert.AreEqual(torchLabels, onnxLabels, "labels with the resampling in the graph");
+        Assert.ThrowsExactly<ArgumentOutOfRangeException>(() => transformer.ToOnnxPipeline(mlContext, sourceImageSize: (0, 28)));
+    }
+
+    /// <summary>A tiny segmentation model trained one epoch on mosaics (images loaded from paths, as ToOnnxPipeline needs).</summary>
+    private static (ITransformer Model, RepAdapterSegmentationTransformer Transformer) TinySegmentation(MLContext mlContext, string backbone)
+    {
+        var tiny = TinyTrainerOptions.Create(epochs: 1, backbone: backbone);
+        var options = new RepAdapterSegmentationTrainer.Options
+        {
+            Backbone = tiny.Backbone,
+            Epochs = 1,
+            BatchSize = 4,
+            WarmupEpochs = 0,
+            LearningRate = 3e-3,
+            DropPathRate = 0,
+            HeadChannels = 8,
+            ScoringBatchSize = 4,
+        };
+        var model = mlContext.Transforms.LoadImages("Image", "", nameof(MosaicRow.ImagePath))
+            .Append(mlContext.MulticlassClassification.Trainers.RepAdapterSegmentation(options))
+            .Fit(SegmentationTrainerTests.WithMasks(mlContext, SegmentationData.Mosaics("train", 8)));
+        return (model, model.LastTransformer);
+    }
+
+    [TestMethod]
+    public void SegmentationExportAndOnnxPipelineGiveTheTransformersMaskAndADisposedOneRefuses()
+    {
+        var mlContext = new MLContext(seed: 1);
+        var (model, transformer) = TinySegmentation(mlContext, "resnet_basic");
+        int size = transformer.Input.ImageSize;
+        var rows = AtModelSize(SegmentationData.Mosaics("test", 4).Select(m => new PathRow { ImagePath = m.ImagePath }), transformer.Input,
+            Path.Combine(_folder, "mosaics-at-model-size"));
+        var expected = model.Transform(mlContext.Data.LoadFromEnumerable(rows)).GetColumn<uint[]>(transformer.PredictedMaskColumnName).ToArray();
+
+        using var stream = new MemoryStream();
+        transformer.ExportOnnx(stream);
+        using var session = new InferenceSession(stream.ToArray());
+        var images = rows.Select(r => MLImage.CreateFromFile(r.ImagePath)).ToList();
+        bool[] tied;
+        try
+        {
+            using var scope = NewDisposeScope();
+            var pixels = transformer.Preprocessor.ToPixels(images);
+            var mask = OnnxRun.Run(session, pixels, output: "mask");
+            CollectionAssert.AreEqual(new long[] { rows.Count, size, size }, mask.shape);
+            // A pixel whose two best classes are within rounding of each other may go either way; no other may differ.
+            var top = OnnxRun.Run(session, pixels, output: "logits").topk(2, dim: 1).values;
+            tied = (top.select(1, 0) - top.select(1, 1)).lt(1e-4).flatten().data<bool>().ToArray();
+            AssertSameClasses(expected.SelectMany(m => m).ToArray(), [.. mask.data<long>().ToArray().Select(k => (uint)k)], tied, "exported graph's mask");
+        }
+        finally
+        {
+            images.ForEach(i => i.Dispose());
+        }
+
+        var onnx = new TransformerChain<ITransformer>(((IEnumerable<ITransformer>)model).First(), transformer.ToOnnxPipeline(mlContext));
+        var actual = onnx.Transform(mlContext.Data.LoadFromEnumerable(rows)).GetColumn<uint[]>(transformer.PredictedMaskColumnName).ToArray();
+        AssertSameClasses(expected.SelectMany(m => m).ToArray(), actual.SelectMany(m => m).ToArray(), tied, "ONNX chain's mask");
+
+        transformer.Dispose();
+        Assert.ThrowsExactly<ObjectDisposedException>(() => transformer.ExportOnnx(new MemoryStream()));
+        Assert.ThrowsExactly<ObjectDisposedException>(() => transformer.ToOnnxPipeline(mlContext));
+    }
+
+    private static void AssertSameClasses(uint[] expected, uint[] actual, bool[] tied, string what)
+    {
+        Assert.HasCount(expected.Length, actual);
+        var differ = Enumerable.Range(0, expected.Length).Where(p => expected[p] != actual[p] && !tied[p]).ToArray();
+        Assert.IsEmpty(differ, $"{what}: {differ.Length} pixels differ, e.g. pixel {differ.FirstOrDefault()}");
+    }
+
+    public sealed class PathRow
+    {
+        public string ImagePath { get; set; } = "";
+    }
+}
