@@ -31,35 +31,6 @@ public sealed record ImageTask(string Name, string Kind, IReadOnlyList<string> C
     }
 }
 
-/// <summary>Uncompressed 24-bit BMP files: every image decoder reads them, and writing one needs no library.</summary>
-public static class Bmp
-{
-    /// <summary>A gray image (one byte per pixel, row-major, top row first) as BMP bytes.</summary>
-    public static byte[] Gray(byte[] pixels, int width, int height)
-    {
-        int rowBytes = (width * 3 + 3) & ~3;
-        var bmp = new byte[54 + rowBytes * height];
-        void Int(int at, int value) => BitConverter.TryWriteBytes(bmp.AsSpan(at), value);
-        bmp[0] = (byte)'B';
-        bmp[1] = (byte)'M';
-        Int(2, bmp.Length);
-        Int(10, 54);
-        Int(14, 40);
-        Int(18, width);
-        Int(22, -height); // negative: rows stored top-down
-        bmp[26] = 1;
-        bmp[28] = 24;
-        for (int y = 0; y < height; y++)
-        {
-            for (int x = 0; x < width; x++)
-            {
-                int at = 54 + y * rowBytes + 3 * x;
-                bmp[at] = bmp[at + 1] = bmp[at + 2] = pixels[y * width + x];
-            }
-        }
-        return bmp;
-    }
-}
 
 /// <summary>Fashion-MNIST from its IDX files (Debian: apt-get install dataset-fashion-mnist, or build/install-benchmark-data.sh).</summary>
 public static class FashionMnist

@@ -39,6 +39,9 @@ internal static class OnnxSuite
                 InterOpNumThreads = 1,
                 GraphOptimizationLevel = GraphOptimizationLevel.ORT_ENABLE_ALL,
             };
+            // ONNX Runtime's workers spin for a while after each run by default, taking the cores from the TorchSharp run
+            // that follows in the same round (a first run measured torch2/torch up to 1.1 with it): not here.
+            sessionOptions.AddSessionConfigEntry("session.intra_op.allow_spinning", "0");
             using var session = new InferenceSession(stream.ToArray(), sessionOptions);
             foreach (int batch in settings.Batches)
             {

@@ -247,18 +247,8 @@ public class OnnxPipelineTests
     /// <summary>A tiny segmentation model trained one epoch on mosaics (images loaded from paths, as ToOnnxPipeline needs).</summary>
     private static (ITransformer Model, RepAdapterSegmentationTransformer Transformer) TinySegmentation(MLContext mlContext, string backbone)
     {
-        var tiny = TinyTrainerOptions.Create(epochs: 1, backbone: backbone);
-        var options = new RepAdapterSegmentationTrainer.Options
-        {
-            Backbone = tiny.Backbone,
-            Epochs = 1,
-            BatchSize = 4,
-            WarmupEpochs = 0,
-            LearningRate = 3e-3,
-            DropPathRate = 0,
-            HeadChannels = 8,
-            ScoringBatchSize = 4,
-        };
+        var options = SegmentationInputTests.Options(backbone);
+        options.ScoringBatchSize = 4;
         var model = mlContext.Transforms.LoadImages("Image", "", nameof(MosaicRow.ImagePath))
             .Append(mlContext.MulticlassClassification.Trainers.RepAdapterSegmentation(options))
             .Fit(SegmentationTrainerTests.WithMasks(mlContext, SegmentationData.Mosaics("train", 8)));

@@ -35,7 +35,8 @@ public class SegmentationInputTests
     private static List<BytesRow> Rows(int count = 6) =>
         [.. SegmentationData.Mosaics("train", count).Select(m => new BytesRow { Image = File.ReadAllBytes(m.ImagePath), Mask = File.ReadAllBytes(m.MaskPath) })];
 
-    private static RepAdapterSegmentationTrainer.Options Options(string backbone = "resnet_basic")
+    /// <summary>Options for a tiny segmentation run on <paramref name="backbone"/> (one epoch, 8 head channels).</summary>
+    internal static RepAdapterSegmentationTrainer.Options Options(string backbone = "resnet_basic")
     {
         var tiny = Classification.TinyTrainerOptions.Create(epochs: 1, backbone: backbone);
         return new RepAdapterSegmentationTrainer.Options
