@@ -1,4 +1,7 @@
 using Microsoft.ML;
+using Microsoft.ML.Data;
+using Microsoft.ML.RepAdapter.Classification;
+using Microsoft.ML.RepAdapter.Tests.Classification;
 
 namespace Microsoft.ML.RepAdapter.Tests;
 
@@ -33,6 +36,19 @@ internal static class TestData
         return mlContext.Transforms.Conversion.MapValueToKey("Label")
             .Append(mlContext.Transforms.LoadImages("Image", "", nameof(ImageRow.ImagePath)))
             .Fit(data).Transform(data);
+    }
+
+    /// <summary>
+    /// A tiny RepAdapter model fitted (2 epochs) on 3 classes x 8 training images, its pipeline starting from image paths
+    /// (LoadImages, then the trainer) as a scoring application's does; the label is mapped to a key beforehand.
+    /// </summary>
+    public static TransformerChain<RepAdapterImageClassificationTransformer> TinyModelFromPaths(MLContext mlContext)
+    {
+        var data = mlContext.Data.LoadFromEnumerable(Images("train", classes: 3, perClass: 8));
+        var keyed = mlContext.Transforms.Conversion.MapValueToKey("Label").Fit(data).Transform(data);
+        return mlContext.Transforms.LoadImages("Image", "", nameof(ImageRow.ImagePath))
+            .Append(mlContext.MulticlassClassification.Trainers.RepAdapter(TinyTrainerOptions.Create(epochs: 2)))
+            .Fit(keyed);
     }
 
     private static string FindRepoRoot()

@@ -19,13 +19,8 @@ public class PersistenceTests
     public static void TrainAndSave(TestContext _)
     {
         var mlContext = new MLContext(seed: 1);
-        var rows = TestData.Images("train", classes: 3, perClass: 8);
-        var keyed = mlContext.Transforms.Conversion.MapValueToKey("Label").Fit(mlContext.Data.LoadFromEnumerable(rows))
-            .Transform(mlContext.Data.LoadFromEnumerable(rows));
         // The saved pipeline starts from image paths, as a scoring application would.
-        var model = mlContext.Transforms.LoadImages("Image", "", nameof(ImageRow.ImagePath))
-            .Append(mlContext.MulticlassClassification.Trainers.RepAdapter(TinyTrainerOptions.Create(epochs: 2)))
-            .Fit(keyed);
+        var model = TestData.TinyModelFromPaths(mlContext);
         _images = TestData.Images("test", classes: 3, perClass: 4);
         var input = mlContext.Data.LoadFromEnumerable(_images);
         _scores = [.. model.Transform(input).GetColumn<float[]>("Score")];

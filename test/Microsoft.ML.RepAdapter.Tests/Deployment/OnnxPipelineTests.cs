@@ -33,12 +33,7 @@ public class OnnxPipelineTests
         _folder = Path.Combine(Path.GetTempPath(), $"repadapter-onnx-{Guid.NewGuid():N}");
         Directory.CreateDirectory(_folder);
         var mlContext = new MLContext(seed: 1);
-        var rows = TestData.Images("train", classes: 3, perClass: 8);
-        var keyed = mlContext.Transforms.Conversion.MapValueToKey("Label").Fit(mlContext.Data.LoadFromEnumerable(rows))
-            .Transform(mlContext.Data.LoadFromEnumerable(rows));
-        var fitted = mlContext.Transforms.LoadImages("Image", "", nameof(ImageRow.ImagePath))
-            .Append(mlContext.MulticlassClassification.Trainers.RepAdapter(TinyTrainerOptions.Create(epochs: 2)))
-            .Fit(keyed);
+        var fitted = TestData.TinyModelFromPaths(mlContext);
         _model = new TransformerChain<ITransformer>([.. fitted]);
         _transformer = fitted.LastTransformer;
         _originals = [.. TestData.Images("test", classes: 3, perClass: 4).Select(r => new PathRow { ImagePath = r.ImagePath })];
