@@ -1,6 +1,7 @@
 using Microsoft.ML;
 using Microsoft.ML.Data;
 using Microsoft.ML.RepAdapter.Classification;
+using Microsoft.ML.RepAdapter.MLNet;
 using Microsoft.ML.RepAdapter.Tests.Classification;
 
 namespace Microsoft.ML.RepAdapter.Tests;
@@ -27,6 +28,17 @@ internal static class TestData
                 rows.Add(new ImageRow { ImagePath = file, Label = Path.GetFileName(folder) });
         }
         return rows;
+    }
+
+    /// <summary>
+    /// <paramref name="options"/> with its option field <paramref name="name"/> set to <paramref name="value"/> (a DataRow's
+    /// value, converted to the field's type): for tests that try one option at a time.
+    /// </summary>
+    public static T WithOption<T>(T options, string name, object value) where T : RepAdapterTrainerOptions
+    {
+        var field = typeof(T).GetField(name) ?? throw new ArgumentException($"{typeof(T).Name} has no option {name}.", nameof(name));
+        field.SetValue(options, Convert.ChangeType(value, Nullable.GetUnderlyingType(field.FieldType) ?? field.FieldType));
+        return options;
     }
 
     /// <summary>Rows with the label mapped to a key and the image loaded: what the trainer consumes.</summary>

@@ -22,7 +22,7 @@ internal static class TestHost
         using var process = Process.Start(start)!;
         var stderr = process.StandardError.ReadToEndAsync();
         string stdout = process.StandardOutput.ReadToEnd();
-        Assert.IsTrue(process.WaitForExit(180_000), $"test host finished: {string.Join(" ", arguments)}");
+        Assert.IsTrue(process.WaitForExit(600_000), $"test host finished: {string.Join(" ", arguments)}");
         return (process.ExitCode, stdout + stderr.Result);
     }
 
@@ -44,7 +44,7 @@ internal static class TestHost
             process.Kill(entireProcessTree: true);
             break;
         }
-        Assert.IsTrue(process.WaitForExit(180_000), $"test host finished: {string.Join(" ", arguments)}");
+        Assert.IsTrue(process.WaitForExit(600_000), $"test host finished: {string.Join(" ", arguments)}");
         return output + stderr.Result;
     }
 

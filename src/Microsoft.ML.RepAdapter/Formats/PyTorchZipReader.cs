@@ -168,6 +168,7 @@ internal sealed class RestrictedUnpickler
     private readonly Stack<int> _marks = new();
     private readonly Dictionary<long, object?> _memo = [];
     private int _position;
+    private int _pushed;
 
     public RestrictedUnpickler(string path, byte[] data, PyTorchZipReader.StorageLoader storages)
     {
@@ -197,6 +198,12 @@ internal sealed class RestrictedUnpickler
 
     /// <summary>Containers nested deeper than this are refused: a state dict nests two or three levels.</summary>
     internal const int MaxNesting = 1000;
+
+    /// <summary>
+    /// Values a pickle may create: a state dict pushes a dozen per tensor, while 64 MB of one-byte "empty list" opcodes
+    /// would otherwise build gigabytes of lists.
+    /// </summary>
+    internal const int MaxValues = 1_000_000;
 
     /// <summary>
     /// The tensors reachable from <paramref name="root"/>, walked without recursion and visiting each container once, so
@@ -384,7 +391,13 @@ internal sealed class RestrictedUnpickler
     private T As<T>(object? value) =>
         value is T typed ? typed : throw new InvalidDataException($"expected {typeof(T).Name}, found {PickleDict.TypeName(value)}.");
 
-    private void Push(object? value) => _stack.Add(value);
+    private void Push(object? value)
+    {
+        // Each opcode pushes at most one value, so this also bounds the containers, the memo and the stack.
+        if (++_pushed > MaxValues)
+            throw new CheckpointException(_path, "data.pkl", $"more than {MaxValues} values: not a tensor state dict (ViT-L's holds a few thousand).");
+        _stack.Add(value);
+    }
 
     private object? Peek() => _stack.Count > 0 ? _stack[^1] : throw new InvalidDataException("pickle stack underflow.");
 

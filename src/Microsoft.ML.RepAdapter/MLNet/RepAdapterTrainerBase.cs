@@ -273,21 +273,23 @@ public abstract class RepAdapterTrainerBase<TOptions, TTransformer> : IEstimator
     {
         if (TrainerOptions.Backbone is { } given) return (given, false);
         Backbone backbone;
-        if (TrainerOptions.CheckpointPath is { } path)
+        string builtIn = TrainerOptions.Architecture ?? PretrainedBackbones.MLNetResNet18;
+        if (BackboneFamilies.OfBuiltInWeights(builtIn) is not null && (TrainerOptions.Architecture is not null || TrainerOptions.CheckpointPath is null))
+        {
+            // Built-in weights (ML.NET's ResNet-18): CheckpointPath, when given, is the folder that holds them.
+            var loaded = PretrainedBackbones.LoadBuiltIn(builtIn, classes, TrainerOptions.CheckpointPath, TrainerOptions.ImageSize);
+            ch.Info(loaded.Report.ToString());
+            backbone = loaded.Backbone;
+        }
+        else if (TrainerOptions.CheckpointPath is { } path)
         {
             var loaded = PretrainedBackbones.Load(path, TrainerOptions.Architecture, classes, TrainerOptions.ImageSize, TrainerOptions.KeepPreLogits, TrainerOptions.NumHeads);
             ch.Info(loaded.Report.ToString());
             backbone = loaded.Backbone;
         }
-        else if (TrainerOptions.Architecture is null or PretrainedBackbones.MLNetResNet18)
-        {
-            var loaded = PretrainedBackbones.LoadMLNetResNet18(classes, imageSize: TrainerOptions.ImageSize);
-            ch.Info(loaded.Report.ToString());
-            backbone = loaded.Backbone;
-        }
         else
         {
-            string preset = TrainerOptions.Architecture;
+            string preset = TrainerOptions.Architecture!;
             ch.Warning($"No CheckpointPath: {preset} starts from random weights. Give pretrained weights for real fine-tuning.");
             backbone = BackbonePresets.Create(preset, classes, imageSize: TrainerOptions.ImageSize);
         }

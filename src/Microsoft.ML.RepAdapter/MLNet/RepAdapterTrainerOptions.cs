@@ -22,7 +22,11 @@ public abstract class RepAdapterTrainerOptions
     /// </summary>
     public string? Architecture;
 
-    /// <summary>Pretrained weights (Google .npz, timm / Hugging Face .safetensors, PyTorch .pth); format read from the content.</summary>
+    /// <summary>
+    /// Pretrained weights (Google .npz, timm / Hugging Face .safetensors, PyTorch .pth); format read from the content. With
+    /// <see cref="Architecture"/> naming built-in weights (<see cref="PretrainedBackbones.MLNetResNet18"/>), the folder that
+    /// holds them (ML.NET's <c>DnnImageModels</c>) when not where their package puts them.
+    /// </summary>
     public string? CheckpointPath;
 
     /// <summary>An already-built (and loaded) backbone; the trainer copies its weights and leaves it untouched.</summary>
@@ -102,8 +106,9 @@ public abstract class RepAdapterTrainerOptions
 
     /// <summary>
     /// A folder where each run saves its state after every epoch (trainable weights, optimiser and random state,
-    /// progress); a Fit started again with the same options and data resumes from it and ends as an uninterrupted run.
-    /// Null saves nothing.
+    /// progress); a Fit started again with the same options and data resumes from it and ends as an uninterrupted run
+    /// (on the CPU; on a GPU the CUDA generator, whose state TorchSharp 0.107 cannot read, restarts from the seed, so dropout
+    /// masks after a resume differ). Null saves nothing.
     /// </summary>
     public string? TrainingStateFolder;
 
@@ -147,6 +152,12 @@ public abstract class RepAdapterTrainerOptions
     public double FinalLearningRate = 1e-5;
 
     /// <summary>
+    /// Clip the gradient of the trainable parameters to this global L2 norm before each step (as timm's --clip-grad);
+    /// null: no clipping, as the paper's recipe. A guard against loss spikes with high learning rates or adapter scales.
+    /// </summary>
+    public double? MaxGradientNorm;
+
+    /// <summary>
     /// Seeds shuffling, the new head, adapters, dropout and drop path; null takes the MLContext's seed (42 when it has
     /// none). On the CPU a run is bitwise reproducible for the same seed and data on the same machine with the same
     /// thread count; across CPUs (libtorch's and oneDNN's kernels) or thread counts float rounding differs, so results
@@ -176,7 +187,8 @@ public abstract class RepAdapterTrainerOptions
     public int ScoringBatchSize = 32;
 
     internal FineTuneSettings Settings(int seed) =>
-        new(Epochs, BatchSize, LearningRate, WeightDecay, WarmupEpochs, WarmupLearningRate, FinalLearningRate, seed, EarlyStopping, Augmentation);
+        new(Epochs, BatchSize, LearningRate, WeightDecay, WarmupEpochs, WarmupLearningRate, FinalLearningRate, seed, EarlyStopping, Augmentation,
+            MaxGradientNorm);
 
     internal AdapterConfig Adapters(float scale) => new(Method, Placement, AdapterHidden, AdapterGroups, scale, AdapterDropout, AdaptedBlocks);
 

@@ -13,6 +13,8 @@ namespace Microsoft.ML.RepAdapter.Training;
 /// <param name="Seed">Seeds the epochs' shuffles.</param>
 /// <param name="EarlyStopping">Stop when the validation data stops improving, and keep the best epoch; null trains every epoch.</param>
 /// <param name="Augmentation">Random crops and flips of the training batches; null: none.</param>
+/// <param name="MaxGradientNorm">Clip the trainable parameters' gradient to this global L2 norm before each step; null: no
+/// clipping (the paper's recipe).</param>
 public sealed record FineTuneSettings(
     int Epochs = 100,
     int BatchSize = 64,
@@ -23,7 +25,8 @@ public sealed record FineTuneSettings(
     double FinalLearningRate = 1e-5,
     int Seed = 42,
     EarlyStopping? EarlyStopping = null,
-    ImageAugmentation? Augmentation = null)
+    ImageAugmentation? Augmentation = null,
+    double? MaxGradientNorm = null)
 {
     /// <summary>The per-epoch learning rate.</summary>
     public CosineSchedule Schedule => new(LearningRate, Epochs, WarmupEpochs, WarmupLearningRate, FinalLearningRate);
@@ -40,6 +43,8 @@ public sealed record FineTuneSettings(
             $"must be less than Epochs ({Epochs}), or the learning rate never leaves its warm-up");
         OptionCheck.That(double.IsFinite(WarmupLearningRate) && WarmupLearningRate >= 0, nameof(WarmupLearningRate), WarmupLearningRate, "must be finite and not negative");
         OptionCheck.That(double.IsFinite(FinalLearningRate) && FinalLearningRate >= 0, nameof(FinalLearningRate), FinalLearningRate, "must be finite and not negative");
+        OptionCheck.That(MaxGradientNorm is null || double.IsFinite(MaxGradientNorm.Value) && MaxGradientNorm > 0, nameof(MaxGradientNorm), MaxGradientNorm,
+            "must be positive and finite (or null for no clipping)");
         Augmentation?.Validate();
         if (EarlyStopping is { } stopping)
         {

@@ -134,6 +134,7 @@ public static class FineTuning
                             $"Training diverged in {where}: the gradient of '{badGradient}' is not finite although the loss is {lossValue:G4}. "
                             + "Try a lower LearningRate or AdapterScale.");
                     }
+                    if (settings.MaxGradientNorm is double maxNorm) nn.utils.clip_grad_norm_(trainable.Select(p => p.parameter), maxNorm);
                     optimizer.step();
                     if (NonFinite.FirstIn(trainable.Select(p => (p.name, (Tensor)p.parameter))) is string badWeight)
                     {

@@ -224,11 +224,14 @@ public class BadCheckpointTests
     }
 
     [TestMethod]
-    public void NonFiniteWeightsAreRefusedAtLoadNamingTheKey() =>
+    [DataRow(float.NaN)]
+    [DataRow(float.PositiveInfinity)]
+    [DataRow(float.NegativeInfinity)]
+    public void NonFiniteWeightsAreRefusedAtLoadNamingTheKey(float value) =>
         LoadFails(CheckpointFiles.EditedCopy("tiny_vit.safetensors", t =>
         {
             var qkv = t["blocks.0.attn.qkv.weight"].clone();
-            qkv[3, 5] = float.NaN;
+            qkv[3, 5] = value;
             t["blocks.0.attn.qkv.weight"] = qkv;
         }), "blocks.0.attn.qkv.weight", "non-finite values");
 

@@ -79,6 +79,17 @@ public class HostilePickleTests
     }
 
     [TestMethod]
+    public void MillionsOfEmptyListsAreRefusedBeforeTheyFillTheMemory()
+    {
+        // 64 MB of "empty list" opcodes would build 64 million lists (gigabytes); the cap stops at a million values.
+        const int count = 3_000_000;
+        var pickle = new Pickle();
+        for (int i = 0; i < count; i++) pickle.Op(']');
+        string message = TestHost.ExpectException<CheckpointException>("read-checkpoint", TorchArchive("many.pth", pickle.Stop()));
+        StringAssert.Contains(message, "more than 1000000 values");
+    }
+
+    [TestMethod]
     public void AStrideZeroViewLargerThanItsStorageIsRefusedBeforeAllocating()
     {
         // {"w": _rebuild_tensor_v2(storage of 1 float, offset 0, size (400000000,), stride (0,), False, OrderedDict())}:

@@ -140,7 +140,9 @@ public class BadInputTests
     [DataRow("WeightDecay", double.NaN)]
     [DataRow("WeightDecay", -1.0)]
     [DataRow("WarmupLearningRate", double.PositiveInfinity)]
+    [DataRow("WarmupLearningRate", -1e-6)]
     [DataRow("FinalLearningRate", -1e-5)]
+    [DataRow("FinalLearningRate", double.PositiveInfinity)]
     [DataRow("WarmupEpochs", 4)]
     [DataRow("Epochs", 0)]
     [DataRow("BatchSize", 0)]
@@ -157,9 +159,7 @@ public class BadInputTests
     [DataRow("NumHeads", 0)]
     public void OptionsThatCannotTrainAreRefusedUpFrontNamingTheOption(string option, object value)
     {
-        var options = TinyTrainerOptions.Create(epochs: 4);
-        var field = typeof(RepAdapterImageClassificationTrainer.Options).GetField(option)!;
-        field.SetValue(options, Convert.ChangeType(value, Nullable.GetUnderlyingType(field.FieldType) ?? field.FieldType));
+        var options = TestData.WithOption(TinyTrainerOptions.Create(epochs: 4), option, value);
         var error = Assert.ThrowsExactly<ArgumentOutOfRangeException>(() => new MLContext(seed: 1).MulticlassClassification.Trainers.RepAdapter(options));
         Assert.AreEqual(option, error.ParamName);
         StringAssert.Contains(error.Message, option);
@@ -168,11 +168,11 @@ public class BadInputTests
     [TestMethod]
     [DataRow("Std", new[] { 0.2f, 0f, 0.2f })]
     [DataRow("Std", new[] { 0.2f, float.NaN, 0.2f })]
+    [DataRow("Std", new[] { 0.2f, 0.2f, float.PositiveInfinity })]
     [DataRow("Mean", new[] { 0.5f, 0.5f })]
     public void NormalisationThatIsNotFiniteOrDividesByZeroIsRefused(string option, float[] value)
     {
-        var options = TinyTrainerOptions.Create();
-        typeof(RepAdapterImageClassificationTrainer.Options).GetField(option)!.SetValue(options, value);
+        var options = TestData.WithOption(TinyTrainerOptions.Create(), option, value);
         var error = Assert.ThrowsExactly<ArgumentOutOfRangeException>(() => new MLContext(seed: 1).MulticlassClassification.Trainers.RepAdapter(options));
         Assert.AreEqual(option, error.ParamName);
     }
@@ -235,6 +235,30 @@ public class BadInputTests
             rows[2].ImagePath = truncated;
             var error = FitFails<InvalidDataException>(TestData.Prepared(mlContext, rows));
             StringAssert.Contains(error.Message, "'Image', row 2");
+            StringAssert.Contains(error.Message, truncated);
+            StringAssert.Contains(error.Message, "truncated PNG");
+        }
+        finally
+        {
+            File.Delete(truncated);
+        }
+    }
+
+    [TestMethod]
+    public void TruncatedImageFilesAreRefusedWhenScoringToo()
+    {
+        var mlContext = new MLContext(seed: 1);
+        var rows = TestData.Images(classes: 2, perClass: 3);
+        using var model = mlContext.MulticlassClassification.Trainers.RepAdapter(TinyTrainerOptions.Create(epochs: 1)).Fit(TestData.Prepared(mlContext, rows));
+        string truncated = Path.Combine(Path.GetTempPath(), $"truncated-{Guid.NewGuid():N}.png");
+        var whole = File.ReadAllBytes(rows[1].ImagePath);
+        File.WriteAllBytes(truncated, whole[..(whole.Length / 2)]);
+        try
+        {
+            rows[1].ImagePath = truncated;
+            var scored = model.Transform(TestData.Prepared(mlContext, rows));
+            var error = Assert.ThrowsExactly<InvalidDataException>(() => scored.GetColumn<float[]>("Score").ToList());
+            StringAssert.Contains(error.Message, "'Image', row 1");
             StringAssert.Contains(error.Message, truncated);
             StringAssert.Contains(error.Message, "truncated PNG");
         }

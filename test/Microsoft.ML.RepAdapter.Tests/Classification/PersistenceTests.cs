@@ -1,4 +1,5 @@
 using System.IO.Compression;
+using System.Reflection;
 using System.Security.Cryptography;
 using System.Text.Json;
 using Microsoft.ML.Data;
@@ -78,7 +79,8 @@ public class PersistenceTests
         var model = mlContext.Model.Load(zip, out _);
         var rows = saved.images.Select(path => new ImageRow { ImagePath = Path.Combine(TestData.RepoRoot, path) });
         var scores = model.Transform(mlContext.Data.LoadFromEnumerable(rows)).GetColumn<float[]>("Score").ToList();
-        AssertClose(saved.scores, scores, $"{kind} model saved by the first release");
+        // Scored then on the development machine: other CPUs' kernels round differently, hence a looser tolerance.
+        AssertClose(saved.scores, scores, $"{kind} model saved by the first release", tolerance: 1e-4f);
     }
 
     /// <summary>A copy of the saved model whose merged-weights stream <paramref name="edit"/> rewrites (checksum kept or updated).</summary>
@@ -111,10 +113,13 @@ public class PersistenceTests
     {
         try
         {
-            var error = Assert.Throws<Exception>(() => new MLContext(seed: 4).Model.Load(path, out _));
-            // ML.NET calls the model's loader by reflection and wraps what it throws; the cause is the innermost exception.
-            var cause = error.GetBaseException();
-            Assert.IsInstanceOfType<InvalidDataException>(cause, cause.ToString());
+            // ML.NET calls each loader by reflection (the chain's, then the transformer's) and wraps what it throws: only
+            // those wrappers stand around the library's own error, which names the entry and the cause.
+            var error = Assert.ThrowsExactly<TargetInvocationException>(() => new MLContext(seed: 4).Model.Load(path, out _));
+            Exception cause = error;
+            while (cause is TargetInvocationException { InnerException: { } inner }) cause = inner;
+            Assert.AreEqual(typeof(InvalidDataException), cause.GetType(), cause.ToString());
+            Assert.IsNull(cause.InnerException, "the message carries the cause");
             StringAssert.Contains(cause.Message, "'TorchModel'");
             return cause;
         }
@@ -144,7 +149,17 @@ public class PersistenceTests
     public void ADamagedWeightsStreamIsRefusedNamingTheEntry()
     {
         var error = LoadFails(EditedModel(w => [.. w[..8], .. Enumerable.Repeat((byte)0xFF, 16), .. w[24..]], updateChecksum: true));
-        StringAssert.Contains(error.Message, "could not be read");
+        // The 16 bytes land in the first tensor's name.
+        StringAssert.Contains(error.Message, "weights stream could not be read (ArgumentException: Mismatched module state names");
+    }
+
+    [TestMethod]
+    public void AWeightsStreamWithATensorMissingIsRefusedNamingTheEntry()
+    {
+        // The stream starts with its tensor count (7-bit encoded; under 128 here): one fewer than the model has.
+        var error = LoadFails(EditedModel(w => [(byte)(w[0] - 1), .. w[1..]], updateChecksum: true));
+        StringAssert.Contains(error.Message, "weights stream could not be read (");
+        StringAssert.Contains(error.Message, "Mismatched state_dict sizes");
     }
 
     [TestMethod]
@@ -169,14 +184,15 @@ public class PersistenceTests
 
     private sealed record SavedScores(string[] images, float[][] scores);
 
-    private static void AssertClose(IReadOnlyList<float[]> expected, IReadOnlyList<float[]> actual, string what)
+    /// <summary>Same scores up to <paramref name="tolerance"/>: by default, the rounding of other batch sizes on this machine.</summary>
+    private static void AssertClose(IReadOnlyList<float[]> expected, IReadOnlyList<float[]> actual, string what, float tolerance = 1e-5f)
     {
         Assert.HasCount(expected.Count, actual, what);
         for (int i = 0; i < expected.Count; i++)
         {
             Assert.HasCount(expected[i].Length, actual[i], $"{what}, row {i}");
             for (int k = 0; k < expected[i].Length; k++)
-                Assert.AreEqual(expected[i][k], actual[i][k], 1e-6f, $"{what}, row {i}, class {k}");
+                Assert.AreEqual(expected[i][k], actual[i][k], tolerance, $"{what}, row {i}, class {k}");
         }
     }
 }

@@ -66,6 +66,38 @@ public class TrainerTests
     }
 
     [TestMethod]
+    public void MLNetsResNet18IsReadFromTheFolderInCheckpointPath()
+    {
+        // The loader's "pass its folder" must be reachable from the trainer's options: CheckpointPath names it.
+        var mlContext = new MLContext(seed: 1);
+        var data = TestData.Prepared(mlContext, TestData.Images(classes: 2, perClass: 2));
+        RepAdapterImageClassificationTrainer.Options Options(string folder) => new()
+        {
+            Architecture = PretrainedBackbones.MLNetResNet18,
+            CheckpointPath = folder,
+            ImageSize = 32,
+            Epochs = 1,
+            BatchSize = 4,
+            WarmupEpochs = 0,
+        };
+
+        string missing = Path.Combine(Checkpoints.CheckpointFiles.TempDirectory(), "nowhere");
+        var error = Assert.ThrowsExactly<FileNotFoundException>(() => mlContext.MulticlassClassification.Trainers.RepAdapter(Options(missing)).Fit(data));
+        StringAssert.Contains(error.Message, missing);
+
+        // A copy outside every default search path, so that only CheckpointPath can lead there.
+        string copy = Checkpoints.CheckpointFiles.TempDirectory();
+        foreach (string file in Directory.EnumerateFiles(Path.Combine(AppContext.BaseDirectory, "DnnImageModels"), "*", SearchOption.AllDirectories))
+        {
+            string target = Path.Combine(copy, Path.GetRelativePath(Path.Combine(AppContext.BaseDirectory, "DnnImageModels"), file));
+            Directory.CreateDirectory(Path.GetDirectoryName(target)!);
+            File.Copy(file, target);
+        }
+        using var model = mlContext.MulticlassClassification.Trainers.RepAdapter(Options(copy)).Fit(data);
+        Assert.AreEqual(PretrainedBackbones.MLNetResNet18, model.Model.Architecture);
+    }
+
+    [TestMethod]
     public void NumericLabelsMapBackToTheirOwnValuesAndType()
     {
         var mlContext = new MLContext(seed: 1);

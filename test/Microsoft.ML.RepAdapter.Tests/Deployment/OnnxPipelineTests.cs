@@ -80,6 +80,18 @@ public class OnnxPipelineTests
 
     private static float MaxDiff(float[][] a, float[][] b) => a.Zip(b).SelectMany(p => p.First.Zip(p.Second, (x, y) => Math.Abs(x - y))).Max();
 
+    /// <summary>
+    /// The same label for every row whose two best scores are more than 2 x <paramref name="tolerance"/> apart: scores that
+    /// may differ by the tolerance can swap a closer pair, differently on each CPU.
+    /// </summary>
+    private static void AssertSameLabels(float[][] scores, uint[] expected, uint[] actual, float tolerance, string what)
+    {
+        Assert.HasCount(expected.Length, actual, what);
+        var differ = Enumerable.Range(0, expected.Length).Where(i => expected[i] != actual[i]
+            && scores[i].OrderDescending().Take(2).Aggregate((a, b) => a - b) > 2 * tolerance).ToArray();
+        Assert.IsEmpty(differ, $"{what}: rows {string.Join(", ", differ)} predict another class");
+    }
+
     [TestMethod]
     public void ExportedModelGivesTheTransformersScores()
     {
@@ -112,7 +124,7 @@ public class OnnxPipelineTests
         var (torchScores, torchLabels) = Predict(_model, mlContext, _atModelSize);
         var (onnxScores, onnxLabels) = Predict(onnx, mlContext, _atModelSize);
         Assert.IsLessThanOrEqualTo(1e-4f, MaxDiff(torchScores, onnxScores), "scores on images at the model's size");
-        CollectionAssert.AreEqual(torchLabels, onnxLabels, "predicted labels on images at the model's size");
+        AssertSameLabels(torchScores, torchLabels, onnxLabels, 1e-4f, "predicted labels on images at the model's size");
 
         // The columns a consumer reads carry the same annotations: label names on Score's slots and PredictedLabel's keys.
         var schema = onnx.GetOutputSchema(mlContext.Data.LoadFromEnumerable(_atModelSize).Schema);
@@ -149,10 +161,11 @@ public class OnnxPipelineTests
         var (exitCode, log) = TestHost.RunApp(SampleAppPath, zip, output, Path.Combine(_folder, "at-model-size"));
         Assert.AreEqual(0, exitCode, log);
 
-        var (_, torchLabels) = Predict(_model, mlContext, _atModelSize);
-        var expected = _atModelSize.Select(r => r.ImagePath).Zip(torchLabels, (path, key) => (path, _transformer.LabelNames[(int)key - 1])).ToArray();
-        var actual = File.ReadAllLines(output).Select(line => line.Split('\t')).Select(f => (f[0], f[1])).ToArray();
-        CollectionAssert.AreEqual(expected, actual, "path and predicted label per image");
+        var (torchScores, torchLabels) = Predict(_model, mlContext, _atModelSize);
+        var lines = File.ReadAllLines(output).Select(line => line.Split('\t')).ToArray();
+        CollectionAssert.AreEqual(_atModelSize.Select(r => r.ImagePath).ToArray(), lines.Select(f => f[0]).ToArray(), "one line per image, in order");
+        var sampleLabels = lines.Select(f => (uint)Array.IndexOf(_transformer.LabelNames.ToArray(), f[1]) + 1).ToArray();
+        AssertSameLabels(torchScores, torchLabels, sampleLabels, 1e-4f, "the sample's predicted labels");
         Assert.IsTrue(File.ReadAllLines(output).All(l => float.Parse(l.Split('\t')[2], CultureInfo.InvariantCulture) is > 0 and <= 1));
 
         var shipped = Directory.GetFiles(Path.GetDirectoryName(SampleAppPath)!, "*", SearchOption.AllDirectories).Select(Path.GetFileName).ToArray();
@@ -223,7 +236,7 @@ public class OnnxPipelineTests
         var (torchScores, torchLabels) = Predict(new TransformerChain<ITransformer>(load, transformer), mlContext, rows);
         var (onnxScores, onnxLabels) = Predict(new TransformerChain<ITransformer>(load, transformer.ToOnnxPipeline(mlContext)), mlContext, rows);
         Assert.IsLessThanOrEqualTo(1e-4f, MaxDiff(torchScores, onnxScores), "scores through the ONNX pipeline (BGR pixels)");
-        CollectionAssert.AreEqual(torchLabels, onnxLabels);
+        AssertSameLabels(torchScores, torchLabels, onnxLabels, 1e-4f, "labels through the ONNX pipeline (BGR pixels)");
 
         // 28 px images enlarged to 32: with their size given, the graph resamples them as the library does (bicubic);
         // a pixel may still round to the other side of .5, so scores agree closely rather than to float rounding.
@@ -235,7 +248,7 @@ public class OnnxPipelineTests
             + $"{torchLabels.Zip(onnxLabels).Count(p => p.First == p.Second)} of {_originals.Count} labels agree; ResizeImages to 32 px (nearest): "
             + $"{MaxDiff(torchScores, nearestScores):G3}, {torchLabels.Zip(nearestLabels).Count(p => p.First == p.Second)} agree");
         Assert.IsLessThanOrEqualTo(1e-3f, MaxDiff(torchScores, onnxScores), "scores with the resampling in the graph");
-        CollectionAssert.AreEqual(torchLabels, onnxLabels, "labels with the resampling in the graph");
+        AssertSameLabels(torchScores, torchLabels, onnxLabels, 1e-3f, "labels with the resampling in the graph");
         Assert.ThrowsExactly<ArgumentOutOfRangeException>(() => transformer.ToOnnxPipeline(mlContext, sourceImageSize: (0, 28)));
     }
 

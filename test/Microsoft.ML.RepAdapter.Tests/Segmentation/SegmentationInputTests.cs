@@ -102,6 +102,29 @@ public class SegmentationInputTests
     }
 
     [TestMethod]
+    [DataRow("LearningRate", double.NaN)]
+    [DataRow("WeightDecay", double.NaN)]
+    [DataRow("WarmupLearningRate", -1e-6)]
+    [DataRow("FinalLearningRate", double.PositiveInfinity)]
+    [DataRow("WarmupEpochs", 1)]
+    [DataRow("ImageSize", 0)]
+    [DataRow("ScoringBatchSize", 0)]
+    [DataRow("NumberOfThreads", 0)]
+    [DataRow("IgnoreIndex", 256)]
+    [DataRow("NumberOfClasses", 1)]
+    [DataRow("HeadChannels", 0)]
+    [DataRow("Std", new[] { 0.2f, float.PositiveInfinity, 0.2f })]
+    [DataRow("Std", new[] { 0f, 0.2f, 0.2f })]
+    public void OptionsThatCannotTrainAreRefusedUpFrontNamingTheOption(string option, object value)
+    {
+        // The segmentation trainer shares the classification trainer's checks and adds its own; refused on construction,
+        // so nothing (set_num_threads(0) would abort the process) reaches libtorch.
+        var options = TestData.WithOption(Options(), option, value);
+        var error = Assert.ThrowsExactly<ArgumentOutOfRangeException>(() => new MLContext(seed: 1).MulticlassClassification.Trainers.RepAdapterSegmentation(options));
+        Assert.AreEqual(option, error.ParamName);
+    }
+
+    [TestMethod]
     public void EmptyDataIsRefused() => StringAssert.Contains(FitFails<InvalidOperationException>([]).Message, "no rows");
 
     [TestMethod]
@@ -158,6 +181,21 @@ public class SegmentationInputTests
             Assert.AreEqual((b, g, r), (bgr[0], bgr[1], bgr[2]), "the overlay shows the first pixel's class colour");
         }
         image?.Dispose();
+    }
+
+    [TestMethod]
+    public void PixelsWithNaNScoresGetNoClass()
+    {
+        var mlContext = new MLContext(seed: 1);
+        var options = Options();
+        options.Head = SegmentationHeadKind.Naive;
+        var data = mlContext.Data.LoadFromEnumerable(Rows(4));
+        using var transformer = mlContext.MulticlassClassification.Trainers.RepAdapterSegmentation(options).Fit(data);
+        // A NaN in the last layer's bias reaches every pixel's logits of that class, and so every pixel's argmax.
+        using (no_grad()) transformer.Model.parameters().Last()[0] = float.NaN;
+        var masks = transformer.Transform(data).GetColumn<uint[]>("PredictedMask").ToList();
+        Assert.HasCount(4, masks);
+        foreach (var mask in masks) Assert.IsTrue(mask.All(k => k == 255), "every pixel gets the ignore value, no class");
     }
 
     [TestMethod]

@@ -79,7 +79,41 @@ public class TrainingControlTests
         var labels = validation.GetColumn<uint>("Label").ToList();
         double loss = scores.Zip(labels).Average(p => -Math.Log(p.First[p.Second - 1]));
         Assert.AreEqual(reports[best - 1].ValidationLoss!.Value, loss, 1e-4, trace);
-        Assert.IsGreaterThan(loss + 1e-3, reports[^1].ValidationLoss!.Value, trace);
+        Assert.IsGreaterThan(loss + 1e-3, reports.Skip(best).Max(r => r.ValidationLoss!.Value), "a later epoch was worse: " + trace);
+    }
+
+    [TestMethod]
+    public void MaxGradientNormClipsEveryStep()
+    {
+        // Clipped to a norm far below Adam's epsilon, the gradient moves no weight: the model ends where a run at a
+        // negligible learning rate ends, while the same run unclipped moves away from it.
+        var mlContext = new MLContext(seed: 1);
+        var data = TestData.Prepared(mlContext, TestData.Images(classes: 2, perClass: 6));
+        float[] Scores(double learningRate, double? maxGradientNorm)
+        {
+            var options = TinyTrainerOptions.Create(epochs: 3);
+            options.LearningRate = learningRate;
+            options.FinalLearningRate = 0;
+            options.WeightDecay = 0;
+            options.MaxGradientNorm = maxGradientNorm;
+            using var model = mlContext.MulticlassClassification.Trainers.RepAdapter(options).Fit(data);
+            return [.. model.Transform(data).GetColumn<float[]>("Score").SelectMany(s => s)];
+        }
+        float[] unmoved = Scores(1e-12, null), clipped = Scores(1e-2, 1e-15), unclipped = Scores(1e-2, null);
+        double Distance(float[] a, float[] b) => a.Zip(b).Max(p => Math.Abs(p.First - p.Second));
+        Assert.IsLessThan(1e-4, Distance(unmoved, clipped), "clipped to 1e-15, no step moves the weights");
+        Assert.IsGreaterThan(1e-2, Distance(unmoved, unclipped), "the same run unclipped trains");
+    }
+
+    [TestMethod]
+    [DataRow(0.0)]
+    [DataRow(double.NaN)]
+    public void AMaxGradientNormThatCannotClipIsRefused(double value)
+    {
+        var options = TinyTrainerOptions.Create();
+        options.MaxGradientNorm = value;
+        var error = Assert.ThrowsExactly<ArgumentOutOfRangeException>(() => new MLContext().MulticlassClassification.Trainers.RepAdapter(options));
+        Assert.AreEqual("MaxGradientNorm", error.ParamName);
     }
 
     [TestMethod]

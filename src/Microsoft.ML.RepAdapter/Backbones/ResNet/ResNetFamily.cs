@@ -142,6 +142,6 @@ public sealed class ResNetFamily : BackboneFamily
         }
         throw new FileNotFoundException(
             "ML.NET's ResNet-18 (ResNet18Onnx/ResNet18.onnx) was not found in: " + string.Join(", ", candidates)
-            + ". Reference the Microsoft.ML.DnnImageFeaturizer.ResNet18 package (it copies DnnImageModels next to the application) or pass its folder.");
+            + ". Reference the Microsoft.ML.DnnImageFeaturizer.ResNet18 package (it copies DnnImageModels next to the application) or pass its folder (a trainer's CheckpointPath with Architecture = \"" + MLNetResNet18 + "\", or LoadBuiltIn's directory).");
     }
 }
