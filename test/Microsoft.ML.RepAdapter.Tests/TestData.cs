@@ -41,6 +41,18 @@ internal static class TestData
         return options;
     }
 
+    /// <summary>Copies the files under <paramref name="source"/> to <paramref name="target"/>, leaving out build outputs (bin, obj).</summary>
+    public static void CopyDirectory(string source, string target)
+    {
+        foreach (var file in Directory.EnumerateFiles(source, "*", SearchOption.AllDirectories))
+        {
+            string relative = Path.GetRelativePath(source, file);
+            if (relative.Split(Path.DirectorySeparatorChar)[0] is "bin" or "obj") continue;
+            Directory.CreateDirectory(Path.GetDirectoryName(Path.Combine(target, relative))!);
+            File.Copy(file, Path.Combine(target, relative));
+        }
+    }
+
     /// <summary>Rows with the label mapped to a key and the image loaded: what the trainer consumes.</summary>
     public static IDataView Prepared(MLContext mlContext, IEnumerable<ImageRow> rows)
     {

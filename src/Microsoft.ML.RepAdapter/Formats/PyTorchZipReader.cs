@@ -168,7 +168,7 @@ internal sealed class RestrictedUnpickler
     private readonly Stack<int> _marks = new();
     private readonly Dictionary<long, object?> _memo = [];
     private int _position;
-    private int _pushed;
+    private int _created;
 
     public RestrictedUnpickler(string path, byte[] data, PyTorchZipReader.StorageLoader storages)
     {
@@ -200,8 +200,8 @@ internal sealed class RestrictedUnpickler
     internal const int MaxNesting = 1000;
 
     /// <summary>
-    /// Values a pickle may create: a state dict pushes a dozen per tensor, while 64 MB of one-byte "empty list" opcodes
-    /// would otherwise build gigabytes of lists.
+    /// Values, memo entries and marks a pickle may create, together: a state dict makes a few dozen per tensor, while 64 MB
+    /// of one-byte "empty list" or "memoize" opcodes would otherwise build gigabytes of lists or memo.
     /// </summary>
     internal const int MaxValues = 1_000_000;
 
@@ -249,7 +249,7 @@ internal sealed class RestrictedUnpickler
                 case 0x80: ReadByte(); break;                                  // PROTO
                 case 0x95: ReadBytes(8); break;                                // FRAME (length hint only)
                 case (byte)'.': return Pop();                                  // STOP
-                case (byte)'(': _marks.Push(_stack.Count); break;              // MARK
+                case (byte)'(': Count(); _marks.Push(_stack.Count); break;     // MARK
                 case (byte)')': Push(Array.Empty<object?>()); break;           // EMPTY_TUPLE
                 case (byte)'t': Push(PopMark().ToArray()); break;              // TUPLE
                 case 0x85: Push(new[] { Pop() }); break;                       // TUPLE1
@@ -277,9 +277,9 @@ internal sealed class RestrictedUnpickler
                 case 0x8d: Push(ReadString(ReadLength(8))); break;             // BINUNICODE8
                 case (byte)'B': Push(ReadBytes(ReadLength(4)).ToArray()); break; // BINBYTES
                 case (byte)'C': Push(ReadBytes(ReadByte()).ToArray()); break;  // SHORT_BINBYTES
-                case (byte)'q': _memo[ReadByte()] = Peek(); break;             // BINPUT
-                case (byte)'r': _memo[ReadLength(4)] = Peek(); break;          // LONG_BINPUT
-                case 0x94: _memo[_memo.Count] = Peek(); break;                 // MEMOIZE
+                case (byte)'q': Count(); _memo[ReadByte()] = Peek(); break;    // BINPUT
+                case (byte)'r': Count(); _memo[ReadLength(4)] = Peek(); break; // LONG_BINPUT
+                case 0x94: Count(); _memo[_memo.Count] = Peek(); break;        // MEMOIZE
                 case (byte)'h': Push(Recall(ReadByte())); break;               // BINGET
                 case (byte)'j': Push(Recall(ReadLength(4))); break;            // LONG_BINGET
                 case (byte)'c': Push(Resolve(ReadLine(), ReadLine())); break;  // GLOBAL
@@ -393,10 +393,15 @@ internal sealed class RestrictedUnpickler
 
     private void Push(object? value)
     {
-        // Each opcode pushes at most one value, so this also bounds the containers, the memo and the stack.
-        if (++_pushed > MaxValues)
-            throw new CheckpointException(_path, "data.pkl", $"more than {MaxValues} values: not a tensor state dict (ViT-L's holds a few thousand).");
+        Count();
         _stack.Add(value);
+    }
+
+    /// <summary>Counts one value, memo entry or mark: whatever a pickle can make grow, it makes grow through these.</summary>
+    private void Count()
+    {
+        if (++_created > MaxValues)
+            throw new CheckpointException(_path, "data.pkl", $"more than {MaxValues} values, memo entries and marks: not a tensor state dict (ViT-L's holds a few thousand).");
     }
 
     private object? Peek() => _stack.Count > 0 ? _stack[^1] : throw new InvalidDataException("pickle stack underflow.");

@@ -277,6 +277,8 @@ public abstract class RepAdapterTrainerBase<TOptions, TTransformer> : IEstimator
         if (BackboneFamilies.OfBuiltInWeights(builtIn) is not null && (TrainerOptions.Architecture is not null || TrainerOptions.CheckpointPath is null))
         {
             // Built-in weights (ML.NET's ResNet-18): CheckpointPath, when given, is the folder that holds them.
+            if (TrainerOptions.CheckpointPath is { } file && File.Exists(file))
+                throw Host.Except($"CheckpointPath '{file}' is a file: with Architecture = \"{builtIn}\" it names the folder that holds those built-in weights.");
             var loaded = PretrainedBackbones.LoadBuiltIn(builtIn, classes, TrainerOptions.CheckpointPath, TrainerOptions.ImageSize);
             ch.Info(loaded.Report.ToString());
             backbone = loaded.Backbone;

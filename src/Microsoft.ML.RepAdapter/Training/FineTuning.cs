@@ -134,7 +134,13 @@ public static class FineTuning
                             $"Training diverged in {where}: the gradient of '{badGradient}' is not finite although the loss is {lossValue:G4}. "
                             + "Try a lower LearningRate or AdapterScale.");
                     }
-                    if (settings.MaxGradientNorm is double maxNorm) nn.utils.clip_grad_norm_(trainable.Select(p => p.parameter), maxNorm);
+                    // A norm that overflows float although every gradient is finite would scale them all to 0: refuse it too.
+                    if (settings.MaxGradientNorm is double maxNorm && nn.utils.clip_grad_norm_(trainable.Select(p => p.parameter), maxNorm) is var norm
+                        && !double.IsFinite(norm))
+                    {
+                        throw new InvalidOperationException(
+                            $"Training diverged in {where}: every gradient is finite, but their norm overflowed ({norm}). Try a lower LearningRate or AdapterScale.");
+                    }
                     optimizer.step();
                     if (NonFinite.FirstIn(trainable.Select(p => (p.name, (Tensor)p.parameter))) is string badWeight)
                     {

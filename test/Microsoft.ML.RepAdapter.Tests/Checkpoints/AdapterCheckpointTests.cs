@@ -101,7 +101,7 @@ public class AdapterCheckpointTests
             Assert.AreEqual(tensor.dtype, committed[key].dtype, key);
             CollectionAssert.AreEqual(tensor.shape, committed[key].shape, key);
             // Merged qkv / fc1 come from matmuls, whose last bits differ between CPUs' BLAS kernels (the fixture was written
-            // on the development machine): a few float steps of these weights (|w| < 1), far below any merging mistake.
+            // on the development machine): rounding-sized for these weights (|w| < 1), far below any merging mistake.
             Assert.IsLessThanOrEqualTo(1e-5f, TinyModels.MaxAbsDiff(tensor, committed[key]), key);
         }
     }

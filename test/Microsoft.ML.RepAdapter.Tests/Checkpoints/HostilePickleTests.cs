@@ -79,14 +79,17 @@ public class HostilePickleTests
     }
 
     [TestMethod]
-    public void MillionsOfEmptyListsAreRefusedBeforeTheyFillTheMemory()
+    [DataRow("lists", ']')]
+    [DataRow("memo", (char)0x94)]
+    [DataRow("marks", '(')]
+    public void MillionsOfOneByteOpcodesAreRefusedBeforeTheyFillTheMemory(string what, char opcode)
     {
-        // 64 MB of "empty list" opcodes would build 64 million lists (gigabytes); the cap stops at a million values.
-        const int count = 3_000_000;
-        var pickle = new Pickle();
-        for (int i = 0; i < count; i++) pickle.Op(']');
-        string message = TestHost.ExpectException<CheckpointException>("read-checkpoint", TorchArchive("many.pth", pickle.Stop()));
-        StringAssert.Contains(message, "more than 1000000 values");
+        // 64 MB of one-byte "empty list", "memoize" or "mark" opcodes would build 64 million lists, memo entries or marks
+        // (gigabytes); the cap stops at a million of them, all kinds together.
+        var pickle = new Pickle().Op(']');
+        for (int i = 0; i < 3_000_000; i++) pickle.Op(opcode);
+        string message = TestHost.ExpectException<CheckpointException>("read-checkpoint", TorchArchive($"many_{what}.pth", pickle.Stop()));
+        StringAssert.Contains(message, "more than 1000000 values, memo entries and marks");
     }
 
     [TestMethod]

@@ -15,6 +15,14 @@ public class ScoringTests
         return mlContext.MulticlassClassification.Trainers.RepAdapter(options).Fit(data);
     }
 
+    /// <summary>A PredictionEngine over the pipeline a user scores with: image path -> LoadImages -> <paramref name="transformer"/>.</summary>
+    private static PredictionEngine<ImageRow, TOutput> Engine<TOutput>(MLContext mlContext, RepAdapterImageClassificationTransformer transformer)
+        where TOutput : class, new() =>
+        mlContext.Model.CreatePredictionEngine<ImageRow, TOutput>(
+            mlContext.Transforms.LoadImages("Image", "", nameof(ImageRow.ImagePath))
+                .Fit(mlContext.Data.LoadFromEnumerable(TestData.Images(classes: 2, perClass: 1)))
+                .Append(transformer));
+
     [TestMethod]
     public void BatchTransformScoresInBatchesAndMatchesThePredictionEngine()
     {
@@ -25,11 +33,7 @@ public class ScoringTests
         Assert.AreEqual(3, transformer.ForwardPasses - before, "20 rows in batches of 8 take 3 forward passes");
 
         before = transformer.ForwardPasses;
-        var engine = mlContext.Model.CreatePredictionEngine<ImageRow, ScoreRow>(
-            mlContext.Transforms.Conversion.MapValueToKey("Label")
-                .Append(mlContext.Transforms.LoadImages("Image", "", nameof(ImageRow.ImagePath)))
-                .Fit(mlContext.Data.LoadFromEnumerable(TestData.Images(classes: 2, perClass: 10)))
-                .Append(transformer));
+        var engine = Engine<ScoreRow>(mlContext, transformer);
         var rows = TestData.Images(classes: 2, perClass: 10);
         for (int i = 0; i < rows.Count; i++)
         {
@@ -63,11 +67,7 @@ public class ScoringTests
         Assert.HasCount(20, predicted);
         Assert.IsTrue(predicted.All(key => key == 0), "the missing key, never the first class");
 
-        var engine = mlContext.Model.CreatePredictionEngine<ImageRow, PredictionRow>(
-            mlContext.Transforms.Conversion.MapValueToKey("Label")
-                .Append(mlContext.Transforms.LoadImages("Image", "", nameof(ImageRow.ImagePath)))
-                .Fit(mlContext.Data.LoadFromEnumerable(TestData.Images(classes: 2, perClass: 1)))
-                .Append(transformer));
+        var engine = Engine<PredictionRow>(mlContext, transformer);
         var prediction = engine.Predict(TestData.Images(classes: 2, perClass: 1)[0]);
         Assert.IsTrue(prediction.Score.All(float.IsNaN));
         Assert.AreEqual(0u, prediction.PredictedLabel);
@@ -84,10 +84,7 @@ public class ScoringTests
     {
         var mlContext = new MLContext(seed: 1);
         var transformer = Train(mlContext, out _);
-        var engine = mlContext.Model.CreatePredictionEngine<ImageRow, ScoreRow>(
-            mlContext.Transforms.LoadImages("Image", "", nameof(ImageRow.ImagePath))
-                .Fit(mlContext.Data.LoadFromEnumerable(TestData.Images(classes: 2, perClass: 1)))
-                .Append(transformer));
+        var engine = Engine<ScoreRow>(mlContext, transformer);
         var input = TestData.Images(classes: 1, perClass: 1)[0];
         long Rss()
         {

@@ -70,31 +70,33 @@ public class TrainerTests
     {
         // The loader's "pass its folder" must be reachable from the trainer's options: CheckpointPath names it.
         var mlContext = new MLContext(seed: 1);
+        var log = new List<string>();
+        mlContext.Log += (_, e) => { lock (log) log.Add(e.RawMessage); };
         var data = TestData.Prepared(mlContext, TestData.Images(classes: 2, perClass: 2));
-        RepAdapterImageClassificationTrainer.Options Options(string folder) => new()
+        RepAdapterImageClassificationTrainer RepAdapter(string checkpointPath) => mlContext.MulticlassClassification.Trainers.RepAdapter(new()
         {
             Architecture = PretrainedBackbones.MLNetResNet18,
-            CheckpointPath = folder,
+            CheckpointPath = checkpointPath,
             ImageSize = 32,
             Epochs = 1,
             BatchSize = 4,
             WarmupEpochs = 0,
-        };
+        });
 
         string missing = Path.Combine(Checkpoints.CheckpointFiles.TempDirectory(), "nowhere");
-        var error = Assert.ThrowsExactly<FileNotFoundException>(() => mlContext.MulticlassClassification.Trainers.RepAdapter(Options(missing)).Fit(data));
+        var error = Assert.ThrowsExactly<FileNotFoundException>(() => RepAdapter(missing).Fit(data));
         StringAssert.Contains(error.Message, missing);
+        string source = Path.Combine(AppContext.BaseDirectory, "DnnImageModels");
+        string onnxFile = Path.Combine(source, "ResNet18Onnx", "ResNet18.onnx");
+        var fileError = Assert.ThrowsExactly<InvalidOperationException>(() => RepAdapter(onnxFile).Fit(data));
+        StringAssert.Contains(fileError.Message, "is a file");
 
-        // A copy outside every default search path, so that only CheckpointPath can lead there.
         string copy = Checkpoints.CheckpointFiles.TempDirectory();
-        foreach (string file in Directory.EnumerateFiles(Path.Combine(AppContext.BaseDirectory, "DnnImageModels"), "*", SearchOption.AllDirectories))
-        {
-            string target = Path.Combine(copy, Path.GetRelativePath(Path.Combine(AppContext.BaseDirectory, "DnnImageModels"), file));
-            Directory.CreateDirectory(Path.GetDirectoryName(target)!);
-            File.Copy(file, target);
-        }
-        using var model = mlContext.MulticlassClassification.Trainers.RepAdapter(Options(copy)).Fit(data);
+        TestData.CopyDirectory(source, copy);
+        using var model = RepAdapter(copy).Fit(data);
         Assert.AreEqual(PretrainedBackbones.MLNetResNet18, model.Model.Architecture);
+        // The default search path holds the same files: the load report says which were read.
+        Assert.IsTrue(log.Any(m => m.StartsWith(Path.Combine(copy, "ResNet18Onnx", "ResNet18.onnx"), StringComparison.Ordinal)), string.Join("\n", log));
     }
 
     [TestMethod]

@@ -164,9 +164,14 @@ public class OnnxPipelineTests
         var (torchScores, torchLabels) = Predict(_model, mlContext, _atModelSize);
         var lines = File.ReadAllLines(output).Select(line => line.Split('\t')).ToArray();
         CollectionAssert.AreEqual(_atModelSize.Select(r => r.ImagePath).ToArray(), lines.Select(f => f[0]).ToArray(), "one line per image, in order");
-        var sampleLabels = lines.Select(f => (uint)Array.IndexOf(_transformer.LabelNames.ToArray(), f[1]) + 1).ToArray();
-        AssertSameLabels(torchScores, torchLabels, sampleLabels, 1e-4f, "the sample's predicted labels");
-        Assert.IsTrue(File.ReadAllLines(output).All(l => float.Parse(l.Split('\t')[2], CultureInfo.InvariantCulture) is > 0 and <= 1));
+        var sampleLabels = lines.Select(f => Array.IndexOf(_transformer.LabelNames.ToArray(), f[1]) + 1).ToArray();
+        Assert.IsTrue(sampleLabels.All(key => key > 0), "every printed label is one of the model's");
+        AssertSameLabels(torchScores, torchLabels, [.. sampleLabels.Select(k => (uint)k)], 1e-4f, "the sample's predicted labels");
+        for (int i = 0; i < lines.Length; i++)
+        {
+            float printed = float.Parse(lines[i][2], CultureInfo.InvariantCulture);
+            Assert.AreEqual(torchScores[i].Max(), printed, 1e-4f, $"row {i}: the sample's probability of its label");
+        }
 
         var shipped = Directory.GetFiles(Path.GetDirectoryName(SampleAppPath)!, "*", SearchOption.AllDirectories).Select(Path.GetFileName).ToArray();
         var forbidden = shipped.Where(f => f!.Contains("torch", StringComparison.OrdinalIgnoreCase) || f.Contains("c10", StringComparison.OrdinalIgnoreCase)

@@ -23,7 +23,7 @@ public class PackageConsumerTests
             Run("dotnet", ["pack", Path.Combine(TestData.RepoRoot, "src", "Microsoft.ML.RepAdapter"), "-o", feed, $"-p:Version={version}"], TestData.RepoRoot);
             Assert.IsTrue(File.Exists(Path.Combine(feed, $"Microsoft.ML.RepAdapter.{version}.nupkg")));
 
-            CopyDirectory(Path.Combine(TestData.RepoRoot, "samples", "PackageConsumer"), app);
+            TestData.CopyDirectory(Path.Combine(TestData.RepoRoot, "samples", "PackageConsumer"), app);
             // Two classes of six images: the snippet's 3 epochs on ML.NET's ResNet-18 take seconds.
             string images = Path.Combine(work, "images");
             foreach (var row in TestData.Images(classes: 2, perClass: 6))
@@ -74,14 +74,4 @@ public class PackageConsumerTests
         return stdout;
     }
 
-    private static void CopyDirectory(string source, string target)
-    {
-        foreach (var file in Directory.EnumerateFiles(source, "*", SearchOption.AllDirectories))
-        {
-            string relative = Path.GetRelativePath(source, file);
-            if (relative.Split(Path.DirectorySeparatorChar)[0] is "bin" or "obj") continue;
-            Directory.CreateDirectory(Path.GetDirectoryName(Path.Combine(target, relative))!);
-            File.Copy(file, Path.Combine(target, relative));
-        }
-    }
 }

@@ -191,8 +191,8 @@ public class SegmentationInputTests
         options.Head = SegmentationHeadKind.Naive;
         var data = mlContext.Data.LoadFromEnumerable(Rows(4));
         using var transformer = mlContext.MulticlassClassification.Trainers.RepAdapterSegmentation(options).Fit(data);
-        // A NaN in the last layer's bias reaches every pixel's logits of that class, and so every pixel's argmax.
-        using (no_grad()) transformer.Model.parameters().Last()[0] = float.NaN;
+        // A NaN in the classifier's bias reaches every pixel's logit of that class, and so every pixel's argmax.
+        using (no_grad()) transformer.Model.named_parameters().Single(p => p.name == "decode_head.conv_seg.bias").parameter[0] = float.NaN;
         var masks = transformer.Transform(data).GetColumn<uint[]>("PredictedMask").ToList();
         Assert.HasCount(4, masks);
         foreach (var mask in masks) Assert.IsTrue(mask.All(k => k == 255), "every pixel gets the ignore value, no class");
