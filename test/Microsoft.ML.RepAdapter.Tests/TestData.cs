@@ -53,6 +53,14 @@ internal static class TestData
         }
     }
 
+    /// <summary>The raw messages <paramref name="mlContext"/> logs from now on (those <paramref name="keep"/> accepts), as they come.</summary>
+    public static List<string> CaptureLog(MLContext mlContext, Func<LoggingEventArgs, bool>? keep = null)
+    {
+        var log = new List<string>();
+        mlContext.Log += (_, e) => { if (keep?.Invoke(e) ?? true) lock (log) log.Add(e.RawMessage); };
+        return log;
+    }
+
     /// <summary>Rows with the label mapped to a key and the image loaded: what the trainer consumes.</summary>
     public static IDataView Prepared(MLContext mlContext, IEnumerable<ImageRow> rows)
     {

@@ -21,6 +21,9 @@ internal static class TinyModels
     /// <summary>Every kind <see cref="Create"/> builds: one per family, and both ResNet block types.</summary>
     public static readonly string[] Kinds = ["vit", "resnet_basic", "resnet_bottleneck", "swin", "convnext", "clip"];
 
+    /// <summary><see cref="Kinds"/> as DynamicData rows.</summary>
+    public static IEnumerable<object[]> KindRows => Kinds.Select(kind => new object[] { kind });
+
     public static Backbone Create(string kind, int seed = 0)
     {
         torch.manual_seed(seed);

@@ -74,17 +74,12 @@ internal static class LatencySuite
     private static Backbone[] Build(string preset)
     {
         manual_seed(0);
-        Backbone Create() => preset == Microsoft.ML.RepAdapter.Checkpoints.PretrainedBackbones.MLNetResNet18
-            ? Microsoft.ML.RepAdapter.Checkpoints.PretrainedBackbones.LoadMLNetResNet18().Backbone
-            : BackbonePresets.Create(preset);
+        Backbone Create() => BenchmarkModels.Create(preset);
         var plain = Create();
         var plain2 = Create();
         var unmerged = Create();
         unmerged.AttachAdapters(new AdapterConfig());
-        using (no_grad())
-        {
-            foreach (var (_, p) in unmerged.named_parameters().Where(p => BackboneAdapters.IsAdapterParameter(p.name))) p.normal_(0, 0.02);
-        }
+        BenchmarkModels.RandomizeAdapters(unmerged);
         var merged = Create();
         merged.AttachAdapters(new AdapterConfig());
         merged.load_state_dict(unmerged.state_dict());

@@ -78,14 +78,9 @@ internal static class OnnxSuite
     private static Backbone Merged(string preset)
     {
         manual_seed(0);
-        var model = preset == Microsoft.ML.RepAdapter.Checkpoints.PretrainedBackbones.MLNetResNet18
-            ? Microsoft.ML.RepAdapter.Checkpoints.PretrainedBackbones.LoadMLNetResNet18().Backbone
-            : BackbonePresets.Create(preset);
+        var model = BenchmarkModels.Create(preset);
         model.AttachAdapters(new AdapterConfig());
-        using (no_grad())
-        {
-            foreach (var (_, p) in model.named_parameters().Where(p => BackboneAdapters.IsAdapterParameter(p.name))) p.normal_(0, 0.02);
-        }
+        BenchmarkModels.RandomizeAdapters(model);
         model.eval();
         model.MergeAdapters();
         return model;

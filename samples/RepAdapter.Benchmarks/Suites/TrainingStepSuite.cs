@@ -103,7 +103,7 @@ internal static class TrainingStepSuite
     public static int One(string model, int batch, string method, int warmup, int steps)
     {
         manual_seed(0);
-        Backbone backbone = model == PretrainedBackbones.MLNetResNet18 ? PretrainedBackbones.LoadMLNetResNet18(numClasses: 10).Backbone : BackbonePresets.Create(model, 10);
+        Backbone backbone = BenchmarkModels.Create(model, numClasses: 10);
         var (trainable, lastBlocks) = method switch
         {
             "full fine-tune" => (TrainableParameters.All, (int?)null),

@@ -176,10 +176,10 @@ public abstract class Backbone : nn.Module<Tensor, Tensor>, IAdaptableModel
     internal string EmitForward(OnnxGraphBuilder graph, string pixels) => EmitHead(graph, EmitFeatures(graph, pixels));
 
     /// <summary>Emits <see cref="ForwardHead"/>: the linear classifier at <see cref="HeadName"/>, or the features themselves without one.</summary>
-    internal virtual string EmitHead(OnnxGraphBuilder graph, string features)
+    internal string EmitHead(OnnxGraphBuilder graph, string features)
     {
         if (NumClasses == 0) return features;
-        var parameters = named_parameters().ToDictionary(p => p.name, p => p.parameter);
+        var parameters = OnnxExport.Parameters(this);
         return graph.Linear(features, parameters[HeadName + ".weight"], parameters.GetValueOrDefault(HeadName + ".bias"), HeadName);
     }
 }

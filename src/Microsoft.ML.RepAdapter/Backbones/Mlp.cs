@@ -37,6 +37,9 @@ public sealed class Mlp : nn.Module<Tensor, Tensor>
     /// <summary>The first projection, an adapter site.</summary>
     public AdaptableLinear Fc1 => fc1;
 
+    /// <summary>The second projection.</summary>
+    internal Linear Fc2 => fc2;
+
     /// <summary>The activation between fc1 and fc2.</summary>
     internal MlpActivation Activation { get; }
 

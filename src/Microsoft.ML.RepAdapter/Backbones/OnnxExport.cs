@@ -1,5 +1,6 @@
 using Microsoft.ML.RepAdapter.Adapters;
 using Microsoft.ML.RepAdapter.Formats;
+using Microsoft.ML.RepAdapter.Torch;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -123,27 +124,17 @@ internal static class OnnxExport
         using var scope = NewDisposeScope();
         var scale = tensor(input.Std.Select(s => input.PixelScale / s).ToArray());
         var shift = tensor(input.Mean.Zip(input.Std, (m, s) => -m / s).ToArray());
-        var w = weight.detach().to(float32) * scale.view(1, 3, 1, 1);
+        var original = weight.detach().to(float32);
+        var w = original * scale.view(1, 3, 1, 1);
         if (padding == 0 && inputOffset is null)
         {
-            var b = (bias?.detach().to(float32) ?? zeros(weight.shape[0])) + (weight.detach().to(float32) * shift.view(1, 3, 1, 1)).sum([1, 2, 3]);
+            var b = (bias?.detach().to(float32) ?? zeros(weight.shape[0])) + (original * shift.view(1, 3, 1, 1)).sum([1, 2, 3]);
             return graph.Conv(pixels, graph.Initializer(hint + ".weight", w), graph.Initializer(hint + ".bias", b), kernel, stride, padding);
         }
         var offset = shift.view(1, 3, 1, 1);
         if (inputOffset is not null) offset = offset + inputOffset.detach().to(float32);
         string shifted = graph.Add(pixels, graph.Initializer("input_shift", offset / scale.view(1, 3, 1, 1)));
         return graph.Conv(shifted, graph.Initializer(hint + ".weight", w), bias is null ? null : graph.Initializer(hint + ".bias", bias), kernel, stride, padding);
-    }
-
-    /// <summary>
-    /// The conv weight and bias with an eval-mode BatchNorm after it folded in: W g / s and (b - mean) g / s + beta,
-    /// s = sqrt(running_var + eps). New tensors (in the caller's dispose scope); the modules are not changed.
-    /// </summary>
-    public static (Tensor Weight, Tensor Bias) FoldBatchNorm(Tensor weight, Tensor? bias, BatchNorm2d bn)
-    {
-        var scale = bn.weight!.detach() / (bn.running_var!.detach() + bn.eps).sqrt();
-        var foldedBias = ((bias?.detach() ?? zeros_like(scale)) - bn.running_mean!.detach()) * scale + bn.bias!.detach();
-        return (weight.detach() * scale.view(-1, 1, 1, 1), foldedBias);
     }
 
     /// <summary>
@@ -155,7 +146,7 @@ internal static class OnnxExport
         using var scope = NewDisposeScope();
         (Tensor w, Tensor? b) = norm switch
         {
-            BatchNorm2d bn => FoldBatchNorm(weight, bias, bn),
+            BatchNorm2d bn => BatchNormFolding.Fold(weight, bias, bn),
             null or Identity => (weight, bias),
             _ => throw new NotSupportedException($"ONNX export of '{hint}': a {norm.GetType().Name} after a convolution is not supported (BatchNorm2d is)."),
         };
@@ -168,13 +159,16 @@ internal static class OnnxExport
     {
         string h = graph.Linear(x, mlp.Fc1.weight, mlp.Fc1.bias, hint + ".fc1");
         h = mlp.Activation == MlpActivation.QuickGelu ? graph.QuickGelu(h) : graph.Gelu(h);
-        var fc2 = mlp.named_parameters().ToDictionary(p => p.name, p => p.parameter);
-        return graph.Linear(h, fc2["fc2.weight"], fc2["fc2.bias"], hint + ".fc2");
+        return graph.Linear(h, mlp.Fc2.weight, mlp.Fc2.bias, hint + ".fc2");
     }
 
     /// <summary>LayerNorm over the last axis with the module's affine parameters.</summary>
     public static string LayerNorm(OnnxGraphBuilder graph, string x, LayerNorm norm, string hint) =>
         graph.LayerNorm(x, norm.weight!, norm.bias!, norm.eps, hint);
+
+    /// <summary>LayerNorm over the last axis with the affine parameters <paramref name="name"/>.weight and .bias of <paramref name="p"/>.</summary>
+    public static string LayerNorm(OnnxGraphBuilder graph, string x, Dictionary<string, Tensor> p, string name, double eps) =>
+        graph.LayerNorm(x, p[name + ".weight"], p[name + ".bias"], eps, name);
 
     /// <summary>The parameters of <paramref name="module"/> by their names relative to it.</summary>
     public static Dictionary<string, Tensor> Parameters(nn.Module module) =>

@@ -16,17 +16,15 @@ internal readonly record struct OnnxDim(long? Value, string? Symbol)
 /// <summary>A graph input or output: name, element type (<see cref="OnnxFields.DataType"/>) and shape.</summary>
 internal sealed record OnnxValue(string Name, int ElementType, IReadOnlyList<OnnxDim> Shape);
 
-/// <summary>One node as written: op, inputs and outputs by value name, attributes (long, float, string or arrays of them).</summary>
-internal sealed record OnnxNodeSpec(string Name, string OpType, string Domain, IReadOnlyList<string> Inputs, IReadOnlyList<string> Outputs,
+/// <summary>One node (of the ai.onnx domain) as written: op, inputs and outputs by value name, attributes (long, float, string or arrays of them).</summary>
+internal sealed record OnnxNodeSpec(string Name, string OpType, IReadOnlyList<string> Inputs, IReadOnlyList<string> Outputs,
     IReadOnlyList<KeyValuePair<string, object>> Attributes);
 
-/// <summary>
-/// An initializer as written: a float32 or int64 tensor (owned by the builder, on the CPU, contiguous) or strings.
-/// </summary>
-internal sealed record OnnxInitializer(string Name, int DataType, long[] Dims, Tensor? Tensor, string[]? Strings)
+/// <summary>An initializer as written: a float32 or int64 tensor, owned by the builder, on the CPU, contiguous.</summary>
+internal sealed record OnnxInitializer(string Name, int DataType, long[] Dims, Tensor Tensor)
 {
-    /// <summary>Bytes of raw data (tensors) or of the strings.</summary>
-    public long ByteCount => Tensor is { } t ? t.NumberOfElements * t.ElementSize : Strings!.Sum(s => (long)System.Text.Encoding.UTF8.GetByteCount(s));
+    /// <summary>Bytes of raw data.</summary>
+    public long ByteCount => Tensor.NumberOfElements * Tensor.ElementSize;
 }
 
 /// <summary>
@@ -40,12 +38,6 @@ internal sealed class OnnxGraphBuilder(string graphName) : IDisposable
 {
     /// <summary>The ai.onnx operator set the graph is written for (LayerNormalization needs 17).</summary>
     public const int Opset = 17;
-
-    /// <summary>The ai.onnx.ml operator set, imported only when a node of that domain is used.</summary>
-    public const int MLOpset = 3;
-
-    /// <summary>The ai.onnx.ml domain name.</summary>
-    public const string MLDomain = "ai.onnx.ml";
 
     private readonly List<OnnxNodeSpec> _nodes = [];
     private readonly List<OnnxInitializer> _initializers = [];
@@ -68,8 +60,6 @@ internal sealed class OnnxGraphBuilder(string graphName) : IDisposable
     /// <summary>Model metadata (metadata_props), e.g. the input's channel order and pixel range.</summary>
     public Dictionary<string, string> Metadata { get; } = [];
 
-    public bool UsesMLDomain => _nodes.Any(n => n.Domain == MLDomain);
-
     public string Input(string name, int elementType, params OnnxDim[] shape)
     {
         _inputs.Add(new OnnxValue(Claim(name), elementType, shape));
@@ -79,7 +69,7 @@ internal sealed class OnnxGraphBuilder(string graphName) : IDisposable
     /// <summary>Declares <paramref name="value"/> a graph output called <paramref name="name"/> (through an Identity when the names differ).</summary>
     public void Output(string value, string name, int elementType, params OnnxDim[] shape)
     {
-        if (value != name) Node("Identity", [value], [Claim(name)], "");
+        if (value != name) Node("Identity", [value], [Claim(name)]);
         _outputs.Add(new OnnxValue(name, elementType, shape));
     }
 
@@ -95,9 +85,10 @@ internal sealed class OnnxGraphBuilder(string graphName) : IDisposable
             ScalarType.Int64 => OnnxFields.DataType.Int64,
             _ => throw new NotSupportedException($"ONNX initializer '{hint}': {owned.dtype} is not exported (float32 and int64 are)."),
         };
-        owned = owned.contiguous().clone().DetachFromDisposeScope();
+        // The builder's own copy: contiguous() makes one of a strided tensor (e.g. a transposed weight), clone() of the rest.
+        owned = (owned.is_contiguous() ? owned.clone() : owned.contiguous()).DetachFromDisposeScope();
         string name = Unique(hint);
-        _initializers.Add(new OnnxInitializer(name, dataType, owned.shape, owned, null));
+        _initializers.Add(new OnnxInitializer(name, dataType, owned.shape, owned));
         return name;
     }
 
@@ -127,19 +118,12 @@ internal sealed class OnnxGraphBuilder(string graphName) : IDisposable
         return _intConstants[key] = Initializer("index", tensor(value));
     }
 
-    public string Strings(string hint, string[] values, params long[] dims)
-    {
-        string name = Unique(hint);
-        _initializers.Add(new OnnxInitializer(name, OnnxFields.DataType.String, dims.Length == 0 ? [values.Length] : dims, null, values));
-        return name;
-    }
-
     /// <summary>A node with one output; returns that output's name.</summary>
     public string Node(string opType, IReadOnlyList<string> inputs, params (string Name, object Value)[] attributes) =>
-        Node(opType, inputs, [Unique(opType.ToLowerInvariant())], "", attributes)[0];
+        Node(opType, inputs, [Unique(opType.ToLowerInvariant())], attributes)[0];
 
-    /// <summary>A node with the given outputs in <paramref name="domain"/> ("" for ai.onnx).</summary>
-    public IReadOnlyList<string> Node(string opType, IReadOnlyList<string> inputs, IReadOnlyList<string> outputs, string domain,
+    /// <summary>A node with the given outputs.</summary>
+    public IReadOnlyList<string> Node(string opType, IReadOnlyList<string> inputs, IReadOnlyList<string> outputs,
         params (string Name, object Value)[] attributes)
     {
         foreach (var (name, value) in attributes)
@@ -147,13 +131,13 @@ internal sealed class OnnxGraphBuilder(string graphName) : IDisposable
             if (value is not (long or int or float or double or string or long[] or int[] or float[] or string[]))
                 throw new ArgumentException($"{opType}: attribute '{name}' of type {value?.GetType().Name} cannot be written.");
         }
-        _nodes.Add(new OnnxNodeSpec(Unique($"{opType}_{_nodes.Count}"), opType, domain, inputs, outputs,
+        _nodes.Add(new OnnxNodeSpec(Unique($"{opType}_{_nodes.Count}"), opType, inputs, outputs,
             [.. attributes.Select(a => new KeyValuePair<string, object>(a.Name, a.Value))]));
         return outputs;
     }
 
     /// <summary>A fresh value name starting with <paramref name="hint"/>.</summary>
-    public string Unique(string hint)
+    private string Unique(string hint)
     {
         string name = hint;
         while (!_names.Add(name)) name = $"{hint}_{++_counter}";
@@ -170,11 +154,9 @@ internal sealed class OnnxGraphBuilder(string graphName) : IDisposable
 
     public string Add(string a, string b) => Node("Add", [a, b]);
 
-    public string Sub(string a, string b) => Node("Sub", [a, b]);
 
     public string Mul(string a, string b) => Node("Mul", [a, b]);
 
-    public string Div(string a, string b) => Node("Div", [a, b]);
 
     public string MatMul(string a, string b) => Node("MatMul", [a, b]);
 

@@ -53,12 +53,12 @@ internal static class OnnxWriter
         {
             foreach (var initializer in graph.Initializers)
             {
-                if (initializer.Tensor is not { } tensor || initializer.ByteCount < ExternalMinimumBytes) continue;
+                if (initializer.ByteCount < ExternalMinimumBytes) continue;
                 // Page-aligned offsets let ONNX Runtime map the file instead of reading it.
                 long offset = (data.Position + 4095) / 4096 * 4096;
                 data.SetLength(offset);
                 data.Position = offset;
-                data.Write(tensor.bytes);
+                data.Write(initializer.Tensor.bytes);
                 locations[initializer.Name] = (offset, initializer.ByteCount);
             }
         }
@@ -77,11 +77,6 @@ internal static class OnnxWriter
             .String(OnnxFields.Model.ProducerVersion, typeof(OnnxWriter).Assembly.GetCustomAttribute<AssemblyInformationalVersionAttribute>()?.InformationalVersion ?? "")
             .Message(OnnxFields.Model.Graph, Graph(graph, external))
             .Message(OnnxFields.Model.OpsetImport, new ProtoWriter().String(OnnxFields.OperatorSet.Domain, "").Varint(OnnxFields.OperatorSet.Version, OnnxGraphBuilder.Opset));
-        if (graph.UsesMLDomain)
-        {
-            model.Message(OnnxFields.Model.OpsetImport, new ProtoWriter()
-                .String(OnnxFields.OperatorSet.Domain, OnnxGraphBuilder.MLDomain).Varint(OnnxFields.OperatorSet.Version, OnnxGraphBuilder.MLOpset));
-        }
         foreach (var (key, value) in graph.Metadata)
             model.Message(OnnxFields.Model.MetadataProps, new ProtoWriter().String(OnnxFields.Entry.Key, key).String(OnnxFields.Entry.Value, value));
         return model;
@@ -109,7 +104,6 @@ internal static class OnnxWriter
         foreach (string output in node.Outputs) proto.String(OnnxFields.Node.Output, output);
         proto.String(OnnxFields.Node.Name, node.Name).String(OnnxFields.Node.OpType, node.OpType);
         foreach (var (name, value) in node.Attributes) proto.Message(OnnxFields.Node.Attribute, Attribute(name, value));
-        if (node.Domain.Length > 0) proto.String(OnnxFields.Node.Domain, node.Domain);
         return proto;
     }
 
@@ -142,12 +136,8 @@ internal static class OnnxWriter
         var proto = new ProtoWriter()
             .PackedVarints(OnnxFields.Tensor.Dims, initializer.Dims)
             .Varint(OnnxFields.Tensor.DataType, initializer.DataType);
-        if (initializer.Strings is { } strings)
-        {
-            foreach (string s in strings) proto.String(OnnxFields.Tensor.StringData, s);
-        }
         proto.String(OnnxFields.Tensor.Name, initializer.Name);
-        if (initializer.Tensor is not { } tensor) return proto;
+        var tensor = initializer.Tensor;
         if (location is { } at)
         {
             Entry(proto, OnnxFields.Tensor.ExternalData, "location", externalFile!);

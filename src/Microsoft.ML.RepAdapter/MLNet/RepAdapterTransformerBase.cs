@@ -142,22 +142,15 @@ public abstract class RepAdapterTransformerBase : RowToRowTransformerBase, ITran
     /// <summary>The network's output for uint8 input pixels [N, 3, S, S], in one forward pass under inference mode, on the CPU.</summary>
     internal Tensor Forward(Tensor pixels)
     {
-        // Dispose waits for running passes: freeing the weights under one would crash natively.
-        _gate.EnterReadLock();
-        try
+        return WithNetwork(() =>
         {
-            ObjectDisposedException.ThrowIf(_disposed, this);
             Interlocked.Increment(ref _forwardPasses);
             using var scope = NewDisposeScope();
             using var inference = inference_mode();
             var input = Input.Normalize(pixels.to(_device));
             if (_reduced is not null) return _reduced.forward(input.to(ScalarType.BFloat16)).to(float32).cpu().MoveToOuterDisposeScope();
             return _network.forward(input).cpu().MoveToOuterDisposeScope();
-        }
-        finally
-        {
-            _gate.ExitReadLock();
-        }
+        });
     }
 
     /// <summary>Scores <paramref name="images"/> in one forward pass: one value object per image.</summary>
@@ -216,30 +209,34 @@ public abstract class RepAdapterTransformerBase : RowToRowTransformerBase, ITran
         Host.CheckValue(mlContext, nameof(mlContext));
         if (sourceImageSize is var (width, height) && (width <= 0 || height <= 0))
             throw new ArgumentOutOfRangeException(nameof(sourceImageSize), sourceImageSize, "The source image size must be positive.");
-        byte[] onnx = null!;
-        WithNetwork(() =>
+        byte[] onnx = WithNetwork(() =>
         {
             using var stream = new MemoryStream();
             OnnxExport.Write(OnnxGraph(mlNet: true, sourceImageSize), stream);
-            onnx = stream.ToArray();
+            return stream.ToArray();
         });
         return OnnxScoringChain.Create(mlContext, this, onnx, sourceImageSize ?? (Input.ImageSize, Input.ImageSize));
     }
 
-    /// <summary>Runs <paramref name="action"/> on the network, which cannot be disposed meanwhile.</summary>
-    private void WithNetwork(Action action)
+    /// <summary>
+    /// Runs <paramref name="work"/> on the network, which cannot be disposed meanwhile: Dispose waits for running work,
+    /// since freeing the weights under a forward pass would crash natively.
+    /// </summary>
+    private T WithNetwork<T>(Func<T> work)
     {
         _gate.EnterReadLock();
         try
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
-            action();
+            return work();
         }
         finally
         {
             _gate.ExitReadLock();
         }
     }
+
+    private void WithNetwork(Action work) => WithNetwork(() => { work(); return true; });
 
     /// <summary>
     /// The ONNX graph of the merged network and the task's outputs. <paramref name="mlNet"/>: the graph ML.NET's

@@ -16,8 +16,7 @@ public class TrainerTests
         // initialisation, nothing re-initialised by the test. Pretrained features separate these three classes by a wide
         // margin, so the assertions hold whatever the CPU kernels' rounding.
         var mlContext = new MLContext(seed: 1);
-        var log = new List<string>();
-        mlContext.Log += (_, e) => { if (e.Source.Contains("RepAdapter")) lock (log) log.Add(e.RawMessage); };
+        var log = TestData.CaptureLog(mlContext, e => e.Source.Contains("RepAdapter"));
         var train = mlContext.Data.LoadFromEnumerable(TestData.Images("train", classes: 3, perClass: 12));
         var test = mlContext.Data.LoadFromEnumerable(TestData.Images("test", classes: 3, perClass: 6));
         var options = new RepAdapterImageClassificationTrainer.Options
@@ -70,8 +69,7 @@ public class TrainerTests
     {
         // The loader's "pass its folder" must be reachable from the trainer's options: CheckpointPath names it.
         var mlContext = new MLContext(seed: 1);
-        var log = new List<string>();
-        mlContext.Log += (_, e) => { lock (log) log.Add(e.RawMessage); };
+        var log = TestData.CaptureLog(mlContext);
         var data = TestData.Prepared(mlContext, TestData.Images(classes: 2, perClass: 2));
         RepAdapterImageClassificationTrainer RepAdapter(string checkpointPath) => mlContext.MulticlassClassification.Trainers.RepAdapter(new()
         {
@@ -155,8 +153,7 @@ public class TrainerTests
     public void ScaleSearchPicksOnHeldOutTrainingDataAndStoresTheChoice()
     {
         var mlContext = new MLContext(seed: 1);
-        var log = new List<string>();
-        mlContext.Log += (_, e) => { lock (log) log.Add(e.RawMessage); };
+        var log = TestData.CaptureLog(mlContext);
         var data = TestData.Prepared(mlContext, TestData.Images(classes: 2, perClass: 10));
         var options = TinyTrainerOptions.Create(epochs: 2);
         options.SearchScale = true;
@@ -173,8 +170,7 @@ public class TrainerTests
     public void ValidationAccuracyIsReportedPerEpoch()
     {
         var mlContext = new MLContext(seed: 1);
-        var log = new List<string>();
-        mlContext.Log += (_, e) => { lock (log) log.Add(e.RawMessage); };
+        var log = TestData.CaptureLog(mlContext);
         var mapping = mlContext.Transforms.Conversion.MapValueToKey("Label")
             .Append(mlContext.Transforms.LoadImages("Image", "", nameof(ImageRow.ImagePath)))
             .Fit(mlContext.Data.LoadFromEnumerable(TestData.Images(classes: 2, perClass: 6)));
@@ -221,8 +217,7 @@ public class TrainerTests
         (float[][] Scores, List<string> Log, long Trainable) Train(bool cache)
         {
             var mlContext = new MLContext(seed: 1);
-            var log = new List<string>();
-            mlContext.Log += (_, e) => { lock (log) log.Add(e.RawMessage); };
+            var log = TestData.CaptureLog(mlContext);
             var data = TestData.Prepared(mlContext, TestData.Images(classes: 2, perClass: 8));
             var options = TinyTrainerOptions.Create(epochs: 3);
             options.Trainable = trainable;
@@ -250,8 +245,7 @@ public class TrainerTests
     {
         // Disk or None says the data may not fit in memory: the prefix's outputs, as large as the images or larger, are not cached.
         var mlContext = new MLContext(seed: 1);
-        var log = new List<string>();
-        mlContext.Log += (_, e) => { lock (log) log.Add(e.RawMessage); };
+        var log = TestData.CaptureLog(mlContext);
         var options = TinyTrainerOptions.Create(epochs: 1);
         options.Trainable = TrainableParameters.HeadOnly;
         options.Cache = cache;

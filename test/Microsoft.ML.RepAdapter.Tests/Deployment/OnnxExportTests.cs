@@ -14,8 +14,6 @@ namespace Microsoft.ML.RepAdapter.Tests.Deployment;
 [TestClass]
 public class OnnxExportTests
 {
-    public static IEnumerable<object[]> Kinds => TinyModels.Kinds.Select(k => new object[] { k });
-
     /// <summary>A tiny model with random adapters attached, randomised, then merged (eval mode).</summary>
     internal static Backbone MergedTinyModel(string kind, int seed = 7)
     {
@@ -27,20 +25,13 @@ public class OnnxExportTests
         return backbone;
     }
 
-    internal static byte[] Export(Backbone backbone)
-    {
-        using var stream = new MemoryStream();
-        backbone.ExportOnnx(stream);
-        return stream.ToArray();
-    }
-
     [TestMethod]
-    [DynamicData(nameof(Kinds))]
+    [DynamicData(nameof(TinyModels.KindRows), typeof(TinyModels))]
     public void MergedBackboneMatchesTorchSharpAtBatchOneAndThree(string kind)
     {
         using var scope = NewDisposeScope();
         using var backbone = MergedTinyModel(kind);
-        using var session = new InferenceSession(Export(backbone));
+        using var session = OnnxRun.Session(backbone.ExportOnnx);
         foreach (int batch in new[] { 1, 3 })
         {
             var pixels = OnnxRun.Pixels(batch, backbone.Input.ImageSize);
@@ -64,9 +55,7 @@ public class OnnxExportTests
         TinyModels.Randomize(network, seed: 5);
         network.eval();
         Assert.IsGreaterThan(0, network.MergeAdapters());
-        using var stream = new MemoryStream();
-        network.ExportOnnx(stream);
-        using var session = new InferenceSession(stream.ToArray());
+        using var session = OnnxRun.Session(network.ExportOnnx);
         foreach (int batch in new[] { 1, 3 })
         {
             var pixels = OnnxRun.Pixels(batch, backbone.Input.ImageSize);

@@ -95,9 +95,7 @@ public class OnnxPipelineTests
     [TestMethod]
     public void ExportedModelGivesTheTransformersScores()
     {
-        using var stream = new MemoryStream();
-        _transformer.ExportOnnx(stream);
-        using var session = new InferenceSession(stream.ToArray());
+        using var session = OnnxRun.Session(_transformer.ExportOnnx);
         var images = _atModelSize.Select(r => MLImage.CreateFromFile(r.ImagePath)).ToList();
         try
         {
@@ -188,9 +186,7 @@ public class OnnxPipelineTests
         Assert.IsTrue(File.Exists(path + ".data"), "the weights went to external data");
         Assert.IsLessThan(new FileInfo(path + ".data").Length, new FileInfo(path).Length, "the .onnx file holds the graph, the .data file the weights");
 
-        using var stream = new MemoryStream();
-        _transformer.ExportOnnx(stream);
-        using var inline = new InferenceSession(stream.ToArray());
+        using var inline = OnnxRun.Session(_transformer.ExportOnnx);
         using var external = new InferenceSession(path);
         using var scope = NewDisposeScope();
         var pixels = OnnxRun.Pixels(3, _transformer.Input.ImageSize);
@@ -229,9 +225,7 @@ public class OnnxPipelineTests
             "Image", "Score", "PredictedLabel", scoringBatchSize: 4, CPU);
         using (var scope = NewDisposeScope())
         {
-            using var stream = new MemoryStream();
-            transformer.ExportOnnx(stream);
-            using var session = new InferenceSession(stream.ToArray());
+            using var session = OnnxRun.Session(transformer.ExportOnnx);
             var pixels = OnnxRun.Pixels(3, 32);
             OnnxRun.AssertClose(transformer.Forward(pixels), OnnxRun.Run(session, pixels, output: "logits"), "ML.NET ResNet-18 logits, batch 3");
         }
@@ -278,9 +272,7 @@ public class OnnxPipelineTests
             Path.Combine(_folder, "mosaics-at-model-size"));
         var expected = model.Transform(mlContext.Data.LoadFromEnumerable(rows)).GetColumn<uint[]>(transformer.PredictedMaskColumnName).ToArray();
 
-        using var stream = new MemoryStream();
-        transformer.ExportOnnx(stream);
-        using var session = new InferenceSession(stream.ToArray());
+        using var session = OnnxRun.Session(transformer.ExportOnnx);
         var images = rows.Select(r => MLImage.CreateFromFile(r.ImagePath)).ToList();
         bool[] tied;
         try

@@ -7,6 +7,14 @@ namespace Microsoft.ML.RepAdapter.Tests.Deployment;
 /// <summary>Runs exported models with ONNX Runtime and compares them with TorchSharp.</summary>
 internal static class OnnxRun
 {
+    /// <summary>An ONNX Runtime session on the model <paramref name="export"/> writes (e.g. <c>model.ExportOnnx</c>).</summary>
+    public static InferenceSession Session(Action<Stream> export)
+    {
+        using var stream = new MemoryStream();
+        export(stream);
+        return new InferenceSession(stream.ToArray());
+    }
+
     /// <summary>
     /// The model's output <paramref name="output"/> (default: its first) for <paramref name="pixels"/> (uint8 or float
     /// [N, 3, S, S]) fed as float input "pixels"; an int64 output comes back as int64.

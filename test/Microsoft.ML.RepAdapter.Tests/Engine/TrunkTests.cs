@@ -8,10 +8,8 @@ namespace Microsoft.ML.RepAdapter.Tests.Engine;
 [TestClass]
 public class TrunkTests
 {
-    public static IEnumerable<object[]> Kinds => TinyModels.Kinds.Select(kind => new object[] { kind });
-
     [TestMethod]
-    [DynamicData(nameof(Kinds))]
+    [DynamicData(nameof(TinyModels.KindRows), typeof(TinyModels))]
     public void AnyCutOfTheTrunkGivesTheSameFeatures(string kind)
     {
         using var backbone = TinyModels.Create(kind);
@@ -37,7 +35,7 @@ public class TrunkTests
     }
 
     [TestMethod]
-    [DynamicData(nameof(Kinds))]
+    [DynamicData(nameof(TinyModels.KindRows), typeof(TinyModels))]
     public void LastBlocksPutsAdaptersInTheLastBlocksOnlyAndTheFirstTrainableStepFollows(string kind)
     {
         using var backbone = TinyModels.Create(kind);

@@ -31,9 +31,8 @@ public class MLContextConventionsTests
     public void AGpuRequestedWithoutCudaFallsBackToTheCpuWithAWarningOrFails()
     {
         Assert.IsFalse(TorchSharp.torch.cuda.is_available(), "this build is TorchSharp-cpu");
-        var warnings = new List<string>();
         var mlContext = new MLContext(seed: 1) { GpuDeviceId = 0, FallbackToCpu = true };
-        mlContext.Log += (_, e) => { if (e.Kind == Runtime.ChannelMessageKind.Warning) lock (warnings) warnings.Add(e.RawMessage); };
+        var warnings = TestData.CaptureLog(mlContext, e => e.Kind == Runtime.ChannelMessageKind.Warning);
         var data = TestData.Prepared(mlContext, TestData.Images(classes: 2, perClass: 4));
         var model = mlContext.MulticlassClassification.Trainers.RepAdapter(TinyTrainerOptions.Create(epochs: 1)).Fit(data);
         Assert.IsTrue(warnings.Any(w => w.Contains("GPU 0 was requested") && w.Contains("falling back to the CPU")), string.Join("\n", warnings));

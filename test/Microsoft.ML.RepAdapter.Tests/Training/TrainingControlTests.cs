@@ -13,8 +13,7 @@ public class TrainingControlTests
     private static (MLContext MLContext, List<string> Log) Context()
     {
         var mlContext = new MLContext(seed: 1);
-        var log = new List<string>();
-        mlContext.Log += (_, e) => { lock (log) log.Add(e.RawMessage); };
+        var log = TestData.CaptureLog(mlContext);
         return (mlContext, log);
     }
 

@@ -11,7 +11,7 @@ public sealed partial class ConvNeXt
     {
         var p = OnnxExport.Parameters(this);
         string pooled = graph.ReduceMean(EmitStages(graph, pixels, p)[^1], [2, 3], keepDims: false);
-        return graph.LayerNorm(pooled, p["head.norm.weight"], p["head.norm.bias"], Config.LayerNormEps, "head.norm");
+        return OnnxExport.LayerNorm(graph, pooled, p, "head.norm", Config.LayerNormEps);
     }
 
     internal override IReadOnlyList<string> EmitIntermediates(OnnxGraphBuilder graph, string pixels) =>
@@ -29,15 +29,15 @@ public sealed partial class ConvNeXt
             if (stages[s].Downsample is not null)
             {
                 x = EmitLayerNorm2d(graph, x, p, stage + ".downsample.0");
-                x = graph.Conv(x, graph.Initializer(stage + ".downsample.1.weight", p[stage + ".downsample.1.weight"]),
-                    graph.Initializer(stage + ".downsample.1.bias", p[stage + ".downsample.1.bias"]), kernel: 2, stride: 2);
+                x = OnnxExport.ConvNorm(graph, x, p[stage + ".downsample.1.weight"], p[stage + ".downsample.1.bias"], null, stride: 2, padding: 0,
+                    stage + ".downsample.1");
             }
             for (int b = 0; b < stages[s].Blocks.Count; b++)
             {
                 string name = $"{stage}.blocks.{b}";
-                string y = graph.Conv(x, graph.Initializer(name + ".conv_dw.weight", p[name + ".conv_dw.weight"]),
-                    graph.Initializer(name + ".conv_dw.bias", p[name + ".conv_dw.bias"]), kernel: 7, padding: 3, groups: Config.Dims[s]);
-                y = graph.LayerNorm(graph.ToChannelsLast(y), p[name + ".norm.weight"], p[name + ".norm.bias"], Config.LayerNormEps, name + ".norm");
+                string y = OnnxExport.ConvNorm(graph, x, p[name + ".conv_dw.weight"], p[name + ".conv_dw.bias"], null, stride: 1, padding: 3,
+                    name + ".conv_dw", groups: Config.Dims[s]);
+                y = OnnxExport.LayerNorm(graph, graph.ToChannelsLast(y), p, name + ".norm", Config.LayerNormEps);
                 y = graph.Mul(OnnxExport.Mlp(graph, y, stages[s].Blocks[b].Mlp, name + ".mlp"), graph.Initializer(name + ".gamma", p[name + ".gamma"]));
                 x = graph.Add(x, graph.ToChannelsFirst(y));
             }
@@ -47,5 +47,5 @@ public sealed partial class ConvNeXt
     }
 
     private string EmitLayerNorm2d(OnnxGraphBuilder graph, string x, Dictionary<string, Tensor> p, string name) =>
-        graph.ToChannelsFirst(graph.LayerNorm(graph.ToChannelsLast(x), p[name + ".weight"], p[name + ".bias"], Config.LayerNormEps, name));
+        graph.ToChannelsFirst(OnnxExport.LayerNorm(graph, graph.ToChannelsLast(x), p, name, Config.LayerNormEps));
 }

@@ -223,9 +223,8 @@ public sealed partial class ResNet : Backbone
         using (var scope = NewDisposeScope())
         using (no_grad())
         {
-            var scale = bn.weight! / (bn.running_var! + bn.eps).sqrt();
-            var foldedBias = ((bias is null ? zeros_like(scale) : bias) - bn.running_mean!) * scale + bn.bias!;
-            weight.mul_(scale.view(-1, 1, 1, 1));
+            var (foldedWeight, foldedBias) = BatchNormFolding.Fold(weight, bias, bn);
+            weight.copy_(foldedWeight);
             if (bias is null) addBias(foldedBias);
             else bias.copy_(foldedBias);
         }

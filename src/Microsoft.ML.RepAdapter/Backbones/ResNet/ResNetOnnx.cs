@@ -1,4 +1,5 @@
 using Microsoft.ML.RepAdapter.Formats;
+using Microsoft.ML.RepAdapter.Torch;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -18,7 +19,7 @@ public sealed partial class ResNet
     private List<string> EmitStages(OnnxGraphBuilder graph, string pixels)
     {
         using var scope = NewDisposeScope();
-        (Tensor weight, Tensor? bias) = bn1 is BatchNorm2d bn ? OnnxExport.FoldBatchNorm(conv1.weight, conv1.bias, bn) : (conv1.weight, conv1.bias);
+        (Tensor weight, Tensor? bias) = bn1 is BatchNorm2d bn ? BatchNormFolding.Fold(conv1.weight, conv1.bias, bn) : (conv1.weight, conv1.bias);
         string x = OnnxExport.NormalizedConv(graph, pixels, Input, weight, bias, kernel: 7, stride: 2, padding: 3, "conv1", input_offset);
         x = graph.MaxPool(graph.Relu(x), kernel: 3, stride: 2, padding: 1);
         var maps = new List<string>();

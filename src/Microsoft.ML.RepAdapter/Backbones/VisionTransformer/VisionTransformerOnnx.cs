@@ -37,7 +37,7 @@ public sealed partial class VisionTransformer
     }
 
     private string Norm(OnnxGraphBuilder graph, string x, Dictionary<string, Tensor> p, string name) =>
-        graph.LayerNorm(x, p[name + ".weight"], p[name + ".bias"], Config.LayerNormEps, name);
+        OnnxExport.LayerNorm(graph, x, p, name, Config.LayerNormEps);
 
     private string EmitEmbedding(OnnxGraphBuilder graph, string pixels, Dictionary<string, Tensor> p)
     {
