@@ -19,7 +19,7 @@ var split = mlContext.Data.TrainTestSplit(data, testFraction: 0.25, seed: 1);
 
 var pipeline = mlContext.Transforms.Conversion.MapValueToKey("Label")
     .Append(mlContext.Transforms.LoadImages("Image", imageFolder: "", inputColumnName: "ImagePath"))
-    .Append(mlContext.MulticlassClassification.Trainers.RepAdapter(epochs: 3, batchSize: 16)) // ML.NET's ResNet-18, offline
+    .Append(mlContext.MulticlassClassification.Trainers.RepAdapter())   // ML.NET's ResNet-18, offline, CPU recipe
     .Append(mlContext.Transforms.Conversion.MapKeyToValue("PredictedLabel"));
 var model = pipeline.Fit(split.TrainSet);                 // adapters trained, then merged into the backbone
 var metrics = mlContext.MulticlassClassification.Evaluate(model.Transform(split.TestSet));

@@ -10,15 +10,17 @@ namespace RepAdapterImageClassification;
 public partial class MLModel
 {
     /// <summary>
-    /// Training settings of the sample: the CPU recipe measured on Fashion-MNIST-1k (README, "Choosing the recipe"): adapters
-    /// in the last 3 blocks, whose frozen prefix is then computed once per image, s = 10, lr 3e-3, 12 epochs, no warm-up.
+    /// Training settings of the sample. Every lever left null is the trainer's: the CPU recipe (112 px for ML.NET's
+    /// ResNet-18, adapters in the last 3 blocks with the frozen blocks before them computed once, s = 10, lr 3e-3,
+    /// 12 epochs, batch 16), its scale, learning rate and adapted blocks chosen on held-out training images.
     /// </summary>
-    /// <param name="AdaptedBlocks">Adapters in the last this many blocks; null: every block (the paper).</param>
+    /// <param name="AdaptedBlocks">Adapters in the last this many blocks (TrainingRecipe.AllBlocks: every block, the paper).</param>
     /// <param name="CheckpointPath">Pretrained weights; null: ML.NET's pretrained ResNet-18 (no download).</param>
     /// <param name="Architecture">A preset name, when the checkpoint does not tell it.</param>
-    public sealed record TrainingSettings(int Epochs = 12, int BatchSize = 16, double LearningRate = 3e-3, int WarmupEpochs = 0,
-        float AdapterScale = 10f, int? AdaptedBlocks = 3, TrainableParameters Trainable = TrainableParameters.AdaptersAndHead,
-        string? CheckpointPath = null, string? Architecture = null, int? ImageSize = null);
+    /// <param name="TimeBudget">The most time training may take, the recipe search included; null: the whole search.</param>
+    public sealed record TrainingSettings(int? Epochs = null, int? BatchSize = null, double? LearningRate = null, float? AdapterScale = null,
+        int? AdaptedBlocks = null, TrainableParameters Trainable = TrainableParameters.AdaptersAndHead, string? CheckpointPath = null,
+        string? Architecture = null, int? ImageSize = null, TimeSpan? TimeBudget = null);
 
     /// <summary>The settings BuildPipeline uses.</summary>
     public static TrainingSettings Settings { get; set; } = new();
@@ -48,7 +50,7 @@ public partial class MLModel
             Epochs = Settings.Epochs,
             BatchSize = Settings.BatchSize,
             LearningRate = Settings.LearningRate,
-            WarmupEpochs = Settings.WarmupEpochs,
+            TimeBudget = Settings.TimeBudget,
         };
         // Data process configuration with pipeline data transformations
         var pipeline = mlContext.Transforms.Conversion.MapValueToKey(outputColumnName: @"Label", inputColumnName: @"Label", addKeyValueAnnotationsAsText: false)

@@ -10,8 +10,9 @@ namespace RepAdapterSegmentation;
 public partial class MLModel
 {
     /// <summary>Training settings of the sample (a CPU-sized run on ML.NET's pretrained ResNet-18).</summary>
-    public sealed record TrainingSettings(string[] ClassNames, int Epochs = 8, int BatchSize = 8, double LearningRate = 1e-2, int HeadChannels = 64,
-        int Seed = 42, TrainableParameters Trainable = TrainableParameters.AdaptersHeadAndBiases, float AdapterScale = 1f);
+    /// <summary>Settings of the sample; a lever left null is the trainer's CPU recipe (24 epochs, s = 1, lr 1e-2, batch 8) or its search's choice.</summary>
+    public sealed record TrainingSettings(string[] ClassNames, int? Epochs = null, int? BatchSize = null, double? LearningRate = null, int HeadChannels = 64,
+        int Seed = 42, TrainableParameters Trainable = TrainableParameters.AdaptersHeadAndBiases, float? AdapterScale = null, TimeSpan? TimeBudget = null);
 
     /// <summary>Trains the pipeline on <paramref name="trainData"/> (columns ImagePath and Mask, the mask already loaded).</summary>
     public static ITransformer RetrainPipeline(MLContext mlContext, IDataView trainData, TrainingSettings settings) =>
@@ -33,7 +34,7 @@ public partial class MLModel
             Epochs = settings.Epochs,
             BatchSize = settings.BatchSize,
             LearningRate = settings.LearningRate,
-            WarmupEpochs = 0,
+            TimeBudget = settings.TimeBudget,
             Seed = settings.Seed,
         };
         return mlContext.Transforms.LoadImages("Image", "", "ImagePath")

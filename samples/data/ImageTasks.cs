@@ -42,10 +42,12 @@ public static class FashionMnist
     public static readonly string[] Classes = ["T-shirt_top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle_boot"];
 
     /// <summary>
-    /// Images of <paramref name="split"/> ("train" or "t10k") in file order: the first <paramref name="perClass"/> of each
-    /// class when it is given, else the first <paramref name="count"/> images.
+    /// Images of <paramref name="split"/> ("train" or "t10k") in file order, after the first <paramref name="skip"/> (of
+    /// each class when <paramref name="perClass"/> is given): the next <paramref name="perClass"/> of each class when it is
+    /// given, else the next <paramref name="count"/> images; <paramref name="alter"/> changes the pixels of image i.
     /// </summary>
-    public static List<LabeledImage> Read(string folder, string split, int? perClass = null, int? count = null)
+    public static List<LabeledImage> Read(string folder, string split, int? perClass = null, int? count = null, int skip = 0,
+        Func<byte[], int, byte[]>? alter = null)
     {
         byte[] images = ReadGzip(Path.Combine(folder, $"{split}-images-idx3-ubyte.gz"));
         byte[] labels = ReadGzip(Path.Combine(folder, $"{split}-labels-idx1-ubyte.gz"));
@@ -56,8 +58,9 @@ public static class FashionMnist
         for (int i = 0; i < labels.Length - LabelHeader && rows.Count < limit; i++)
         {
             int label = labels[LabelHeader + i];
-            if (perClass is int most && taken[label]++ >= most) continue;
+            if (perClass is int most ? taken[label]++ is var t && (t < skip || t >= skip + most) : i < skip) continue;
             var pixels = images.AsSpan(ImageHeader + i * Side * Side, Side * Side).ToArray();
+            if (alter is not null) pixels = alter(pixels, i);
             rows.Add(new LabeledImage(Classes[label], Bmp.Gray(pixels, Side, Side)));
         }
         return rows;
@@ -66,6 +69,37 @@ public static class FashionMnist
     /// <summary>The benchmark split: the first 100 training images of each class (1,000), the first 2,000 t10k images.</summary>
     public static ImageTask Task1k(string folder = DebianFolder) =>
         new("fashion-mnist-1k", "natural", Classes, Read(folder, "train", perClass: 100), Read(folder, "t10k", count: 2000));
+
+    /// <summary>Another split of the same size: the next 100 training images of each class, t10k images 2,000-3,999.</summary>
+    public static ImageTask Task1kB(string folder = DebianFolder) =>
+        new("fashion-mnist-1k-b", "natural", Classes, Read(folder, "train", perClass: 100, skip: 100), Read(folder, "t10k", count: 2000, skip: 2000));
+
+    /// <summary>Few-shot: 16 training images of each class (after the first 200), t10k images 4,000-5,999.</summary>
+    public static ImageTask FewShot16(string folder = DebianFolder) =>
+        new("fashion-mnist-16-shot", "natural", Classes, Read(folder, "train", perClass: 16, skip: 200), Read(folder, "t10k", count: 2000, skip: 4000));
+
+    /// <summary>
+    /// A shift between training and test images: 100 training images of each class (after the first 300) as they are;
+    /// t10k images 6,000-7,999 moved by up to 3 pixels and at 60 % contrast, as photographs of another setting would be.
+    /// </summary>
+    public static ImageTask Shifted(string folder = DebianFolder) =>
+        new("fashion-mnist-shifted", "natural", Classes, Read(folder, "train", perClass: 100, skip: 300),
+            Read(folder, "t10k", count: 2000, skip: 6000, alter: Shift));
+
+    private static byte[] Shift(byte[] pixels, int index)
+    {
+        const int Side = 28;
+        var random = new Random(index);
+        int dx = random.Next(-3, 4), dy = random.Next(-3, 4);
+        var moved = new byte[pixels.Length];
+        for (int y = 0; y < Side; y++)
+            for (int x = 0; x < Side; x++)
+            {
+                int sx = x - dx, sy = y - dy;
+                moved[y * Side + x] = (byte)(sx is >= 0 and < Side && sy is >= 0 and < Side ? 0.6 * pixels[sy * Side + sx] : 0);
+            }
+        return moved;
+    }
 
     private static byte[] ReadGzip(string path)
     {

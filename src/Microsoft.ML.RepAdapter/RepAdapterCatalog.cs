@@ -1,5 +1,6 @@
 using Microsoft.ML.Data;
 using Microsoft.ML.RepAdapter.Classification;
+using Microsoft.ML.RepAdapter.MLNet;
 using Microsoft.ML.RepAdapter.Segmentation;
 
 namespace Microsoft.ML.RepAdapter;
@@ -10,20 +11,25 @@ public static class RepAdapterCatalog
     /// <summary>
     /// Fine-tunes a pretrained backbone with RepAdapter for image classification; adapters are merged after training.
     /// The column parameters are those of ML.NET's <c>ImageClassification</c> trainer, so a Model Builder line works by
-    /// renaming the method. Without a checkpoint the backbone is ML.NET's pretrained ResNet-18 (no download).
+    /// renaming the method. Without a checkpoint the backbone is ML.NET's pretrained ResNet-18 (no download). With no
+    /// other argument, the CPU recipe trains in minutes, its scale, learning rate and adapted blocks chosen on held-out
+    /// training images (or <paramref name="validationSet"/>); <c>recipe: RecipePreset.Paper</c> is the paper's GPU recipe.
     /// </summary>
     /// <param name="catalog">The multiclass classification trainers catalog (<c>mlContext.MulticlassClassification.Trainers</c>).</param>
     /// <param name="labelColumnName">A key column (MapValueToKey).</param>
     /// <param name="featureColumnName">The image column: MLImage (LoadImages) or encoded image bytes (LoadRawImageBytes, Model Builder's ImageSource).</param>
     /// <param name="scoreColumnName">The output column of class probabilities.</param>
     /// <param name="predictedLabelColumnName">The output column of the predicted key.</param>
-    /// <param name="validationSet">Reported after each epoch (never pass the test data).</param>
+    /// <param name="validationSet">What the recipe search judges on, reported after each epoch (never pass the test data).</param>
     /// <param name="checkpointPath">Pretrained weights (.npz, .safetensors, .pth); the architecture is read from them.</param>
     /// <param name="architecture">Backbone preset when it cannot be inferred from the checkpoint.</param>
-    /// <param name="epochs">Training epochs (a tenth of them warm up the learning rate).</param>
-    /// <param name="batchSize">Images per optimiser step.</param>
-    /// <param name="learningRate">AdamW's peak learning rate.</param>
-    /// <param name="adapterScale">The adapter scale s.</param>
+    /// <param name="timeBudget">The most time Fit may take, search included; null: the recipe's whole search; <see cref="TimeSpan.Zero"/>: no search.</param>
+    /// <param name="recipe">Where unset levers come from: <see cref="RecipePreset.Cpu"/> or the paper's <see cref="RecipePreset.Paper"/>.</param>
+    /// <param name="imageSize">Input resolution; null: the recipe's (112 px for the built-in backbone on a CPU) or the checkpoint's.</param>
+    /// <param name="epochs">Training epochs; null: the recipe's (the warm-up keeps its share of them).</param>
+    /// <param name="batchSize">Images per optimiser step; null: the recipe's.</param>
+    /// <param name="learningRate">AdamW's peak learning rate; null: the recipe's or the search's.</param>
+    /// <param name="adapterScale">The adapter scale s; null: the recipe's or the search's.</param>
     public static RepAdapterImageClassificationTrainer RepAdapter(
         this MulticlassClassificationCatalog.MulticlassClassificationTrainers catalog,
         string labelColumnName = DefaultColumnNames.Label,
@@ -33,10 +39,13 @@ public static class RepAdapterCatalog
         IDataView? validationSet = null,
         string? checkpointPath = null,
         string? architecture = null,
-        int epochs = 100,
-        int batchSize = 64,
-        double learningRate = 1e-3,
-        float adapterScale = 1f) =>
+        TimeSpan? timeBudget = null,
+        RecipePreset recipe = RecipePreset.Cpu,
+        int? imageSize = null,
+        int? epochs = null,
+        int? batchSize = null,
+        double? learningRate = null,
+        float? adapterScale = null) =>
         catalog.RepAdapter(new RepAdapterImageClassificationTrainer.Options
         {
             LabelColumnName = labelColumnName,
@@ -46,9 +55,10 @@ public static class RepAdapterCatalog
             ValidationSet = validationSet,
             Architecture = architecture,
             CheckpointPath = checkpointPath,
+            TimeBudget = timeBudget,
+            Recipe = recipe,
+            ImageSize = imageSize,
             Epochs = epochs,
-            // The paper's ratio: 10 warm-up epochs in 100.
-            WarmupEpochs = epochs / 10,
             BatchSize = batchSize,
             LearningRate = learningRate,
             AdapterScale = adapterScale,
@@ -71,8 +81,12 @@ public static class RepAdapterCatalog
     /// <param name="classNames">Class names in index order; null: indices as names, the count from the training masks.</param>
     /// <param name="checkpointPath">Pretrained weights (.npz, .safetensors, .pth); the architecture is read from them.</param>
     /// <param name="architecture">Backbone preset when it cannot be inferred, or <c>mlnet_resnet18</c> (ML.NET's own ResNet-18).</param>
-    /// <param name="epochs">Training epochs (a tenth of them warm up the learning rate).</param>
-    /// <param name="batchSize">Images per optimiser step.</param>
+    /// <param name="validationSet">What the recipe search judges mean IoU on, reported after each epoch (never pass the test data).</param>
+    /// <param name="timeBudget">The most time Fit may take, search included; null: the recipe's whole search; <see cref="TimeSpan.Zero"/>: no search.</param>
+    /// <param name="recipe">Where unset levers come from: <see cref="RecipePreset.Cpu"/> or the paper's <see cref="RecipePreset.Paper"/>.</param>
+    /// <param name="imageSize">Input resolution; null: the recipe's (112 px for the built-in backbone on a CPU) or the checkpoint's.</param>
+    /// <param name="epochs">Training epochs; null: the recipe's (the warm-up keeps its share of them).</param>
+    /// <param name="batchSize">Images per optimiser step; null: the recipe's.</param>
     public static RepAdapterSegmentationTrainer RepAdapterSegmentation(
         this MulticlassClassificationCatalog.MulticlassClassificationTrainers catalog,
         string maskColumnName = "Mask",
@@ -81,8 +95,12 @@ public static class RepAdapterCatalog
         string[]? classNames = null,
         string? checkpointPath = null,
         string? architecture = null,
-        int epochs = 100,
-        int batchSize = 16) =>
+        IDataView? validationSet = null,
+        TimeSpan? timeBudget = null,
+        RecipePreset recipe = RecipePreset.Cpu,
+        int? imageSize = null,
+        int? epochs = null,
+        int? batchSize = null) =>
         catalog.RepAdapterSegmentation(new RepAdapterSegmentationTrainer.Options
         {
             MaskColumnName = maskColumnName,
@@ -91,8 +109,11 @@ public static class RepAdapterCatalog
             ClassNames = classNames,
             CheckpointPath = checkpointPath,
             Architecture = architecture,
+            ValidationSet = validationSet,
+            TimeBudget = timeBudget,
+            Recipe = recipe,
+            ImageSize = imageSize,
             Epochs = epochs,
-            WarmupEpochs = epochs / 10,
             BatchSize = batchSize,
         });
 

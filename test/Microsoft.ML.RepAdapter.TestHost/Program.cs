@@ -101,6 +101,7 @@ static void Fit(string setting, string[] images)
         Epochs = 1,
         BatchSize = 2,
         WarmupEpochs = 0,
+        TimeBudget = TimeSpan.Zero,
     };
     var (name, value) = (setting.Split('=')[0], setting.Split('=')[1]);
     var field = typeof(RepAdapterImageClassificationTrainer.Options).GetField(name) ?? throw new ArgumentException($"no option {name}");
@@ -128,6 +129,8 @@ static void Resumable(string? stateFolder, string scoresPath, string[] images)
         BatchSize = 2,
         WarmupEpochs = 1,
         LearningRate = 3e-3,
+        AdapterScale = 1f,
+        AdaptedBlocks = Microsoft.ML.RepAdapter.MLNet.TrainingRecipe.AllBlocks,
         TrainingStateFolder = stateFolder,
         MetricsCallback = report => Console.WriteLine($"EPOCH {report.Epoch}"),
     };
@@ -152,6 +155,7 @@ static void Stream(int count, ImageCache cache, int pixels)
             WarmupEpochs = 0,
             Cache = cache,
             DecodeThreads = 1,
+            TimeBudget = TimeSpan.Zero,
         };
     }
     ITransformer Fit(int images, RepAdapterImageClassificationTrainer.Options options) => mlContext.Transforms.Conversion.MapValueToKey("Label")

@@ -17,7 +17,8 @@ namespace Microsoft.ML.RepAdapter.MLNet;
 /// <param name="AdapterScale">The scale s trained and merged with.</param>
 /// <param name="TrainableParameters">How many parameters the run updated.</param>
 /// <param name="AdaptersMerged">How many adapters were folded into the backbone.</param>
-/// <param name="ScaleSearchAccuracy">The validation metric of each searched scale, when the scale was searched.</param>
+/// <param name="Recipe">The recipe the model was trained with (null in models saved before recipes).</param>
+/// <param name="Search">What the recipe search tried and why it chose the recipe; null when there was no search.</param>
 public sealed record TrainingSummary(
     AdaptationMethod Method,
     AdapterPlacement Placement,
@@ -25,12 +26,13 @@ public sealed record TrainingSummary(
     float AdapterScale,
     long TrainableParameters,
     int AdaptersMerged,
-    IReadOnlyDictionary<string, double>? ScaleSearchAccuracy = null);
+    TrainingRecipe? Recipe = null,
+    RecipeSearchSummary? Search = null);
 
 /// <summary>
 /// The training flow every RepAdapter trainer shares (ML.NET's TorchSharpBaseTrainer, for adapters): choose and load
-/// the backbone, read the data, optionally search the adapter scale on validation data, train adapters and head with the
-/// paper's recipe, merge the adapters, and hand the merged network to the task's transformer. A task supplies its
+/// the backbone, read the data, resolve the recipe (the user's levers, the preset's for the rest), search the free levers
+/// on validation data, train adapters and head, merge the adapters, and hand the merged network to the task's transformer. A task supplies its
 /// columns, targets, network head and objective (<see cref="ImageTask"/>) and its transformer.
 /// </summary>
 /// <typeparam name="TOptions">The task's options.</typeparam>
@@ -79,8 +81,10 @@ public abstract class RepAdapterTrainerBase<TOptions, TTransformer> : IEstimator
         int seed = TrainerOptions.Seed ?? context?.Seed ?? 42;
         var device = TorchDevices.Select(TrainerOptions.GpuDeviceId ?? context?.GpuDeviceId,
             TrainerOptions.FallbackToCpu ?? context?.FallbackToCpu ?? false, ch.Warning);
+        var budget = new FitBudget(TrainerOptions.TimeBudget);
         var task = CreateTask(input);
         var options = TrainerOptions;
+        var recipe = options.ResolvedRecipe(UsesBuiltInWeights);
 
         // A pass over the targets alone (no images): class checks and counts, and the rows for stratified hold-outs.
         var classOfRow = task.ScanTargets(input, "training data", training: true);
@@ -90,34 +94,48 @@ public abstract class RepAdapterTrainerBase<TOptions, TTransformer> : IEstimator
             : null;
         if (heldOut is { Count: 0 }) throw Host.Except("ValidationSetFraction held out no image: give more training images per class, or a ValidationSet.");
 
-        var (source, ownsSource) = CreateBackbone(ch, task.BackboneClasses);
+        var (source, ownsSource) = CreateBackbone(ch, task.BackboneClasses, recipe.ImageSize);
         using var created = ownsSource ? source : null;
-        // Every run (each scale candidate, then the final one) builds a fresh model from this and the source's weights.
+        // Every run (each search candidate, then the final one) builds a fresh model from this and the source's weights.
         var runs = RunDescriptor(source);
+        recipe = recipe with { ImageSize = runs.Input.ImageSize };
         var preprocessor = new ImagePreprocessor(runs.Input);
         TrainingImages Read(IDataView data, string what, IReadOnlyCollection<long> rows) => TrainingData.Create(Host, data, task, preprocessor, what,
             _ => true, rows, options.Cache, options.CacheMemoryLimitMegabytes * (1L << 20), options.DecodeThreads ?? DefaultDecodeThreads, options.ShuffleBufferSize);
+        using var prefixes = new PrefixCaches();
         using var all = Read(input, "training data", [.. classOfRow.Keys]);
-        using var train = heldOut is null ? all : all.Subset(row => !heldOut.Contains(row));
+        using var train = heldOut is null ? all : prefixes.Derive(all, row => !heldOut.Contains(row));
         using var validation = options.ValidationSet is { } given ? Read(given, "validation set", [.. task.ScanTargets(given, "validation set", false).Keys])
-            : heldOut is null ? null : all.Subset(heldOut.Contains);
+            : heldOut is null ? null : prefixes.Derive(all, heldOut.Contains);
         ch.Info($"{train.Count} training images{(validation is null ? "" : $", {validation.Count} validation images")}, {task.NumClasses} classes, "
             + $"backbone {source.Architecture} at {runs.Input.ImageSize} px, device {device}.");
 
-        float scale = options.AdapterScale;
-        Dictionary<string, double>? searched = null;
-        using var prefixes = new PrefixCaches();
-        if (options.SearchScale && options.UsesAdapters)
-            (scale, searched) = SearchScale(ch, task, runs, source, train, validation, classOfRow, seed, device, prefixes);
-        var network = TrainOnce(ch, task, runs, source, train, validation, scale, seed, device, "final", options.EarlyStopping, prefixes);
+        var candidates = RecipeSearch.Candidates(recipe, options.FreeLevers());
+        RecipeSearch.Outcome? searched = null;
+        if (candidates.Count > 1 && options.TimeBudget != TimeSpan.Zero)
+        {
+            searched = Search(ch, task, runs, source, train, validation, classOfRow, candidates, seed, device, prefixes, budget);
+            recipe = searched.Chosen;
+        }
+        else ch.Info($"Recipe: {recipe}{(candidates.Count > 1 ? " (TimeBudget zero: no search)" : "")}.");
+        var network = searched?.Network;
+        if (network is null)
+        {
+            if (options.Epochs is null && budget.EpochsThatFit(recipe.Epochs, train.Count) is int fits && fits < recipe.Epochs)
+            {
+                ch.Warning($"TimeBudget {options.TimeBudget}: the final run trains {fits} of the recipe's {recipe.Epochs} epochs to finish in time.");
+                recipe = recipe with { Epochs = fits, WarmupEpochs = (int)((long)recipe.WarmupEpochs * fits / recipe.Epochs) };
+            }
+            network = TrainOnce(ch, task, runs, source, train, validation, recipe, seed, device, "final", options.EarlyStopping, prefixes).Network;
+        }
         try
         {
             long trainable = network.CountParameters(trainableOnly: true);
             int merged = network.MergeAdapters();
             if (NonFinite.FirstIn(network) is string bad)
-                throw Host.Except($"The merged model has non-finite values (NaN or infinity) in '{bad}' (AdapterScale {scale:G} too large?); no model is returned.");
+                throw Host.Except($"The merged model has non-finite values (NaN or infinity) in '{bad}' (AdapterScale {recipe.AdapterScale:G} too large?); no model is returned.");
             ch.Info($"Merged {merged} adapters into the backbone ({network.CountParameters():N0} parameters, as the plain architecture).");
-            var summary = new TrainingSummary(options.Method, options.Placement, options.Trainable, scale, trainable, merged, searched);
+            var summary = new TrainingSummary(options.Method, options.Placement, options.Trainable, recipe.AdapterScale, trainable, merged, recipe, searched?.Summary);
             return CreateTransformer(task, network, runs.Input, summary, device);
         }
         catch
@@ -130,42 +148,71 @@ public abstract class RepAdapterTrainerBase<TOptions, TTransformer> : IEstimator
     /// <summary>Background decoding threads by default: half the cores, so that decoding overlaps training without starving it.</summary>
     private static int DefaultDecodeThreads => Math.Max(1, Environment.ProcessorCount / 2);
 
-    /// <summary>Fraction of the training images the scale search holds out when there is no validation data.</summary>
+    /// <summary>Fraction of the training images the recipe search holds out when there is no validation data.</summary>
     private const double SearchHoldOut = 0.2;
 
+    /// <summary>Below this many held-out images, the search judges on a second hold-out too (one is too noisy).</summary>
+    private const int SmallHoldOut = 100;
+
     /// <summary>
-    /// Picks s by the task's validation metric, never on test data: on the validation data when there is some, otherwise
-    /// on a stratified hold-out of the training data (the final model is then retrained on all of it).
+    /// Chooses among <paramref name="candidates"/> by the task's validation metric, never on test data: on the validation
+    /// data when there is some (the chosen run is then the final model), otherwise on stratified hold-outs of the
+    /// training data (two when one is small), after which the final model is trained on all of it.
     /// </summary>
-    private (float scale, Dictionary<string, double> metric) SearchScale(IChannel ch, ImageTask task, BackboneDescriptor runs, Backbone source,
-        TrainingImages train, TrainingImages? validation, IReadOnlyDictionary<long, long> classOfRow, int seed, Device device, PrefixCaches prefixes)
+    private RecipeSearch.Outcome Search(IChannel ch, ImageTask task, BackboneDescriptor runs, Backbone source, TrainingImages train,
+        TrainingImages? validation, IReadOnlyDictionary<long, long> classOfRow, IReadOnlyList<TrainingRecipe> candidates, int seed, Device device,
+        PrefixCaches prefixes, FitBudget budget)
     {
-        var trainRows = train.Rows.ToHashSet();
-        var heldOut = validation is null
-            ? TrainingImages.StratifiedHoldOut(classOfRow.Where(p => trainRows.Contains(p.Key)).ToDictionary(p => p.Key, p => p.Value), SearchHoldOut, seed)
-            : null;
-        using var searchTrain = heldOut is null ? null : train.Subset(row => !heldOut.Contains(row));
-        using var holdout = heldOut is null ? null : train.Subset(heldOut.Contains);
-        var fitOn = searchTrain ?? train;
-        var judgeOn = holdout ?? validation!;
-        if (judgeOn.Count == 0) throw Host.Except("The scale search needs validation images: give a ValidationSet or more training images per class.");
-        var metric = new Dictionary<string, double>();
-        string name = task.Objective.MetricName;
-        foreach (float candidate in TrainerOptions.ScaleCandidates)
+        var owned = new List<TrainingImages>();
+        try
         {
-            using var network = TrainOnce(ch, task, runs, source, fitOn, null, candidate, seed, device, $"scale {Key(candidate)}", earlyStopping: null, prefixes);
-            metric[Key(candidate)] = FineTuning.Evaluate(network, runs.Input.Normalize, judgeOn, task.Objective, device, TrainerOptions.BatchSize).Metric;
-            ch.Info($"Scale search: s = {Key(candidate)} -> validation {name} {metric[Key(candidate)]:P2}");
+            List<SearchFold> folds;
+            string where;
+            if (validation is not null)
+            {
+                folds = [new SearchFold(train, validation)];
+                where = TrainerOptions.ValidationSet is null ? "the ValidationSetFraction hold-out" : "the validation set";
+            }
+            else
+            {
+                var trainRows = train.Rows.ToHashSet();
+                var classes = classOfRow.Where(p => trainRows.Contains(p.Key)).ToDictionary(p => p.Key, p => p.Value);
+                folds = [];
+                for (int f = 0; f < 2 && (f == 0 || folds[0].JudgeOn.Count < SmallHoldOut); f++)
+                {
+                    var heldOut = TrainingImages.StratifiedHoldOut(classes, SearchHoldOut, seed + f);
+                    if (heldOut.Count == 0 || heldOut.Count == train.Count) break;
+                    var fitOn = prefixes.Derive(train, row => !heldOut.Contains(row));
+                    var judgeOn = prefixes.Derive(train, heldOut.Contains);
+                    owned.Add(fitOn);
+                    owned.Add(judgeOn);
+                    folds.Add(new SearchFold(fitOn, judgeOn));
+                }
+                if (folds.Count == 0) throw Host.Except("The recipe search needs validation images: give a ValidationSet, more training images per class, or TimeBudget = TimeSpan.Zero.");
+                where = "held-out training images";
+            }
+            bool keep = validation is not null && TrainerOptions.EarlyStopping is null;
+            return RecipeSearch.Run(ch, candidates, folds, where, train.Count, keep, budget,
+                (recipe, fold, run) =>
+                {
+                    var (network, score) = TrainOnce(ch, task, runs, source, fold.FitOn, null, recipe, seed, device, run, null, prefixes, fold.JudgeOn);
+                    return (network, score!);
+                },
+                task.Objective.MetricName);
         }
-        float best = TrainerOptions.ScaleCandidates.MaxBy(s => metric[Key(s)]);
-        ch.Info($"Scale search chose s = {Key(best)} ({(holdout is null ? "the validation data" : $"{holdout.Count} held-out training images")}).");
-        return (best, metric);
+        finally
+        {
+            foreach (var images in owned) images.Dispose();
+        }
     }
 
-    private static string Key(float scale) => scale.ToString("G", System.Globalization.CultureInfo.InvariantCulture);
-
-    private nn.Module<Tensor, Tensor> TrainOnce(IChannel ch, ImageTask task, BackboneDescriptor runs, Backbone source,
-        TrainingImages train, TrainingImages? validation, float scale, int seed, Device device, string run, EarlyStopping? earlyStopping, PrefixCaches prefixes)
+    /// <summary>
+    /// One training run of <paramref name="recipe"/> from the source's weights: the network (in eval mode), and its score
+    /// on <paramref name="judgeOn"/> when given (a search trial; <paramref name="validation"/> is reported every epoch).
+    /// </summary>
+    private (nn.Module<Tensor, Tensor> Network, ValidationScore? Score) TrainOnce(IChannel ch, ImageTask task, BackboneDescriptor runs, Backbone source,
+        TrainingImages train, TrainingImages? validation, TrainingRecipe recipe, int seed, Device device, string run, EarlyStopping? earlyStopping,
+        PrefixCaches prefixes, TrainingImages? judgeOn = null)
     {
         var backbone = runs.Build();
         nn.Module<Tensor, Tensor> network = backbone;
@@ -175,11 +222,11 @@ public abstract class RepAdapterTrainerBase<TOptions, TTransformer> : IEstimator
             TorchDevices.Seed(seed);
             network = task.CreateNetwork(backbone);
             var adaptable = (IAdaptableModel)network;
-            if (TrainerOptions.UsesAdapters) adaptable.AttachAdapters(TrainerOptions.Adapters(scale));
+            if (TrainerOptions.UsesAdapters) adaptable.AttachAdapters(TrainerOptions.Adapters(recipe));
             adaptable.SetTrainable(TrainerOptions.Trainable);
             network.to(device);
             ch.Info($"Training ({run}): {network.CountParameters(trainableOnly: true):N0} trainable of {network.CountParameters():N0} parameters "
-                + $"({TrainerOptions.Trainable}{(TrainerOptions.UsesAdapters ? $", {TrainerOptions.Method} {TrainerOptions.Placement}, s = {scale:G}" : "")}).");
+                + $"({TrainerOptions.Trainable}{(TrainerOptions.UsesAdapters ? $", {TrainerOptions.Method} {TrainerOptions.Placement}" : "")}; {recipe}).");
             using var pch = Host.StartProgressChannel($"RepAdapter training ({run})");
             EpochReport? last = null;
             pch.SetHeader(new ProgressHeader(["Loss", "Train accuracy"], ["epochs"]), e =>
@@ -189,12 +236,13 @@ public abstract class RepAdapterTrainerBase<TOptions, TTransformer> : IEstimator
                 e.SetMetric(0, last.Loss);
                 e.SetMetric(1, last.TrainAccuracy);
             });
-            var (model, toInput, trainOn, validateOn) = RunInputs(ch, network, runs, train, validation, device, prefixes);
+            var (model, toInput, inputs) = RunInputs(ch, network, runs, [train, validation, judgeOn], recipe.BatchSize, device, prefixes);
             TrainingResult result;
+            ValidationScore? score = null;
             try
             {
-                result = FineTuning.Train(model, toInput, trainOn, validateOn, task.Objective, TrainerOptions.Settings(seed) with { EarlyStopping = earlyStopping },
-                    device, run, TrainerOptions.TrainingStateFolder,
+                result = FineTuning.Train(model, toInput, inputs(train)!, inputs(validation), task.Objective,
+                    TrainerOptions.Settings(recipe, seed) with { EarlyStopping = earlyStopping }, device, run, TrainerOptions.TrainingStateFolder,
                     progress: r =>
                     {
                         last = r;
@@ -202,6 +250,7 @@ public abstract class RepAdapterTrainerBase<TOptions, TTransformer> : IEstimator
                         TrainerOptions.MetricsCallback?.Invoke(r);
                     },
                     checkAlive: Host.CheckAlive);
+                if (judgeOn is not null) score = FineTuning.Score(model, toInput, inputs(judgeOn)!, task.Objective, device, recipe.BatchSize);
             }
             finally
             {
@@ -212,7 +261,7 @@ public abstract class RepAdapterTrainerBase<TOptions, TTransformer> : IEstimator
                 ch.Info($"Resumed ({run}) after epoch {result.ResumedAfterEpoch} from the state in {TrainerOptions.TrainingStateFolder}.");
             if (result.Stopped || result.BestEpoch != result.Reports.Count)
                 ch.Info($"Early stopping kept epoch {result.BestEpoch} of {result.Reports.Count} trained ({(result.Stopped ? "stopped" : "ran to the end")}).");
-            return network;
+            return (network, score);
         }
         catch
         {
@@ -227,39 +276,59 @@ public abstract class RepAdapterTrainerBase<TOptions, TTransformer> : IEstimator
     /// trunk are frozen (adapters in the last blocks only, or head only), the rest of it on the frozen prefix's outputs,
     /// computed once per Fit (<see cref="FrozenPrefix"/>). Not with augmentation (the prefix would see other images every
     /// epoch), not when the images are asked to stay out of memory (<c>Cache</c> Disk or None), nor when the cached outputs
-    /// would exceed <c>CacheMemoryLimitMegabytes</c>.
+    /// would exceed <c>CacheMemoryLimitMegabytes</c>. <c>Inputs</c> maps each of <paramref name="sets"/> to what the model takes.
     /// </summary>
-    private (nn.Module<Tensor, Tensor> Model, Func<Tensor, Tensor> ToInput, TrainingImages Train, TrainingImages? Validation) RunInputs(
-        IChannel ch, nn.Module<Tensor, Tensor> network, BackboneDescriptor runs, TrainingImages train, TrainingImages? validation, Device device, PrefixCaches prefixes)
+    private (nn.Module<Tensor, Tensor> Model, Func<Tensor, Tensor> ToInput, Func<TrainingImages?, TrainingImages?> Inputs) RunInputs(IChannel ch,
+        nn.Module<Tensor, Tensor> network, BackboneDescriptor runs, TrainingImages?[] sets, int batchSize, Device device, PrefixCaches prefixes)
     {
-        var plain = (network, (Func<Tensor, Tensor>)runs.Input.Normalize, train, validation);
+        var plain = (network, (Func<Tensor, Tensor>)runs.Input.Normalize, (Func<TrainingImages?, TrainingImages?>)(images => images));
         if (!TrainerOptions.CacheFrozenPrefix || TrainerOptions.Augmentation is not null || network is not Backbone backbone
             || TrainerOptions.Cache is ImageCache.Disk or ImageCache.None) return plain;
         int steps = FrozenPrefix.Steps(backbone);
         if (steps == 0) return plain;
-        long bytes = FrozenPrefix.CacheBytes(backbone, steps, train.Count + (validation?.Count ?? 0));
+        var roots = sets.OfType<TrainingImages>().Select(prefixes.RootOf).Distinct().ToList();
+        long bytes = FrozenPrefix.CacheBytes(backbone, steps, roots.Sum(r => r.Count));
         string what = $"the first {steps} of {backbone.Trunk().Count} trunk steps ({string.Join(", ", backbone.Trunk().Take(steps).Select(s => s.Name).Where((_, i) => i < 2))}...)";
         if (bytes > TrainerOptions.CacheMemoryLimitMegabytes * (1L << 20))
         {
             ch.Info($"The frozen prefix, {what}, runs every step: its outputs would take {bytes / 1e6:F0} MB, over CacheMemoryLimitMegabytes.");
             return plain;
         }
-        var cachedTrain = prefixes.Get(train, steps, () => FrozenPrefix.Compute(backbone, steps, runs.Input.Normalize, train, device, TrainerOptions.BatchSize));
-        var cachedValidation = validation is null ? null
-            : prefixes.Get(validation, steps, () => FrozenPrefix.Compute(backbone, steps, runs.Input.Normalize, validation, device, TrainerOptions.BatchSize));
+        var cached = sets.OfType<TrainingImages>().Distinct().ToDictionary(images => images,
+            images => prefixes.Get(images, steps, root => FrozenPrefix.Compute(backbone, steps, runs.Input.Normalize, root, device, batchSize)));
         ch.Info($"The frozen prefix, {what}, was computed once per image ({bytes / 1e6:F0} MB); each step runs the rest.");
-        return (new SuffixNetwork(backbone, steps), x => x, cachedTrain, cachedValidation);
+        return (new SuffixNetwork(backbone, steps), x => x, images => images is null ? null : cached[images]);
     }
 
-    /// <summary>Frozen prefixes computed in one Fit, by data set and cut, shared by its runs (scale candidates, final run).</summary>
+    /// <summary>
+    /// Frozen prefixes computed in one Fit, by data set and cut, shared by its runs (search candidates, final run): a
+    /// subset made through <see cref="Derive"/> takes its rows from its root's prefix, so that every hold-out of the
+    /// training data costs no more prefix computation than the training data itself.
+    /// </summary>
     private sealed class PrefixCaches : IDisposable
     {
-        private readonly Dictionary<(TrainingImages Images, int Steps), LabeledImages> _cached = [];
+        private readonly Dictionary<(TrainingImages Images, int Steps), TrainingImages> _cached = [];
+        private readonly Dictionary<TrainingImages, TrainingImages> _rootOf = [];
 
-        public TrainingImages Get(TrainingImages images, int steps, Func<LabeledImages> compute)
+        /// <summary>The images of <paramref name="parent"/> whose rows <paramref name="keepRow"/> keeps, remembered as derived from its root.</summary>
+        public TrainingImages Derive(TrainingImages parent, Func<long, bool> keepRow)
         {
-            if (!_cached.TryGetValue((images, steps), out var cached)) _cached[(images, steps)] = cached = compute();
-            return cached;
+            var subset = parent.Subset(keepRow);
+            _rootOf[subset] = RootOf(parent);
+            return subset;
+        }
+
+        public TrainingImages RootOf(TrainingImages images) => _rootOf.GetValueOrDefault(images, images);
+
+        /// <summary>The prefix outputs of <paramref name="images"/>: computed once for its root by <paramref name="compute"/>, then subset.</summary>
+        public TrainingImages Get(TrainingImages images, int steps, Func<TrainingImages, LabeledImages> compute)
+        {
+            if (_cached.TryGetValue((images, steps), out var cached)) return cached;
+            var root = RootOf(images);
+            if (!_cached.TryGetValue((root, steps), out var rootCached)) _cached[(root, steps)] = rootCached = compute(root);
+            if (ReferenceEquals(root, images)) return rootCached;
+            var rows = images.Rows.ToHashSet();
+            return _cached[(images, steps)] = rootCached.Subset(rows.Contains);
         }
 
         public void Dispose()
@@ -268,24 +337,29 @@ public abstract class RepAdapterTrainerBase<TOptions, TTransformer> : IEstimator
         }
     }
 
+    /// <summary>Whether the trainer loads built-in weights (ML.NET's ResNet-18 by default), for which the CPU recipe's image size is meant.</summary>
+    private bool UsesBuiltInWeights => TrainerOptions.Backbone is null
+        && BackboneFamilies.OfBuiltInWeights(TrainerOptions.Architecture ?? PretrainedBackbones.MLNetResNet18) is not null
+        && (TrainerOptions.Architecture is not null || TrainerOptions.CheckpointPath is null);
+
     /// <summary>The source backbone, and whether the trainer created it (and so disposes it); a given one is only read.</summary>
-    private (Backbone backbone, bool owned) CreateBackbone(IChannel ch, int classes)
+    private (Backbone backbone, bool owned) CreateBackbone(IChannel ch, int classes, int? imageSize)
     {
         if (TrainerOptions.Backbone is { } given) return (given, false);
         Backbone backbone;
-        string builtIn = TrainerOptions.Architecture ?? PretrainedBackbones.MLNetResNet18;
-        if (BackboneFamilies.OfBuiltInWeights(builtIn) is not null && (TrainerOptions.Architecture is not null || TrainerOptions.CheckpointPath is null))
+        if (UsesBuiltInWeights)
         {
             // Built-in weights (ML.NET's ResNet-18): CheckpointPath, when given, is the folder that holds them.
+            string builtIn = TrainerOptions.Architecture ?? PretrainedBackbones.MLNetResNet18;
             if (TrainerOptions.CheckpointPath is { } file && File.Exists(file))
                 throw Host.Except($"CheckpointPath '{file}' is a file: with Architecture = \"{builtIn}\" it names the folder that holds those built-in weights.");
-            var loaded = PretrainedBackbones.LoadBuiltIn(builtIn, classes, TrainerOptions.CheckpointPath, TrainerOptions.ImageSize);
+            var loaded = PretrainedBackbones.LoadBuiltIn(builtIn, classes, TrainerOptions.CheckpointPath, imageSize);
             ch.Info(loaded.Report.ToString());
             backbone = loaded.Backbone;
         }
         else if (TrainerOptions.CheckpointPath is { } path)
         {
-            var loaded = PretrainedBackbones.Load(path, TrainerOptions.Architecture, classes, TrainerOptions.ImageSize, TrainerOptions.KeepPreLogits, TrainerOptions.NumHeads);
+            var loaded = PretrainedBackbones.Load(path, TrainerOptions.Architecture, classes, imageSize, TrainerOptions.KeepPreLogits, TrainerOptions.NumHeads);
             ch.Info(loaded.Report.ToString());
             backbone = loaded.Backbone;
         }
@@ -293,7 +367,7 @@ public abstract class RepAdapterTrainerBase<TOptions, TTransformer> : IEstimator
         {
             string preset = TrainerOptions.Architecture!;
             ch.Warning($"No CheckpointPath: {preset} starts from random weights. Give pretrained weights for real fine-tuning.");
-            backbone = BackbonePresets.Create(preset, classes, imageSize: TrainerOptions.ImageSize);
+            backbone = BackbonePresets.Create(preset, classes, imageSize: imageSize);
         }
         return (backbone, true);
     }

@@ -7,10 +7,30 @@ namespace Microsoft.ML.RepAdapter.MLNet;
 
 /// <summary>
 /// Options every RepAdapter trainer shares: the backbone and its weights, the adapters and what trains, the recipe,
-/// the device. Defaults follow the paper's VTAB-1k recipe. Each task's trainer adds its own columns.
+/// the device. The recipe's levers (image size, adapted blocks, scale, learning rate, epochs, batch size, warm-up) are
+/// null until set: unset, they take the <see cref="Recipe"/> preset's values (for a CPU by default), and the ones the
+/// preset searches are chosen on validation data within <see cref="TimeBudget"/>. A lever that is set is kept as set.
+/// Each task's trainer adds its own columns.
 /// </summary>
 public abstract class RepAdapterTrainerOptions
 {
+    /// <summary>
+    /// The recipe the unset levers come from: <see cref="RecipePreset.Cpu"/> (minutes on a laptop, with a short search
+    /// on validation data) or <see cref="RecipePreset.Paper"/> (the paper's GPU recipe, no search).
+    /// </summary>
+    public RecipePreset Recipe = RecipePreset.Cpu;
+
+    /// <summary>
+    /// The most time Fit may take, the recipe search included (ML.NET AutoML's habit): candidates that would not fit are
+    /// skipped, and when even the final run would not fit, its epochs are cut (unless <see cref="Epochs"/> is set). Null:
+    /// the preset's whole search, whatever it takes (deterministic for a seed; with a budget, what fits depends on the
+    /// machine's speed). <see cref="TimeSpan.Zero"/>: no search, the recipe as it is.
+    /// </summary>
+    public TimeSpan? TimeBudget;
+
+    /// <summary>What the search may try for each unset lever; null: the preset's.</summary>
+    public RecipeSearchSpace? SearchSpace;
+
     /// <summary>The image column: MLImage (LoadImages) or encoded image bytes (LoadRawImageBytes, Model Builder's ImageSource).</summary>
     public string ImageColumnName = "Image";
 
@@ -32,7 +52,7 @@ public abstract class RepAdapterTrainerOptions
     /// <summary>An already-built (and loaded) backbone; the trainer copies its weights and leaves it untouched.</summary>
     public Backbone? Backbone;
 
-    /// <summary>Input resolution; null uses the backbone's.</summary>
+    /// <summary>Input resolution; null: the recipe's for the built-in backbone (112 px on a CPU), else the backbone's or checkpoint's own.</summary>
     public int? ImageSize;
 
     /// <summary>Per-channel mean override (on the backbone's pixel scale); null uses the backbone's.</summary>
@@ -60,8 +80,9 @@ public abstract class RepAdapterTrainerOptions
     public TrainableParameters Trainable = TrainableParameters.AdaptersAndHead;
 
     /// <summary>
-    /// Adapters in the last this many blocks of the trunk only; null: every block (the paper). The frozen blocks before
-    /// them are then computed once per image (see <see cref="CacheFrozenPrefix"/>).
+    /// Adapters in the last this many blocks of the trunk only (<see cref="TrainingRecipe.AllBlocks"/>: every block, as the
+    /// paper); null: the recipe's (searched). The frozen blocks before them are computed once per image (see
+    /// <see cref="CacheFrozenPrefix"/>).
     /// </summary>
     public int? AdaptedBlocks;
 
@@ -79,22 +100,16 @@ public abstract class RepAdapterTrainerOptions
     /// <summary>Groups k of RepAdapter's up-projection.</summary>
     public int AdapterGroups = 2;
 
-    /// <summary>The fixed scale s of the adapter branch (when not searched).</summary>
-    public float AdapterScale = 1f;
+    /// <summary>The scale s of the adapter branch; null: the recipe's (searched).</summary>
+    public float? AdapterScale;
 
     /// <summary>Dropout on the adapter's hidden features, in training only.</summary>
     public double AdapterDropout = 0.1;
 
-    /// <summary>Choose the adapter scale from <see cref="ScaleCandidates"/> by the task's validation metric.</summary>
-    public bool SearchScale;
-
-    /// <summary>The scales the search tries (the paper's grid by default).</summary>
-    public float[] ScaleCandidates = [.. AdapterConfig.ScaleGrid];
-
     /// <summary>
     /// When no <see cref="ValidationSet"/> is given, this fraction of each class of the training data is held out as the
-    /// validation set (per-epoch metric, early stopping, scale search) and not trained on; null holds out nothing (the
-    /// scale search then holds out 20 % for itself and retrains on everything).
+    /// validation set (per-epoch metric, early stopping, recipe search) and not trained on; null holds out nothing (the
+    /// recipe search then holds out 20 % for itself, or twice when that is under 100 images, and retrains on everything).
     /// </summary>
     public double? ValidationSetFraction;
 
@@ -130,20 +145,23 @@ public abstract class RepAdapterTrainerOptions
     /// <summary>Stochastic depth rate (ViT), linear over depth.</summary>
     public double DropPathRate = 0.1;
 
-    /// <summary>Training epochs.</summary>
-    public int Epochs = 100;
+    /// <summary>Training epochs; null: the recipe's.</summary>
+    public int? Epochs;
 
-    /// <summary>Images per optimiser step (the last partial batch is dropped, as the recipe's drop_last).</summary>
-    public int BatchSize = 64;
+    /// <summary>Images per optimiser step (the last partial batch is dropped, as the recipe's drop_last); null: the recipe's.</summary>
+    public int? BatchSize;
 
-    /// <summary>AdamW's peak learning rate.</summary>
-    public double LearningRate = 1e-3;
+    /// <summary>AdamW's peak learning rate; null: the recipe's (searched).</summary>
+    public double? LearningRate;
 
     /// <summary>AdamW's weight decay, on every trainable parameter (as the official code).</summary>
     public double WeightDecay = 1e-4;
 
-    /// <summary>Linear warm-up epochs before the cosine decay.</summary>
-    public int WarmupEpochs = 10;
+    /// <summary>
+    /// Linear warm-up epochs before the cosine decay; null: the recipe's share of the epochs (the paper's 10 in 100, none
+    /// on a CPU).
+    /// </summary>
+    public int? WarmupEpochs;
 
     /// <summary>Learning rate at the start of the warm-up.</summary>
     public double WarmupLearningRate = 1e-6;
@@ -165,7 +183,7 @@ public abstract class RepAdapterTrainerOptions
     /// </summary>
     public int? Seed;
 
-    /// <summary>Reported after each epoch; also used for the scale search when given. Never pass the test data.</summary>
+    /// <summary>Reported after each epoch; also what the recipe search judges candidates on, when given. Never pass the test data.</summary>
     public IDataView? ValidationSet;
 
     /// <summary>
@@ -186,11 +204,37 @@ public abstract class RepAdapterTrainerOptions
     /// <summary>Rows scored per forward pass by the transformer's batch Transform.</summary>
     public int ScoringBatchSize = 32;
 
-    internal FineTuneSettings Settings(int seed) =>
-        new(Epochs, BatchSize, LearningRate, WeightDecay, WarmupEpochs, WarmupLearningRate, FinalLearningRate, seed, EarlyStopping, Augmentation,
-            MaxGradientNorm);
+    /// <summary>The task's preset: its recipe and what its search tries.</summary>
+    internal abstract (TrainingRecipe Recipe, RecipeSearchSpace Space) Preset(RecipePreset preset);
 
-    internal AdapterConfig Adapters(float scale) => new(Method, Placement, AdapterHidden, AdapterGroups, scale, AdapterDropout, AdaptedBlocks);
+    /// <summary>
+    /// The recipe with every lever the user set kept as set and the rest from the preset; the warm-up follows the epochs
+    /// (the preset's share of them) unless set. <paramref name="builtInBackbone"/>: the trainer loads the built-in
+    /// backbone, which the preset's image size is for.
+    /// </summary>
+    internal TrainingRecipe ResolvedRecipe(bool builtInBackbone)
+    {
+        var preset = Preset(Recipe).Recipe;
+        int epochs = Epochs ?? preset.Epochs;
+        int warmup = WarmupEpochs ?? (Epochs is null ? preset.WarmupEpochs : (int)((long)epochs * preset.WarmupEpochs / preset.Epochs));
+        return new TrainingRecipe(ImageSize ?? (builtInBackbone ? preset.ImageSize : null), AdaptedBlocks ?? preset.AdaptedBlocks,
+            AdapterScale ?? preset.AdapterScale, LearningRate ?? preset.LearningRate, epochs, BatchSize ?? preset.BatchSize, warmup);
+    }
+
+    /// <summary>What the search may vary: the preset's (or <see cref="SearchSpace"/>'s) values for the levers left unset.</summary>
+    internal RecipeSearchSpace FreeLevers()
+    {
+        var space = SearchSpace ?? Preset(Recipe).Space;
+        return new RecipeSearchSpace(AdapterScale is null && UsesAdapters ? space.AdapterScales : [], LearningRate is null ? space.LearningRates : [],
+            AdaptedBlocks is null && UsesAdapters ? space.AdaptedBlocks : []);
+    }
+
+    internal FineTuneSettings Settings(TrainingRecipe recipe, int seed) =>
+        new(recipe.Epochs, recipe.BatchSize, recipe.LearningRate, WeightDecay, recipe.WarmupEpochs, WarmupLearningRate, FinalLearningRate, seed,
+            EarlyStopping, Augmentation, MaxGradientNorm);
+
+    internal AdapterConfig Adapters(TrainingRecipe recipe) =>
+        new(Method, Placement, AdapterHidden, AdapterGroups, recipe.AdapterScale, AdapterDropout, recipe.LastBlocks);
 
     internal bool UsesAdapters => Trainable is TrainableParameters.AdaptersAndHead or TrainableParameters.AdaptersHeadAndBiases;
 
@@ -198,20 +242,32 @@ public abstract class RepAdapterTrainerOptions
     internal virtual void Validate()
     {
         OptionCheck.That(!string.IsNullOrEmpty(ImageColumnName), nameof(ImageColumnName), ImageColumnName, "must name a column");
-        Settings(Seed ?? 0).Validate();
+        OptionCheck.That(Epochs is null or > 0, nameof(Epochs), Epochs, "must be positive (or null for the recipe's)");
+        OptionCheck.That(WarmupEpochs is null || Epochs is null || WarmupEpochs < Epochs || WarmupEpochs == 0, nameof(WarmupEpochs), WarmupEpochs,
+            $"must be less than Epochs ({Epochs}), or the learning rate never leaves its warm-up");
+        var recipe = ResolvedRecipe(builtInBackbone: true);
+        OptionCheck.That(WarmupEpochs is null || recipe.WarmupEpochs == 0 || recipe.WarmupEpochs < recipe.Epochs, nameof(WarmupEpochs), WarmupEpochs,
+            $"must be less than the recipe's {recipe.Epochs} epochs (set Epochs too)");
+        Settings(recipe, Seed ?? 0).Validate();
+        OptionCheck.That(TimeBudget is null || TimeBudget >= TimeSpan.Zero, nameof(TimeBudget), TimeBudget, "cannot be negative (TimeSpan.Zero: no search)");
+        OptionCheck.That(AdapterScale is null || float.IsFinite(AdapterScale.Value), nameof(AdapterScale), AdapterScale, "must be finite (or null for the recipe's)");
+        if (SearchSpace is { } space)
+        {
+            OptionCheck.That(space.AdapterScales is not null && space.AdapterScales.All(float.IsFinite), "SearchSpace.AdapterScales", space.AdapterScales, "must be finite");
+            OptionCheck.That(space.LearningRates is not null && space.LearningRates.All(r => double.IsFinite(r) && r > 0), "SearchSpace.LearningRates",
+                space.LearningRates, "must be positive and finite");
+            OptionCheck.That(space.AdaptedBlocks is not null && space.AdaptedBlocks.All(b => b > 0), "SearchSpace.AdaptedBlocks", space.AdaptedBlocks, "must be positive");
+        }
         OptionCheck.That(ImageSize is null or > 0, nameof(ImageSize), ImageSize, "must be positive (or null for the backbone's)");
         OptionCheck.That(Mean is null || Mean.Length == 3 && Mean.All(float.IsFinite), nameof(Mean), Mean, "needs three finite values (or null)");
         OptionCheck.That(Std is null || Std.Length == 3 && Std.All(v => float.IsFinite(v) && v != 0), nameof(Std), Std,
             "needs three finite, non-zero values (or null)");
         OptionCheck.That(NumHeads is null or > 0, nameof(NumHeads), NumHeads, "must be positive (or null)");
         OptionCheck.That(AdapterHidden > 0, nameof(AdapterHidden), AdapterHidden, "must be positive");
-        OptionCheck.That(AdaptedBlocks is null or > 0, nameof(AdaptedBlocks), AdaptedBlocks, "must be positive (or null for every block)");
+        OptionCheck.That(AdaptedBlocks is null or > 0, nameof(AdaptedBlocks), AdaptedBlocks, "must be positive (TrainingRecipe.AllBlocks: every block; null: the recipe's)");
         OptionCheck.That(AdapterGroups > 0 && AdapterHidden % AdapterGroups == 0, nameof(AdapterGroups), AdapterGroups,
             $"must be positive and divide AdapterHidden ({AdapterHidden})");
-        OptionCheck.That(float.IsFinite(AdapterScale), nameof(AdapterScale), AdapterScale, "must be finite");
         OptionCheck.That(AdapterDropout is >= 0 and < 1, nameof(AdapterDropout), AdapterDropout, "must be in [0, 1)");
-        OptionCheck.That(!SearchScale || ScaleCandidates is { Length: > 0 } && ScaleCandidates.All(float.IsFinite), nameof(ScaleCandidates),
-            ScaleCandidates, "needs at least one finite scale to search");
         OptionCheck.That(ValidationSetFraction is null or > 0 and < 1, nameof(ValidationSetFraction), ValidationSetFraction, "must be in (0, 1) (or null)");
         OptionCheck.That(EarlyStopping is null || ValidationSet is not null || ValidationSetFraction is not null, nameof(EarlyStopping), EarlyStopping,
             "needs validation data: give a ValidationSet or a ValidationSetFraction");

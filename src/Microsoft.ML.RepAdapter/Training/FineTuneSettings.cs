@@ -66,8 +66,8 @@ internal static class OptionCheck
     private static string Format(object? value) => value switch
     {
         null => "null",
-        float[] values => $"[{string.Join(", ", values)}]",
         IFormattable number => number.ToString(null, System.Globalization.CultureInfo.InvariantCulture),
+        System.Collections.IEnumerable values and not string => $"[{string.Join(", ", values.Cast<object?>().Select(Format))}]",
         _ => value.ToString() ?? "",
     };
 }

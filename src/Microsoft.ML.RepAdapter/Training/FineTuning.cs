@@ -196,10 +196,25 @@ public static class FineTuning
     public static (double Metric, double Loss) Evaluate(nn.Module<Tensor, Tensor> model, Func<Tensor, Tensor> toInput, TrainingImages data,
         ITrainingObjective objective, Device device, int batchSize = 64)
     {
+        var score = Score(model, toInput, data, objective, device, batchSize, shards: 0);
+        return (score.Metric, score.Loss);
+    }
+
+    /// <summary>
+    /// The objective's metric and mean loss of <paramref name="model"/> on <paramref name="data"/> (eval mode, no
+    /// gradients), and the same on each of <paramref name="shards"/> fixed interleaved parts of it (example i in part
+    /// i mod shards), whose spread tells how far two models' scores on the same data differ by chance.
+    /// </summary>
+    public static ValidationScore Score(nn.Module<Tensor, Tensor> model, Func<Tensor, Tensor> toInput, TrainingImages data,
+        ITrainingObjective objective, Device device, int batchSize = 64, int shards = ValidationScore.DefaultShards)
+    {
         if (data.Count == 0) throw new ArgumentException("No images to evaluate.", nameof(data));
         bool wasTraining = model.training;
         model.eval();
         var metric = objective.NewMetric();
+        var shardMetrics = Enumerable.Range(0, shards).Select(_ => objective.NewMetric()).ToArray();
+        var shardLoss = new double[shards];
+        var shardCount = new long[shards];
         double lossSum = 0;
         long examples = 0;
         using (no_grad())
@@ -213,11 +228,62 @@ public static class FineTuning
                     var targets = batch.Targets.to(device);
                     metric.Add(output, targets);
                     lossSum += objective.Loss(output, targets).item<float>() * batch.Count;
+                    for (int k = 0; k < shards; k++)
+                    {
+                        long[] mine = [.. Enumerable.Range(0, batch.Count).Where(i => (examples + i) % shards == k).Select(i => (long)i)];
+                        if (mine.Length == 0) continue;
+                        var index = tensor(mine, device: device);
+                        var (part, partTargets) = (output.index_select(0, index), targets.index_select(0, index));
+                        shardMetrics[k].Add(part, partTargets);
+                        shardLoss[k] += objective.Loss(part, partTargets).item<float>() * mine.Length;
+                        shardCount[k] += mine.Length;
+                    }
                     examples += batch.Count;
                 }
             }
         }
         model.train(wasTraining);
-        return (metric.Value, lossSum / examples);
+        int used = shardCount.Count(c => c > 0);
+        return new ValidationScore(metric.Value, lossSum / examples, [.. shardMetrics.Take(used).Select(m => m.Value)],
+            [.. Enumerable.Range(0, used).Select(k => shardLoss[k] / shardCount[k])]);
+    }
+}
+
+/// <summary>A model's validation metric and loss, overall and on fixed interleaved parts of the validation data.</summary>
+/// <param name="Metric">The objective's metric on all of the data (higher is better).</param>
+/// <param name="Loss">The mean loss on all of it.</param>
+/// <param name="ShardMetrics">The metric on each part, in part order (the same parts for every model scored on the same data).</param>
+/// <param name="ShardLosses">The mean loss on each part.</param>
+public sealed record ValidationScore(double Metric, double Loss, double[] ShardMetrics, double[] ShardLosses)
+{
+    /// <summary>Parts a validation set is scored in by default.</summary>
+    public const int DefaultShards = 5;
+
+    /// <summary>
+    /// Whether this score is better than <paramref name="other"/>'s (on the same data) by more than chance: its metric
+    /// higher by more than the standard error of the paired per-part differences (and at least
+    /// <paramref name="minimumGain"/>), or its metric no lower and its loss lower by more than that loss difference's
+    /// standard error. A near-tie therefore keeps <paramref name="other"/>.
+    /// </summary>
+    public bool Beats(ValidationScore other, double minimumGain = 0.005)
+    {
+        double gain = Metric - other.Metric;
+        if (gain > Math.Max(minimumGain, StandardError(ShardMetrics, other.ShardMetrics))) return true;
+        double lossGain = other.Loss - Loss;
+        return gain >= 0 && lossGain > Math.Max(1e-3, StandardError(other.ShardLosses, ShardLosses));
+    }
+
+    /// <summary>The mean of several folds' scores, their parts side by side.</summary>
+    public static ValidationScore Mean(IReadOnlyList<ValidationScore> folds) => folds.Count == 1 ? folds[0] : new(
+        folds.Average(f => f.Metric), folds.Average(f => f.Loss), [.. folds.SelectMany(f => f.ShardMetrics)], [.. folds.SelectMany(f => f.ShardLosses)]);
+
+    /// <summary>Standard error of the mean of the paired differences a - b (infinite with fewer than two pairs: no evidence).</summary>
+    private static double StandardError(double[] a, double[] b)
+    {
+        int n = Math.Min(a.Length, b.Length);
+        if (n < 2) return double.PositiveInfinity;
+        var d = Enumerable.Range(0, n).Select(i => a[i] - b[i]).ToArray();
+        double mean = d.Average();
+        return Math.Sqrt(d.Sum(x => (x - mean) * (x - mean)) / (n - 1) / n);
     }
 }

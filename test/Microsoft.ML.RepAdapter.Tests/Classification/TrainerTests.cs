@@ -25,6 +25,9 @@ public class TrainerTests
             Epochs = 6,
             BatchSize = 8,
             WarmupEpochs = 0,
+            AdapterScale = 1f,
+            AdaptedBlocks = TrainingRecipe.AllBlocks,
+            LearningRate = 1e-3,
             ScoringBatchSize = 6,
         };
 
@@ -147,23 +150,6 @@ public class TrainerTests
         var first = Train();
         var second = Train();
         for (int i = 0; i < first.Length; i++) CollectionAssert.AreEqual(first[i], second[i], $"row {i}");
-    }
-
-    [TestMethod]
-    public void ScaleSearchPicksOnHeldOutTrainingDataAndStoresTheChoice()
-    {
-        var mlContext = new MLContext(seed: 1);
-        var log = TestData.CaptureLog(mlContext);
-        var data = TestData.Prepared(mlContext, TestData.Images(classes: 2, perClass: 10));
-        var options = TinyTrainerOptions.Create(epochs: 2);
-        options.SearchScale = true;
-        options.ScaleCandidates = [0.1f, 5f];
-        var transformer = mlContext.MulticlassClassification.Trainers.RepAdapter(options).Fit(data);
-
-        Assert.IsTrue(transformer.AdapterScale is 0.1f or 5f, $"chosen {transformer.AdapterScale}");
-        Assert.HasCount(2, transformer.Summary.ScaleSearchAccuracy!);
-        Assert.IsTrue(log.Any(m => m.Contains($"Scale search chose s = {transformer.AdapterScale:G}") && m.Contains("held-out training images")),
-            "the choice and where it was made are logged");
     }
 
     [TestMethod]

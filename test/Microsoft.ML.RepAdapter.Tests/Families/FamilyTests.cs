@@ -137,14 +137,14 @@ public class FamilyTests
 
         var classifier = mlContext.MulticlassClassification.Trainers.RepAdapter(new RepAdapter.Classification.RepAdapterImageClassificationTrainer.Options
         {
-            Backbone = TinyModels.Create(kind), Epochs = 1, BatchSize = 4, WarmupEpochs = 0, DropPathRate = 0,
+            Backbone = TinyModels.Create(kind), Epochs = 1, BatchSize = 4, WarmupEpochs = 0, DropPathRate = 0, TimeBudget = TimeSpan.Zero,
         }).Fit(data);
         Assert.IsGreaterThan(0, classifier.Summary.AdaptersMerged);
         Assert.HasCount(8, classifier.Transform(data).GetColumn<float[]>("Score").ToList());
 
         var segmenter = mlContext.MulticlassClassification.Trainers.RepAdapterSegmentation(new RepAdapterSegmentationTrainer.Options
         {
-            Backbone = TinyModels.Create(kind), Epochs = 1, BatchSize = 4, WarmupEpochs = 0, DropPathRate = 0, HeadChannels = 8,
+            Backbone = TinyModels.Create(kind), Epochs = 1, BatchSize = 4, WarmupEpochs = 0, DropPathRate = 0, HeadChannels = 8, TimeBudget = TimeSpan.Zero,
         }).Fit(data);
         Assert.IsGreaterThan(0, segmenter.Summary.AdaptersMerged);
         Assert.IsTrue(segmenter.Transform(data).GetColumn<uint[]>("PredictedMask").All(m => m.Length == 56 * 56));

@@ -24,7 +24,7 @@ public class PackageConsumerTests
             Assert.IsTrue(File.Exists(Path.Combine(feed, $"Microsoft.ML.RepAdapter.{version}.nupkg")));
 
             TestData.CopyDirectory(Path.Combine(TestData.RepoRoot, "samples", "PackageConsumer"), app);
-            // Two classes of six images: the snippet's 3 epochs on ML.NET's ResNet-18 take seconds.
+            // Two classes of six images: the snippet's bare call (the CPU recipe and its search) on ML.NET's ResNet-18 takes seconds.
             string images = Path.Combine(work, "images");
             foreach (var row in TestData.Images(classes: 2, perClass: 6))
             {

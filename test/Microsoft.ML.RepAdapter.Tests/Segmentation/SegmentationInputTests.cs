@@ -32,7 +32,7 @@ public class SegmentationInputTests
         }
     }
 
-    private static List<BytesRow> Rows(int count = 6) =>
+    internal static List<BytesRow> Rows(int count = 6) =>
         [.. SegmentationData.Mosaics("train", count).Select(m => new BytesRow { Image = File.ReadAllBytes(m.ImagePath), Mask = File.ReadAllBytes(m.MaskPath) })];
 
     /// <summary>Options for a tiny segmentation run on <paramref name="backbone"/> (one epoch, 8 head channels).</summary>
@@ -46,6 +46,7 @@ public class SegmentationInputTests
             BatchSize = 4,
             WarmupEpochs = 0,
             LearningRate = 3e-3,
+            AdapterScale = 1f,
             DropPathRate = 0,
             HeadChannels = 8,
         };

@@ -41,6 +41,7 @@ public class SegmentationTrainerTests
             BatchSize = 8,
             WarmupEpochs = 0,
             LearningRate = 1e-2,
+            AdapterScale = 1f,
             HeadChannels = 32,
             ScoringBatchSize = 3,
         };

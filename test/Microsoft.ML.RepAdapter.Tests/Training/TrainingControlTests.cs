@@ -42,7 +42,7 @@ public class TrainingControlTests
             Assert.IsGreaterThan(0, r.ImagesPerSecond);
             Assert.IsTrue(log.Contains(r.ToString()), "the callback sees what the log line says");
         }
-        Assert.AreEqual(options.LearningRate, reports[0].LearningRate, 1e-12, "no warm-up: the first epoch runs at the peak rate");
+        Assert.AreEqual(options.LearningRate!.Value, reports[0].LearningRate, 1e-12, "no warm-up: the first epoch runs at the peak rate");
         Assert.IsLessThan(reports[0].LearningRate, reports[2].LearningRate, "cosine decay");
         Assert.AreEqual(TimeSpan.Zero, reports[2].Remaining);
     }

@@ -15,7 +15,10 @@ namespace Microsoft.ML.RepAdapter.Classification;
 public sealed class RepAdapterImageClassificationTrainer
     : RepAdapterTrainerBase<RepAdapterImageClassificationTrainer.Options, RepAdapterImageClassificationTransformer>
 {
-    /// <summary>Options of <see cref="RepAdapterImageClassificationTrainer"/>. Defaults follow the paper's VTAB-1k recipe.</summary>
+    /// <summary>
+    /// Options of <see cref="RepAdapterImageClassificationTrainer"/>. Unset levers come from <see cref="RepAdapterTrainerOptions.Recipe"/>:
+    /// for a CPU by default, the paper's VTAB-1k recipe with <see cref="RecipePreset.Paper"/>.
+    /// </summary>
     public sealed class Options : RepAdapterTrainerOptions
     {
         /// <summary>The label column: a key (MapValueToKey).</summary>
@@ -26,6 +29,16 @@ public sealed class RepAdapterImageClassificationTrainer
 
         /// <summary>The output column of the predicted key.</summary>
         public string PredictedLabelColumnName = DefaultColumnNames.PredictedLabel;
+
+        /// <summary>
+        /// The CPU recipe comes from docs/benchmarks/recipe-exploration.md (ML.NET's ResNet-18, Fashion-MNIST-1k) and held on
+        /// the held-out tasks of docs/benchmarks/accuracy.md; its search tries the neighbours of each lever one at a time.
+        /// </summary>
+        internal override (TrainingRecipe Recipe, RecipeSearchSpace Space) Preset(RecipePreset preset) => preset switch
+        {
+            RecipePreset.Paper => (new TrainingRecipe(null, TrainingRecipe.AllBlocks, 1f, 1e-3, 100, 64, 10), RecipeSearchSpace.None),
+            _ => (new TrainingRecipe(112, 3, 10f, 3e-3, 12, 16, 0), new RecipeSearchSpace([1f, 3f], [1e-3, 1e-2], [5])),
+        };
 
         internal override void Validate()
         {

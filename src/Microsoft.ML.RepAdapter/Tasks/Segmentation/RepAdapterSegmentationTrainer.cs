@@ -50,6 +50,16 @@ public sealed class RepAdapterSegmentationTrainer : RepAdapterTrainerBase<RepAda
         /// <summary>Width of the decode head's hidden layers.</summary>
         public int HeadChannels = 128;
 
+        /// <summary>
+        /// The CPU recipe: 24 epochs at s = 1 learned the shapes of a held-out segmentation task where 8 epochs at s = 0.1
+        /// learned only the background (issue 18); the search tries a larger scale and a smaller learning rate.
+        /// </summary>
+        internal override (TrainingRecipe Recipe, RecipeSearchSpace Space) Preset(RecipePreset preset) => preset switch
+        {
+            RecipePreset.Paper => (new TrainingRecipe(null, TrainingRecipe.AllBlocks, 1f, 1e-3, 100, 16, 10), RecipeSearchSpace.None),
+            _ => (new TrainingRecipe(112, TrainingRecipe.AllBlocks, 1f, 1e-2, 24, 8, 0), new RecipeSearchSpace([10f], [3e-3], [])),
+        };
+
         internal override void Validate()
         {
             base.Validate();
