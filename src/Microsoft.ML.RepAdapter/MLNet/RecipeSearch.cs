@@ -44,11 +44,12 @@ internal sealed class FitBudget(TimeSpan? limit)
 
 /// <summary>
 /// Chooses a recipe on validation data, cheaply and conservatively. Successive halving with a prior: every candidate
-/// trains a quarter of the recipe's epochs; the best challenger (metric, then loss) goes on only if it beat the recipe by
+/// trains a sixth of the recipe's epochs; the best challenger (metric, then loss) goes on only if it beat the recipe by
 /// more than chance (<see cref="ValidationScore.Beats"/>: the paired per-part differences' standard error), and then both
-/// train the full schedule, where it must beat the recipe again. So a search on a small, noisy hold-out keeps the
-/// recipe unless the evidence is clear, and costs little more than the short runs when it is not. Candidates share one
-/// seed (paired comparisons) and, through the trainer, one frozen-prefix cache.
+/// train half the schedule, where it must beat the recipe again. So a search on a small, noisy hold-out keeps the recipe
+/// unless the evidence is clear, and costs about one full run more than the recipe alone (sized so that the bare call
+/// stays within a few times ML.NET's own pipeline). Candidates share one seed (paired comparisons) and, through the
+/// trainer, one frozen-prefix cache.
 /// </summary>
 internal static class RecipeSearch
 {
@@ -70,7 +71,7 @@ internal static class RecipeSearch
     /// <param name="folds">The hold-outs every candidate is trained and judged on.</param>
     /// <param name="validatedOn">Where the judging images come from, in words.</param>
     /// <param name="finalImages">Images the final run trains on (the budget keeps time for it).</param>
-    /// <param name="keepNetworks">Whether a full-schedule run on the single fold is the final model (its images are the final run's).</param>
+    /// <param name="keepNetworks">Whether a full-schedule run on the single fold can be the final model (its images are the final run's).</param>
     /// <param name="budget">The Fit's time budget.</param>
     /// <param name="train">Trains one candidate on one fold.</param>
     /// <param name="metricName">The task's metric name, for the log.</param>
@@ -78,14 +79,14 @@ internal static class RecipeSearch
         int finalImages, bool keepNetworks, FitBudget budget, TrialRunner train, string metricName)
     {
         var recipe = candidates[0];
-        int full = recipe.Epochs, brief = Math.Max(1, full / 4);
+        int full = recipe.Epochs, brief = Math.Max(1, full / 6), longer = Math.Max(brief, full / 2);
         long foldImages = folds.Sum(f => (long)f.FitOn.Count);
         long finalReserve = keepNetworks ? 0 : (long)full * finalImages;
         var trials = new List<RecipeTrial>();
         var kept = new Dictionary<int, nn.Module<Tensor, Tensor>>();
         keepNetworks &= folds.Count == 1;
         ch.Info($"Recipe search: {candidates.Count} candidates on {validatedOn} ({folds[0].JudgeOn.Count} images{(folds.Count > 1 ? $", {folds.Count} folds" : "")}), "
-            + $"{brief} epochs each, then the best against the recipe at {full}: {string.Join("; ", candidates.Select((c, i) => $"{i + 1}: {c}"))}.");
+            + $"{brief} epochs each, then the best against the recipe at {longer}: {string.Join("; ", candidates.Select((c, i) => $"{i + 1}: {c}"))}.");
 
         ValidationScore Trial(int index, int epochs)
         {
@@ -114,7 +115,7 @@ internal static class RecipeSearch
         var brief1 = new Dictionary<int, ValidationScore> { [0] = Trial(0, brief) };
         for (int i = 1; i < candidates.Count; i++)
         {
-            if (budget.Allows(brief * foldImages, finalReserve + 2L * full * foldImages)) brief1[i] = Trial(i, brief);
+            if (budget.Allows(brief * foldImages, finalReserve + 2L * longer * foldImages)) brief1[i] = Trial(i, brief);
             else skipped++;
         }
         if (skipped > 0) ch.Info($"Recipe search: {skipped} candidates skipped to stay within TimeBudget {budget.Limit}.");
@@ -127,21 +128,21 @@ internal static class RecipeSearch
             reason = challenger is null ? "no other candidate fitted in the time budget"
                 : $"no candidate beat the recipe by more than chance after {brief} epochs (best: candidate {challenger + 1})";
         }
-        else if (brief == full)
+        else if (brief == longer)
         {
             (chosen, reason) = (c, $"candidate {c + 1} beat the recipe by more than chance");
         }
-        else if (!budget.Allows(2L * full * foldImages, finalReserve))
+        else if (!budget.Allows(2L * longer * foldImages, finalReserve))
         {
-            (chosen, reason) = (c, $"candidate {c + 1} beat the recipe by more than chance after {brief} epochs (no time left to confirm it at {full})");
+            (chosen, reason) = (c, $"candidate {c + 1} beat the recipe by more than chance after {brief} epochs (no time left to confirm it at {longer})");
         }
         else
         {
-            var recipeFull = Trial(0, full);
-            var challengerFull = Trial(c, full);
-            (chosen, reason) = challengerFull.Beats(recipeFull)
-                ? (c, $"candidate {c + 1} beat the recipe by more than chance after {brief} and after {full} epochs")
-                : (0, $"candidate {c + 1} led after {brief} epochs but not by more than chance after {full}");
+            var recipeLonger = Trial(0, longer);
+            var challengerLonger = Trial(c, longer);
+            (chosen, reason) = challengerLonger.Beats(recipeLonger)
+                ? (c, $"candidate {c + 1} beat the recipe by more than chance after {brief} and after {longer} epochs")
+                : (0, $"candidate {c + 1} led after {brief} epochs but not by more than chance after {longer}");
         }
         ch.Info($"Recipe search chose candidate {chosen + 1} ({candidates[chosen]}): {reason}.");
         kept.Remove(chosen, out var network);

@@ -115,7 +115,7 @@ public abstract class RepAdapterTrainerBase<TOptions, TTransformer> : IEstimator
         if (candidates.Count > 1 && options.TimeBudget != TimeSpan.Zero)
         {
             searched = Search(ch, task, runs, source, train, validation, classOfRow, candidates, seed, device, prefixes, budget);
-            recipe = searched.Chosen;
+            recipe = searched?.Chosen ?? recipe;
         }
         else ch.Info($"Recipe: {recipe}{(candidates.Count > 1 ? " (TimeBudget zero: no search)" : "")}.");
         var network = searched?.Network;
@@ -157,9 +157,10 @@ public abstract class RepAdapterTrainerBase<TOptions, TTransformer> : IEstimator
     /// <summary>
     /// Chooses among <paramref name="candidates"/> by the task's validation metric, never on test data: on the validation
     /// data when there is some (the chosen run is then the final model), otherwise on stratified hold-outs of the
-    /// training data (two when one is small), after which the final model is trained on all of it.
+    /// training data (two when one is small), after which the final model is trained on all of it. Null when no training
+    /// image can be held out.
     /// </summary>
-    private RecipeSearch.Outcome Search(IChannel ch, ImageTask task, BackboneDescriptor runs, Backbone source, TrainingImages train,
+    private RecipeSearch.Outcome? Search(IChannel ch, ImageTask task, BackboneDescriptor runs, Backbone source, TrainingImages train,
         TrainingImages? validation, IReadOnlyDictionary<long, long> classOfRow, IReadOnlyList<TrainingRecipe> candidates, int seed, Device device,
         PrefixCaches prefixes, FitBudget budget)
     {
@@ -188,7 +189,11 @@ public abstract class RepAdapterTrainerBase<TOptions, TTransformer> : IEstimator
                     owned.Add(judgeOn);
                     folds.Add(new SearchFold(fitOn, judgeOn));
                 }
-                if (folds.Count == 0) throw Host.Except("The recipe search needs validation images: give a ValidationSet, more training images per class, or TimeBudget = TimeSpan.Zero.");
+                if (folds.Count == 0)
+                {
+                    ch.Warning("No class has two training images to hold one out, so there is no recipe search: the recipe as it is. Give a ValidationSet to search.");
+                    return null;
+                }
                 where = "held-out training images";
             }
             bool keep = validation is not null && TrainerOptions.EarlyStopping is null;

@@ -37,7 +37,7 @@ public sealed class RepAdapterImageClassificationTrainer
         internal override (TrainingRecipe Recipe, RecipeSearchSpace Space) Preset(RecipePreset preset) => preset switch
         {
             RecipePreset.Paper => (new TrainingRecipe(null, TrainingRecipe.AllBlocks, 1f, 1e-3, 100, 64, 10), RecipeSearchSpace.None),
-            _ => (new TrainingRecipe(112, 3, 10f, 3e-3, 12, 16, 0), new RecipeSearchSpace([1f, 3f], [1e-3, 1e-2], [5])),
+            _ => (new TrainingRecipe(112, 3, 10f, 3e-3, 12, 16, 0), new RecipeSearchSpace([1f], [1e-3, 1e-2], [5])),
         };
 
         internal override void Validate()
