@@ -16,7 +16,7 @@ internal static class Plots
             case PlotKind.Ratios: Ratios(plot, request); width += 200; break;
             case PlotKind.LogScatter: LogScatter(plot, request); break;
             case PlotKind.Curves: Curves(plot, request); break;
-            case PlotKind.GroupedBars: GroupedBars(plot, request); break;
+            case PlotKind.GroupedBars: GroupedBars(plot, request); width = Math.Max(Width, 160 * request.Groups.Length + 250); break;
             default: throw new ArgumentException($"Unknown plot kind {request.Kind} for {request.Path}.");
         }
         plot.Title(request.Title);
@@ -67,31 +67,47 @@ internal static class Plots
                 label.LabelFontColor = color;
             }
         }
-        plot.Axes.Bottom.TickGenerator = new ScottPlot.TickGenerators.NumericAutomatic { LabelFormatter = x => $"{Math.Pow(10, x):G3}" };
+        // Ticks at whole powers of ten, written out ("10,000", not "1E+04").
+        var all = request.Series.SelectMany(s => s.X ?? []).Where(x => x > 0).Select(Math.Log10).ToList();
+        int low = (int)Math.Floor(all.Min()), high = (int)Math.Ceiling(all.Max());
+        plot.Axes.Bottom.TickGenerator = new ScottPlot.TickGenerators.NumericManual(
+            [.. Enumerable.Range(low, high - low + 1).Select(k => new Tick(k, Math.Pow(10, k).ToString("N0", System.Globalization.CultureInfo.InvariantCulture)))]);
         plot.Axes.Margins(horizontal: 0.12, vertical: 0.1); // room for the labels right of the outermost points
-        plot.ShowLegend(Alignment.LowerRight);
+        plot.ShowLegend(Edge.Right);
     }
 
     private static void Curves(Plot plot, PlotRequest request)
     {
         foreach (var series in request.Series)
             plot.Add.Scatter(Enumerable.Range(1, series.Values.Length).Select(i => (double)i).ToArray(), series.Values).LegendText = series.Name;
-        plot.ShowLegend(Alignment.UpperRight);
+        plot.ShowLegend(Edge.Right);
     }
 
+    /// <summary>One bar per series in each group, its value written on it; Low/High, when given, drawn as a black range (e.g. min-max over seeds).</summary>
     private static void GroupedBars(Plot plot, PlotRequest request)
     {
         var palette = new ScottPlot.Palettes.Category10();
         int n = request.Series.Length;
         for (int s = 0; s < n; s++)
         {
+            var series = request.Series[s];
             var color = palette.GetColor(s);
-            var bars = request.Series[s].Values.Select((v, g) => (v, g)).Where(b => double.IsFinite(b.v)) // NaN: nothing measured
-                .Select(b => new Bar { Position = b.g * (n + 1) + s, Value = b.v, FillColor = color }).ToList();
-            plot.Add.Bars(bars).LegendText = request.Series[s].Name;
+            var bars = series.Values.Select((v, g) => (v, g)).Where(b => double.IsFinite(b.v)) // NaN: nothing measured
+                .Select(b => new Bar { Position = b.g * (n + 1) + s, Value = b.v, FillColor = color, Label = b.v.ToString("G3", System.Globalization.CultureInfo.InvariantCulture) })
+                .ToList();
+            var plotted = plot.Add.Bars(bars);
+            plotted.LegendText = series.Name;
+            plotted.ValueLabelStyle.FontSize = 10;
+            for (int g = 0; series.Low is not null && series.High is not null && g < series.Values.Length; g++)
+            {
+                if (!double.IsFinite(series.Low[g]) || !double.IsFinite(series.High[g]) || series.Low[g] == series.High[g]) continue;
+                var range = plot.Add.Line(g * (n + 1) + s, series.Low[g], g * (n + 1) + s, series.High[g]);
+                range.Color = Colors.Black;
+                range.LineWidth = 2;
+            }
         }
         plot.Axes.Bottom.TickGenerator = new ScottPlot.TickGenerators.NumericManual([.. request.Groups.Select((g, i) => new Tick(i * (n + 1) + (n - 1) / 2.0, g))]);
-        plot.Axes.Margins(bottom: 0);
-        plot.ShowLegend(Alignment.UpperLeft);
+        plot.Axes.Margins(bottom: 0, top: 0.12);
+        plot.ShowLegend(Edge.Right);
     }
 }

@@ -30,9 +30,11 @@ internal static class Plots
     public static void Curves(string path, string title, IReadOnlyList<(string Name, double[] Values)> curves, string yLabel) =>
         Pending.Add(new(PlotKind.Curves, path, title, "epoch", yLabel, [], [.. curves.Select(c => new PlotSeries(c.Name, c.Values))]));
 
-    /// <summary>Grouped bars: one group per label, one bar per series.</summary>
-    public static void GroupedBars(string path, string title, string yLabel, IReadOnlyList<string> groups, IReadOnlyList<(string Series, double[] Values)> series) =>
-        Pending.Add(new(PlotKind.GroupedBars, path, title, "", yLabel, [.. groups], [.. series.Select(s => new PlotSeries(s.Series, s.Values))]));
+    /// <summary>Grouped bars: one group per label, one bar per series, with an optional range per bar (Low, High: e.g. min-max over seeds).</summary>
+    public static void GroupedBars(string path, string title, string yLabel, IReadOnlyList<string> groups,
+        IReadOnlyList<(string Series, double[] Values)> series, IReadOnlyList<(double[] Low, double[] High)>? ranges = null) =>
+        Pending.Add(new(PlotKind.GroupedBars, path, title, "", yLabel, [.. groups],
+            [.. series.Select((s, i) => new PlotSeries(s.Series, s.Values, Low: ranges?[i].Low, High: ranges?[i].High))]));
 
     /// <summary>Draws the plots asked for so far (dotnet run of RepAdapter.Benchmarks.Plots); a failure is reported, not thrown.</summary>
     public static void RenderPending()

@@ -46,9 +46,6 @@ public sealed record AdapterConfig(
     double Dropout = 0.1,
     int? LastBlocks = null)
 {
-    /// <summary>The scales the paper grid-searches per task.</summary>
-    public static IReadOnlyList<float> ScaleGrid { get; } = [0.1f, 0.5f, 1f, 5f, 10f];
-
     /// <summary>Throws a clear error for a configuration that cannot be built for channels <paramref name="channels"/>.</summary>
     public void Validate(int channels, string site)
     {

@@ -10,7 +10,7 @@ namespace Microsoft.ML.RepAdapter.MLNet;
 /// What one task contributes to a training run, for <see cref="RepAdapterTrainerBase{TOptions, TTransformer}"/>: how
 /// its targets are read from a row (fetched cheaply on the cursor's thread, decoded on any), the network it trains on
 /// top of the backbone, and its objective. Everything else (backbone, data streaming and caching, adapters, recipe,
-/// scale search, merge) is the trainer base's.
+/// recipe search, merge) is the trainer base's.
 /// </summary>
 internal abstract class ImageTask(IHost host, string imageColumnName)
 {

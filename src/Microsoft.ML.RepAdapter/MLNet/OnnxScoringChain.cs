@@ -2,6 +2,7 @@ using Microsoft.ML.Data;
 using Microsoft.ML.RepAdapter.Backbones;
 using Microsoft.ML.Runtime;
 using Microsoft.ML.Transforms.Image;
+using Microsoft.ML.Transforms.Onnx;
 
 namespace Microsoft.ML.RepAdapter.MLNet;
 
@@ -29,13 +30,42 @@ internal static class OnnxScoringChain
             .Append(mlContext.Transforms.ExtractPixels(OnnxExport.PixelsName, ResizedColumn, ImagePixelExtractingEstimator.ColorBits.Rgb,
                 input.Order == ChannelOrder.Rgb ? ImagePixelExtractingEstimator.ColorsOrder.ARGB : ImagePixelExtractingEstimator.ColorsOrder.ABGR,
                 interleavePixelColors: false, offsetImage: 0f, scaleImage: 1f, outputAsFloatArray: true))
-            // From a stream: the OnnxTransformer keeps the bytes and saves them inside the .zip.
-            .Append(mlContext.Transforms.ApplyOnnxModel(model.OnnxScoringOutputs, [OnnxExport.PixelsName], new MemoryStream(onnx)))
+            .Append(ApplyOnnx(mlContext, env, model.OnnxScoringOutputs, onnx))
             .Fit(empty);
         var chain = new TransformerChain<ITransformer>(front);
         var (tail, intermediate) = model.OnnxScoringTail(env);
         foreach (var transformer in tail) chain = chain.Append(transformer);
         string[] drop = [ResizedColumn, .. intermediate];
         return chain.Append<ITransformer>(mlContext.Transforms.DropColumns(drop).Fit(chain.Transform(empty)));
+    }
+
+    /// <summary>
+    /// ApplyOnnxModel from the bytes (kept, and saved inside the .zip) on the context's device: ONNX Runtime's CUDA provider
+    /// when <c>GpuDeviceId</c> is set (Microsoft.ML.OnnxRuntime.Gpu.Linux in the application), else the CPU. ML.NET's own
+    /// fallback misses the CPU package's lack of the CUDA entry point, so <c>FallbackToCpu</c> is applied here too.
+    /// </summary>
+    private static OnnxScoringEstimator ApplyOnnx(MLContext mlContext, IHostEnvironment env, string[] outputs, byte[] onnx)
+    {
+        try
+        {
+            return mlContext.Transforms.ApplyOnnxModel(outputs, [OnnxExport.PixelsName], new MemoryStream(onnx), mlContext.GpuDeviceId, mlContext.FallbackToCpu);
+        }
+        catch (EntryPointNotFoundException e) when (mlContext.GpuDeviceId is int gpu)
+        {
+            string why = $"GpuDeviceId {gpu} asks ONNX Runtime for its CUDA provider, which the application's ONNX Runtime package lacks "
+                + "(reference Microsoft.ML.OnnxRuntime.Gpu.Linux instead of Microsoft.ML.OnnxRuntime)";
+            if (!mlContext.FallbackToCpu) throw new InvalidOperationException($"{why}, and FallbackToCpu is false.", e);
+            using (var ch = env.Start("ToOnnxPipeline")) ch.Warning($"{why}: scoring on the CPU.");
+            // A context without a GPU: ML.NET would otherwise take the GPU from the context again.
+            return new MLContext().Transforms.ApplyOnnxModel(outputs, [OnnxExport.PixelsName], new MemoryStream(onnx));
+        }
+        catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException or TypeInitializationException
+                                  || e.InnerException is DllNotFoundException or EntryPointNotFoundException or TypeInitializationException)
+        {
+            throw new InvalidOperationException(
+                "ToOnnxPipeline needs ONNX Runtime's native library, which the application does not reference: add the package "
+                + "Microsoft.ML.OnnxRuntime (CPU) or Microsoft.ML.OnnxRuntime.Gpu.Linux (CUDA; set MLContext.GpuDeviceId) at a "
+                + $"version of Microsoft.ML.OnnxRuntime.Managed's (1.30 or later). ONNX Runtime said: {e.Message}", e);
+        }
     }
 }

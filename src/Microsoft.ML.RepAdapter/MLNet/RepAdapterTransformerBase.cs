@@ -77,8 +77,8 @@ public abstract class RepAdapterTransformerBase : RowToRowTransformerBase, ITran
     /// The number format of scoring: <see cref="ScoringPrecision.Float32"/> (the default) or
     /// <see cref="ScoringPrecision.BFloat16"/>, which scores with a bfloat16 copy of the merged weights (the float32 weights
     /// stay, and are what is saved). bfloat16 is faster only on CPUs whose kernels use AVX-512 BF16 or AMX well (see the
-    /// README's measurements); scores differ from float32 ones in the third significant digit. A setting of this
-    /// instance, not saved with the model.
+    /// latency benchmark, docs/benchmarks/latency.md, which names the CPU); scores differ from float32 ones in the third
+    /// significant digit. A setting of this instance, not saved with the model.
     /// </summary>
     public ScoringPrecision Precision
     {
@@ -320,6 +320,7 @@ public abstract class RepAdapterTransformerBase : RowToRowTransformerBase, ITran
 
     private protected static SavedHeader LoadHeader(IHostEnvironment env, ModelLoadContext ctx)
     {
+        TorchDevices.EnsureLibTorch();
         int batchSize = ctx.Reader.ReadInt32();
         env.CheckDecode(batchSize > 0, "The scoring batch size must be positive.");
         string network = ctx.Reader.ReadString();

@@ -4,7 +4,7 @@ namespace Microsoft.ML.RepAdapter.Training;
 
 /// <summary>
 /// What a task trains for: its loss, what counts as a correct prediction, and the metric that chooses between runs
-/// (scale search) and is reported on validation data. Classification and segmentation each provide one.
+/// (recipe search) and is reported on validation data. Classification and segmentation each provide one.
 /// </summary>
 public interface ITrainingObjective
 {

@@ -149,6 +149,22 @@ public class OnnxPipelineTests
     }
 
     [TestMethod]
+    public void AContextAskingForAGpuFallsBackToTheCpuProviderAndScoresTheSame()
+    {
+        // GpuDeviceId reaches ApplyOnnxModel: with the CPU ONNX Runtime package there is no CUDA provider, so FallbackToCpu
+        // decides, as ML.NET's own ONNX transforms do. (The CUDA provider itself needs Microsoft.ML.OnnxRuntime.Gpu.Linux and a GPU.)
+        var plain = new MLContext(seed: 1);
+        var onGpu = new MLContext(seed: 1) { GpuDeviceId = 0, FallbackToCpu = true };
+        var (cpuScores, _) = Predict(new TransformerChain<ITransformer>(_model.First(), _transformer.ToOnnxPipeline(plain)), plain, _atModelSize);
+        var (fallbackScores, _) = Predict(new TransformerChain<ITransformer>(_model.First(), _transformer.ToOnnxPipeline(onGpu)), onGpu, _atModelSize);
+        Assert.AreEqual(0f, MaxDiff(cpuScores, fallbackScores), "the fallback scores on the CPU provider");
+
+        var strict = new MLContext(seed: 1) { GpuDeviceId = 0, FallbackToCpu = false };
+        Assert.ThrowsExactly<InvalidOperationException>(() => _transformer.ToOnnxPipeline(strict),
+            "a GPU asked for without fallback is an error, not a silent CPU run");
+    }
+
+    [TestMethod]
     public void SampleAppWithoutTorchSharpPredictsAsTheTorchSharpTransformer()
     {
         var mlContext = new MLContext(seed: 1);

@@ -21,7 +21,21 @@ public class PackageConsumerTests
         try
         {
             Run("dotnet", ["pack", Path.Combine(TestData.RepoRoot, "src", "Microsoft.ML.RepAdapter"), "-o", feed, $"-p:Version={version}"], TestData.RepoRoot);
-            Assert.IsTrue(File.Exists(Path.Combine(feed, $"Microsoft.ML.RepAdapter.{version}.nupkg")));
+            string package = Path.Combine(feed, $"Microsoft.ML.RepAdapter.{version}.nupkg");
+            Assert.IsTrue(File.Exists(package));
+            Assert.IsTrue(File.Exists(Path.ChangeExtension(package, ".snupkg")), "a symbols package beside it");
+            using (var zip = System.IO.Compression.ZipFile.OpenRead(package))
+            {
+                var names = zip.Entries.Select(e => e.FullName).ToList();
+                Assert.IsFalse(names.Any(n => n.EndsWith(".onnx", StringComparison.OrdinalIgnoreCase)),
+                    "ML.NET's ResNet-18 comes with its own package, not packed into this one:\n" + string.Join("\n", names));
+                Assert.IsLessThan(10L << 20, new FileInfo(package).Length, "the package holds only this library");
+                using var reader = new StreamReader(zip.Entries.Single(e => e.FullName.EndsWith(".nuspec", StringComparison.Ordinal)).Open());
+                string nuspec = reader.ReadToEnd();
+                StringAssert.Contains(nuspec, "id=\"TorchSharp\"", "the managed TorchSharp, so that the application chooses its libtorch");
+                Assert.DoesNotContain("TorchSharp-cpu", nuspec);
+                StringAssert.Contains(nuspec, "<repository type=\"git\"");
+            }
 
             TestData.CopyDirectory(Path.Combine(TestData.RepoRoot, "samples", "PackageConsumer"), app);
             // Two classes of six images: the snippet's bare call (the CPU recipe and its search) on ML.NET's ResNet-18 takes seconds.

@@ -30,7 +30,7 @@ public class MLContextConventionsTests
     [TestMethod]
     public void AGpuRequestedWithoutCudaFallsBackToTheCpuWithAWarningOrFails()
     {
-        Assert.IsFalse(TorchSharp.torch.cuda.is_available(), "this build is TorchSharp-cpu");
+        Assert.IsFalse(TorchSharp.torch.cuda.is_available(), "the tests reference the CPU libtorch (libtorch-cpu)");
         var mlContext = new MLContext(seed: 1) { GpuDeviceId = 0, FallbackToCpu = true };
         var warnings = TestData.CaptureLog(mlContext, e => e.Kind == Runtime.ChannelMessageKind.Warning);
         var data = TestData.Prepared(mlContext, TestData.Images(classes: 2, perClass: 4));
