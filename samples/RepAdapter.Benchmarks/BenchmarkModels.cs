@@ -17,6 +17,10 @@ internal static class BenchmarkModels
             ? PretrainedBackbones.LoadMLNetResNet18(numClasses ?? 0).Backbone
             : BackbonePresets.Create(name, numClasses);
 
+    /// <summary>A preset's name as a reader knows the model (CLIP's "ViT-B/32" is not timm's ViT-B/32).</summary>
+    public static string DisplayName(string name) =>
+        name == "ViT-B/32" ? "CLIP ViT-B/32" : name.Replace("_patch16_224", "").Replace("_patch4_window7_224", "");
+
     /// <summary>Gives <paramref name="model"/>'s attached adapters random non-zero weights (std 0.02), as trained ones have.</summary>
     public static void RandomizeAdapters(Backbone model)
     {

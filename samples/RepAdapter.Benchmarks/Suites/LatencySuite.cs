@@ -63,7 +63,7 @@ internal static class LatencySuite
             + "per-round ratio to the float32 merged model.");
         report.Table("latency", ["model", "batch", "plain ms", "unmerged ms", "merged ms", "merged/plain [95 % CI]", "unmerged/plain",
             "plain2/plain [95 % CI]", "merged/plain CPU time", "plain2/plain CPU time", "bf16 merged ms", "bf16/fp32", "rounds"],
-            rows.Select(r => new object[] { r.Model, r.Batch, r.PlainMs, r.UnmergedMs, r.MergedMs, $"{r.MergedRatio:F3} [{r.MergedLow:F3}, {r.MergedHigh:F3}]",
+            rows.Select(r => new object[] { BenchmarkModels.DisplayName(r.Model), r.Batch, r.PlainMs, r.UnmergedMs, r.MergedMs, $"{r.MergedRatio:F3} [{r.MergedLow:F3}, {r.MergedHigh:F3}]",
                 r.UnmergedRatio, $"{r.NoiseRatio:F3} [{r.NoiseLow:F3}, {r.NoiseHigh:F3}]", r.MergedCpuRatio, r.NoiseCpuRatio, r.BFloat16Ms, r.BFloat16Ratio, r.Rounds }));
         Plots.Ratios(report.Plot("ratios", "merged/plain and the noise floor, with 95 % intervals"), rows);
         report.Data("rows", rows);

@@ -68,7 +68,7 @@ internal static class OnnxSuite
             + "bootstrap intervals; `torch2/torch` runs TorchSharp twice per round: its ratio is the noise floor. `max |diff|` compares the two "
             + "outputs on the same pixels (a check that the same function is timed).");
         report.Table("onnx", ["model", "batch", "TorchSharp ms", "ONNX Runtime ms", "onnx/torch [95 % CI]", "torch2/torch [95 % CI]", "max |diff|", "rounds"],
-            rows.Select(r => new object[] { r.Model, r.Batch, r.TorchMs, r.OnnxMs, $"{r.OnnxRatio:F3} [{r.OnnxLow:F3}, {r.OnnxHigh:F3}]",
+            rows.Select(r => new object[] { BenchmarkModels.DisplayName(r.Model), r.Batch, r.TorchMs, r.OnnxMs, $"{r.OnnxRatio:F3} [{r.OnnxLow:F3}, {r.OnnxHigh:F3}]",
                 $"{r.NoiseRatio:F3} [{r.NoiseLow:F3}, {r.NoiseHigh:F3}]", r.MaxAbsDifference, r.Rounds }));
         report.Data("rows", rows);
         return rows;
