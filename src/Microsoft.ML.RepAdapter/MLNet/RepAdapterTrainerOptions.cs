@@ -271,6 +271,8 @@ public abstract class RepAdapterTrainerOptions
         OptionCheck.That(ValidationSetFraction is null or > 0 and < 1, nameof(ValidationSetFraction), ValidationSetFraction, "must be in (0, 1) (or null)");
         OptionCheck.That(EarlyStopping is null || ValidationSet is not null || ValidationSetFraction is not null, nameof(EarlyStopping), EarlyStopping,
             "needs validation data: give a ValidationSet or a ValidationSetFraction");
+        OptionCheck.That(TrainingStateFolder is null || !File.Exists(TrainingStateFolder), nameof(TrainingStateFolder), TrainingStateFolder,
+            "is a file: name a folder (it is created if missing)");
         OptionCheck.That(CacheMemoryLimitMegabytes >= 0, nameof(CacheMemoryLimitMegabytes), CacheMemoryLimitMegabytes, "cannot be negative");
         OptionCheck.That(DecodeThreads is null or > 0, nameof(DecodeThreads), DecodeThreads, "must be positive (or null)");
         OptionCheck.That(ShuffleBufferSize > 0, nameof(ShuffleBufferSize), ShuffleBufferSize, "must be positive");

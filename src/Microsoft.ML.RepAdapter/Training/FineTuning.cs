@@ -52,6 +52,12 @@ public sealed record TrainingResult(IReadOnlyList<EpochReport> Reports, int Best
 /// </summary>
 public static class FineTuning
 {
+    /// <summary>
+    /// A finite loss above which training is called diverged: cross-entropy is ln K at chance and a few times that for a
+    /// confidently wrong model, so only logits that have blown up (or a damaged resumed state) reach it.
+    /// </summary>
+    public const double DivergedLoss = 1e4;
+
     /// <summary>Trains <paramref name="model"/> in place.</summary>
     /// <param name="model">Images in, task output out (class logits, or per-pixel logits).</param>
     /// <param name="toInput">
@@ -96,7 +102,7 @@ public static class FineTuning
 
         // As the official train.py: one AdamW group, weight decay on every trainable parameter.
         using var optimizer = optim.AdamW(trainable.Select(p => p.parameter), lr: settings.LearningRate, weight_decay: settings.WeightDecay);
-        var state = stateFolder is null ? null : new TrainingState(stateFolder, run, TrainingState.Fingerprint(settings, trainable, train.Count, validation?.Count ?? 0));
+        using var state = stateFolder is null ? null : new TrainingState(stateFolder, run, TrainingState.Fingerprint(settings, trainable, train.Count, validation?.Count ?? 0));
         var progressSoFar = state?.TryResume(model, optimizer) ?? new TrainingProgress();
         var reports = new List<EpochReport>(progressSoFar.Reports);
         int resumedAfter = progressSoFar.EpochsDone;
@@ -127,6 +133,12 @@ public static class FineTuning
                     double lossValue = loss.item<float>();
                     string where = $"epoch {epoch + 1}, batch {++b}";
                     if (!double.IsFinite(lossValue)) throw NonFiniteLoss(model, images, lossValue, where);
+                    if (lossValue > DivergedLoss)
+                    {
+                        throw new InvalidOperationException(
+                            $"Training diverged in {where}: the loss is {lossValue:G4}, finite but past {DivergedLoss:G0}, which no model that learns "
+                            + "reaches (a cross-entropy at chance is ln K). Try a lower LearningRate or AdapterScale; if this run resumed, check its state.");
+                    }
                     loss.backward();
                     if (NonFinite.FirstIn(trainable.Select(p => (p.name, p.parameter.grad ?? p.parameter))) is string badGradient)
                     {
@@ -154,6 +166,12 @@ public static class FineTuning
                     counted += batchCounted;
                     seen += batch.Count;
                 }
+            }
+            if (seen == 0)
+            {
+                throw new InvalidOperationException(
+                    $"Epoch {epoch + 1} trained on no batch: the {train.Count} training images gave none at batch size {settings.BatchSize}, "
+                    + "so there is no loss to report and nothing was learned.");
             }
             (double? validationMetric, double? validationLoss) = (null, null);
             if (validation is { Count: > 0 }) (validationMetric, validationLoss) = Evaluate(model, toInput, validation, objective, device, settings.BatchSize);
