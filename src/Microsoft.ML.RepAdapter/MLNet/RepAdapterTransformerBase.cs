@@ -1,3 +1,6 @@
+using System.Globalization;
+using System.Security.Cryptography;
+using System.Text;
 using System.Text.Json;
 using System.Text.Json.Serialization;
 using Microsoft.ML.Data;
@@ -30,6 +33,7 @@ public abstract class RepAdapterTransformerBase : RowToRowTransformerBase, ITran
 {
     private const string WeightsStream = "TorchModel";
     private const string ChecksumStream = "TorchModel.sha256";
+    private const string ContentChecksumStream = "Model.sha256";
     private protected static readonly JsonSerializerOptions SummaryJson = new() { Converters = { new JsonStringEnumConverter() } };
 
     private readonly nn.Module<Tensor, Tensor> _network;
@@ -281,6 +285,12 @@ public abstract class RepAdapterTransformerBase : RowToRowTransformerBase, ITran
     private protected abstract void SaveTaskData(ModelSaveContext ctx);
 
     /// <summary>
+    /// The task's columns and data as text, in a fixed order: with the base's fields and the weights, what
+    /// <see cref="ContentChecksumStream"/> covers. The task's loader rebuilds the same parts from what it read.
+    /// </summary>
+    private protected abstract IEnumerable<string> TaskContent();
+
+    /// <summary>
     /// Format: image column name; the task's column names; scoring batch size; the network's description (JSON); the
     /// training summary (JSON); the task's data; then the merged weights as one TorchSharp stream, and that stream's
     /// SHA-256 in another. A model with non-finite weights is not saved.
@@ -301,10 +311,63 @@ public abstract class RepAdapterTransformerBase : RowToRowTransformerBase, ITran
         byte[] checksum = [];
         ctx.SaveBinaryStream(WeightsStream, writer => checksum = WeightsChecksum.Write(writer.BaseStream, w => _network.save(w)));
         ctx.SaveBinaryStream(ChecksumStream, writer => writer.Write(checksum));
+        ctx.SaveBinaryStream(ContentChecksumStream, writer => writer.Write(ContentChecksum(checksum)));
     }
 
-    /// <summary>What <see cref="SaveModel"/> wrote between the task's columns and its data.</summary>
-    private protected sealed record SavedHeader(int ScoringBatchSize, string NetworkJson, TrainingSummary Summary);
+    /// <summary>The content checksum this model is saved with, given its weights stream's SHA-256.</summary>
+    internal byte[] ContentChecksum(byte[] weightsSha256) => ContentChecksumWithDescription(DescribeNetwork(), weightsSha256);
+
+    /// <summary>The content checksum of this model with another network description (what a forger would compute).</summary>
+    internal byte[] ContentChecksumWithDescription(string networkJson, byte[] weightsSha256) => ContentChecksum(ImageColumnName,
+        new SavedHeader(ScoringBatchSize, networkJson, Summary, JsonSerializer.Serialize(Summary, SummaryJson)), TaskContent(), weightsSha256);
+
+    /// <summary>What <see cref="SaveModel"/> wrote between the task's columns and its data (the summary also as saved).</summary>
+    private protected sealed record SavedHeader(int ScoringBatchSize, string NetworkJson, TrainingSummary Summary, string SummaryJson);
+
+    /// <summary>SHA-256 over every part a saved model holds, each length-prefixed, then the weights stream's SHA-256.</summary>
+    private static byte[] ContentChecksum(string imageColumn, SavedHeader header, IEnumerable<string> task, byte[] weights)
+    {
+        using var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        string[] parts = [imageColumn, header.ScoringBatchSize.ToString(CultureInfo.InvariantCulture), header.NetworkJson, header.SummaryJson, .. task];
+        foreach (string part in parts)
+        {
+            var bytes = Encoding.UTF8.GetBytes(part);
+            hash.AppendData(BitConverter.GetBytes(bytes.Length));
+            hash.AppendData(bytes);
+        }
+        hash.AppendData(weights);
+        return hash.GetHashAndReset();
+    }
+
+    /// <summary>
+    /// Checks the saved model's content checksum, before any module is built: an edited image size, mean, label order,
+    /// column name or architecture would otherwise load and score differently, or build modules of any size. Models
+    /// written before <paramref name="checksummedFrom"/> have no such checksum; their weights are still checked by
+    /// <see cref="LoadWeights"/>. Then bounds-checks the network description, since a recomputed checksum proves nothing.
+    /// </summary>
+    private protected static void VerifyContent(ModelLoadContext ctx, uint checksummedFrom, string imageColumn, SavedHeader header, IEnumerable<string> task)
+    {
+        byte[]? expected = null;
+        if (ctx.TryLoadBinaryStream(ContentChecksumStream, reader => expected = reader.ReadBytes(32)))
+        {
+            byte[]? weights = null;
+            if (!ctx.TryLoadBinaryStream(WeightsStream, reader => weights = WeightsChecksum.Hash(reader.BaseStream)))
+                throw new InvalidDataException($"The model has no '{WeightsStream}' weights stream.");
+            byte[]? weightsExpected = null;
+            if (ctx.TryLoadBinaryStream(ChecksumStream, reader => weightsExpected = reader.ReadBytes(32)) && !weightsExpected.AsSpan().SequenceEqual(weights))
+                throw new InvalidDataException($"The model's '{WeightsStream}' weights stream does not match its SHA-256 checksum: the file was damaged or altered.");
+            if (!expected.AsSpan().SequenceEqual(ContentChecksum(imageColumn, header, task, weights!)))
+            {
+                throw new InvalidDataException($"The model's columns, settings, network description or labels do not match its SHA-256 checksum "
+                    + $"('{ContentChecksumStream}'): the file was damaged or altered.");
+            }
+        }
+        else if (ctx.Header.ModelVerWritten >= checksummedFrom)
+        {
+            throw new InvalidDataException($"The model has no '{ContentChecksumStream}' checksum stream, which its version always writes: the file was altered.");
+        }
+        SavedDescription.CheckBounds(header.NetworkJson);
+    }
 
     /// <summary>
     /// Where a loaded model scores: the MLContext's <c>GpuDeviceId</c> when CUDA has it, else the CPU if its
@@ -324,9 +387,9 @@ public abstract class RepAdapterTransformerBase : RowToRowTransformerBase, ITran
         int batchSize = ctx.Reader.ReadInt32();
         env.CheckDecode(batchSize > 0, "The scoring batch size must be positive.");
         string network = ctx.Reader.ReadString();
-        var summary = JsonSerializer.Deserialize<TrainingSummary>(ctx.Reader.ReadString(), SummaryJson)
-            ?? throw env.ExceptDecode("Missing training summary.");
-        return new SavedHeader(batchSize, network, summary);
+        string summaryJson = ctx.Reader.ReadString();
+        var summary = JsonSerializer.Deserialize<TrainingSummary>(summaryJson, SummaryJson) ?? throw env.ExceptDecode("Missing training summary.");
+        return new SavedHeader(batchSize, network, summary, summaryJson);
     }
 
     /// <summary>

@@ -43,6 +43,9 @@ internal static class WeightsChecksum
         return hashing.Hash();
     }
 
+    /// <summary>The SHA-256 of the rest of <paramref name="source"/>, read through once without loading anything.</summary>
+    public static byte[] Hash(Stream source) => SHA256.HashData(source);
+
     /// <summary>A pass-through stream that hashes every byte read from or written to it.</summary>
     private sealed class HashingStream(Stream inner) : Stream
     {

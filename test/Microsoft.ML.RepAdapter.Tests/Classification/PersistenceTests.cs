@@ -102,14 +102,26 @@ public class PersistenceTests
         using (var stream = zip.CreateEntry(name).Open()) stream.Write(weights);
         if (updateChecksum)
         {
-            zip.GetEntry(name + ".sha256")!.Delete();
-            using var stream = zip.CreateEntry(name + ".sha256").Open();
-            stream.Write(SHA256.HashData(weights));
+            // Both checksums made to match, as a forger would: what lies behind them must still be refused.
+            byte[] hash = SHA256.HashData(weights);
+            Rewrite(zip, name + ".sha256", hash);
+            Rewrite(zip, name[..name.LastIndexOf('/')] + "/Model.sha256", SavedTransformer().ContentChecksum(hash));
         }
         return path;
     }
 
-    private static Exception LoadFails(string path)
+    private static void Rewrite(ZipArchive zip, string name, byte[] content)
+    {
+        zip.GetEntry(name)!.Delete();
+        using var stream = zip.CreateEntry(name).Open();
+        stream.Write(content);
+    }
+
+    /// <summary>The saved model's transformer, loaded (intact) from the saved .zip.</summary>
+    private static RepAdapterImageClassificationTransformer SavedTransformer() =>
+        ((TransformerChain<ITransformer>)new MLContext().Model.Load(_modelPath, out _)).OfType<RepAdapterImageClassificationTransformer>().Single();
+
+    private static Exception LoadFails(string path, string named = "'TorchModel'")
     {
         try
         {
@@ -120,13 +132,79 @@ public class PersistenceTests
             while (cause is TargetInvocationException { InnerException: { } inner }) cause = inner;
             Assert.AreEqual(typeof(InvalidDataException), cause.GetType(), cause.ToString());
             Assert.IsNull(cause.InnerException, "the message carries the cause");
-            StringAssert.Contains(cause.Message, "'TorchModel'");
+            StringAssert.Contains(cause.Message, named);
             return cause;
         }
         finally
         {
             File.Delete(path);
         }
+    }
+
+    /// <summary>A copy of the saved model whose main stream (columns, settings, description, labels) has <paramref name="from"/> replaced.</summary>
+    private static string EditedDescription(string from, string to, bool forgeChecksum)
+    {
+        Assert.AreEqual(from.Length, to.Length, "the BinaryWriter length prefix stays right");
+        string path = Path.Combine(Path.GetTempPath(), $"repadapter-edited-{Guid.NewGuid():N}.zip");
+        File.Copy(_modelPath, path);
+        using (var zip = ZipFile.Open(path, ZipArchiveMode.Update))
+        {
+            var entry = zip.Entries.Single(e => e.FullName.EndsWith("/TorchModel", StringComparison.Ordinal));
+            string directory = entry.FullName[..entry.FullName.LastIndexOf('/')];
+            var main = zip.GetEntry(directory + "/Model.key")!;
+            byte[] bytes;
+            using (var stream = main.Open())
+            using (var buffer = new MemoryStream())
+            {
+                stream.CopyTo(buffer);
+                bytes = buffer.ToArray();
+            }
+            string text = System.Text.Encoding.Latin1.GetString(bytes);
+            int at = text.IndexOf(from, StringComparison.Ordinal);
+            Assert.IsGreaterThanOrEqualTo(0, at, $"'{from}' is in the saved description");
+            System.Text.Encoding.Latin1.GetBytes(to).CopyTo(bytes, at);
+            Rewrite(zip, main.FullName, bytes);
+            if (forgeChecksum)
+            {
+                // The forger recomputes the content checksum for the edited description; the bounds must still hold.
+                var original = SavedTransformer();
+                byte[] weights;
+                using (var stream = zip.GetEntry(directory + "/TorchModel.sha256")!.Open())
+                using (var buffer = new MemoryStream())
+                {
+                    stream.CopyTo(buffer);
+                    weights = buffer.ToArray();
+                }
+                var json = original.Model.Describe().ToJson();
+                int first = json.IndexOf(from, StringComparison.Ordinal);
+                json = json[..first] + to + json[(first + from.Length)..];      // the first occurrence, as in the stream
+                Rewrite(zip, directory + "/Model.sha256", original.ContentChecksumWithDescription(json, weights));
+            }
+        }
+        return path;
+    }
+
+    [TestMethod]
+    public void AnEditedImageSizeMeanOrDescriptionFailsTheContentChecksum()
+    {
+        string json = SavedTransformer().Model.Describe().ToJson();
+        string size = System.Text.RegularExpressions.Regex.Match(json, "\"ImageSize\":\\d+").Value;
+        string edited = size[..^1] + (size[^1] == '1' ? '2' : '1');
+        var error = LoadFails(EditedDescription(size, edited, forgeChecksum: false), "'Model.sha256'");
+        StringAssert.Contains(error.Message, "do not match its SHA-256 checksum");
+    }
+
+    [TestMethod]
+    public void ADescriptionWithAHugeOrNegativeDimensionIsRefusedBeforeAnyModuleIsBuilt()
+    {
+        string json = SavedTransformer().Model.Describe().ToJson();
+        string size = System.Text.RegularExpressions.Regex.Match(json, "\"ImageSize\":\\d\\d").Value;
+        Assert.IsNotEmpty(size, json);
+        StringAssert.Contains(json, "0.485");
+        var huge = LoadFails(EditedDescription("0.485", "9e+99", forgeChecksum: true), "network description");
+        StringAssert.Contains(huge.Message, "every number must lie in [0, 65536]");
+        var negative = LoadFails(EditedDescription(size, ("\"ImageSize\":-" + size[^1])[..size.Length], forgeChecksum: true), "network description");
+        StringAssert.Contains(negative.Message, "every number must lie in [0, 65536]");
     }
 
     [TestMethod]

@@ -140,10 +140,13 @@ public sealed class RepAdapterImageClassificationTransformer : RepAdapterTransfo
     internal override (IReadOnlyList<ITransformer> Tail, IReadOnlyList<string> Intermediate) OnnxScoringTail(IHostEnvironment env) =>
         ([OnnxMulticlassScorer.Create(env, OnnxLogits, _labels, ScoreColumnName, PredictedLabelColumnName)], [OnnxLogits]);
 
-    // 0x00010002 adds the weights' SHA-256 in a stream of its own, which 0x00010001 readers ignore.
+    // 0x00010002 adds the weights' SHA-256 in a stream of its own, which 0x00010001 readers ignore; 0x00010003 one over
+    // everything the model holds (ignored by older readers too).
+    private const uint ContentChecksummed = 0x00010003;
+
     private static VersionInfo GetVersionInfo() => new(
         modelSignature: "RPADPCLS",
-        verWrittenCur: 0x00010002,
+        verWrittenCur: ContentChecksummed,
         verReadableCur: 0x00010001,
         verWeCanReadBack: 0x00010001,
         loaderSignature: LoaderSignature,
@@ -163,6 +166,12 @@ public sealed class RepAdapterImageClassificationTransformer : RepAdapterTransfo
 
     private protected override void SaveTaskData(ModelSaveContext ctx) => _labels.Save(Host, ctx.Writer.BaseStream);
 
+    private protected override IEnumerable<string> TaskContent() => Content(ScoreColumnName, PredictedLabelColumnName, _labels);
+
+    /// <summary>The columns and labels (type, then names in key order) as the content checksum covers them.</summary>
+    private static IEnumerable<string> Content(string score, string predicted, LabelKeyValues labels) =>
+        [score, predicted, labels.Type.ItemType.ToString(), .. labels.Names];
+
     // Factory for SignatureLoadModel.
     private static RepAdapterImageClassificationTransformer Create(IHostEnvironment env, ModelLoadContext ctx)
     {
@@ -172,7 +181,8 @@ public sealed class RepAdapterImageClassificationTransformer : RepAdapterTransfo
         string image = ctx.LoadNonEmptyString(), score = ctx.LoadNonEmptyString(), predicted = ctx.LoadNonEmptyString();
         var header = LoadHeader(env, ctx);
         var labels = LabelKeyValues.Load(env, ctx.Reader.BaseStream);
-        var model = BackboneDescriptor.FromJson(header.NetworkJson).Build();
+        VerifyContent(ctx, ContentChecksummed, image, header, Content(score, predicted, labels));
+        var model = SavedDescription.Build(header.NetworkJson, json => BackboneDescriptor.FromJson(json).Build());
         LoadWeights(ctx, model);
         return DisposeOnFailure(model, () => new RepAdapterImageClassificationTransformer(env, model, labels, header.Summary, image, score, predicted,
             header.ScoringBatchSize, ScoringDevice(env)));

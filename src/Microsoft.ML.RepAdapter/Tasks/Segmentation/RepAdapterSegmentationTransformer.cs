@@ -188,9 +188,12 @@ public sealed class RepAdapterSegmentationTransformer : RepAdapterTransformerBas
 
     internal override (IReadOnlyList<ITransformer> Tail, IReadOnlyList<string> Intermediate) OnnxScoringTail(IHostEnvironment env) => ([], []);
 
+    // 0x00010002 adds a SHA-256 over everything the model holds, in a stream older readers ignore.
+    private const uint ContentChecksummed = 0x00010002;
+
     private static VersionInfo GetVersionInfo() => new(
         modelSignature: "RPADPSEG",
-        verWrittenCur: 0x00010001,
+        verWrittenCur: ContentChecksummed,
         verReadableCur: 0x00010001,
         verWeCanReadBack: 0x00010001,
         loaderSignature: LoaderSignature,
@@ -215,6 +218,13 @@ public sealed class RepAdapterSegmentationTransformer : RepAdapterTransformerBas
         ctx.Writer.Write(IgnoreIndex);
     }
 
+    private protected override IEnumerable<string> TaskContent() =>
+        Content(PredictedMaskColumnName, ColorizedMaskColumnName, ScoresColumnName, _classNames, IgnoreIndex);
+
+    /// <summary>The columns (null as a NUL) and the class names and ignored index as the content checksum covers them.</summary>
+    private static IEnumerable<string> Content(string mask, string? colorized, string? scores, string[] classNames, int ignoreIndex) =>
+        [mask, colorized ?? "\0", scores ?? "\0", ignoreIndex.ToString(System.Globalization.CultureInfo.InvariantCulture), .. classNames];
+
     // Factory for SignatureLoadModel.
     private static RepAdapterSegmentationTransformer Create(IHostEnvironment env, ModelLoadContext ctx)
     {
@@ -226,7 +236,8 @@ public sealed class RepAdapterSegmentationTransformer : RepAdapterTransformerBas
         var header = LoadHeader(env, ctx);
         var classNames = JsonSerializer.Deserialize<string[]>(ctx.Reader.ReadString()) ?? throw env.ExceptDecode("Missing class names.");
         int ignoreIndex = ctx.Reader.ReadInt32();
-        var network = SegmentationNetwork.FromDescription(header.NetworkJson);
+        VerifyContent(ctx, ContentChecksummed, image, header, Content(mask, colorized, scores, classNames, ignoreIndex));
+        var network = SavedDescription.Build(header.NetworkJson, SegmentationNetwork.FromDescription);
         LoadWeights(ctx, network);
         return DisposeOnFailure(network, () => new RepAdapterSegmentationTransformer(env, network, network.Backbone.Input, classNames, ignoreIndex,
             header.Summary, image, mask, colorized, scores, header.ScoringBatchSize, ScoringDevice(env)));
