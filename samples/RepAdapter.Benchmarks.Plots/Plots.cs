@@ -13,7 +13,7 @@ internal static class Plots
         int width = Width;
         switch (request.Kind)
         {
-            case PlotKind.Ratios: Ratios(plot, request); width += 200; break;
+            case PlotKind.Ratios: Ratios(plot, request); width = Math.Max(Width, 115 * request.Groups.Length + 300); break;
             case PlotKind.LogScatter: LogScatter(plot, request); break;
             case PlotKind.Curves: Curves(plot, request); break;
             case PlotKind.GroupedBars: GroupedBars(plot, request); width = Math.Max(Width, 160 * request.Groups.Length + 250); break;
@@ -41,10 +41,16 @@ internal static class Plots
             }
         }
         plot.Add.Bars(bars);
-        var target = plot.Add.HorizontalLine(1.01);
-        target.LinePattern = LinePattern.Dashed;
-        target.LegendText = "1.01 target";
-        plot.Add.HorizontalLine(0.99).LinePattern = LinePattern.Dashed;
+        foreach (double bound in new[] { 0.99, 1.01 })
+        {
+            var line = plot.Add.HorizontalLine(bound, color: Colors.DarkOrange);
+            line.LinePattern = LinePattern.Dashed;
+        }
+        // Bars carry no legend of their own: one entry per series colour, one for the band.
+        for (int s = 0; s < request.Series.Length; s++)
+            plot.Legend.ManualItems.Add(new LegendItem { LabelText = request.Series[s].Name, FillColor = colors[s % colors.Length], OutlineColor = Colors.Black });
+        plot.Legend.ManualItems.Add(new LegendItem { LabelText = "within 1 % (0.99-1.01)", LineColor = Colors.DarkOrange, LinePattern = LinePattern.Dashed, LineWidth = 2 });
+        plot.ShowLegend(Edge.Right);
         plot.Axes.Bottom.TickGenerator = new ScottPlot.TickGenerators.NumericManual([.. request.Groups.Select((g, i) => new Tick(3 * i + 0.5, g))]);
     }
 

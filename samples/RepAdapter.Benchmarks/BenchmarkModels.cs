@@ -18,8 +18,16 @@ internal static class BenchmarkModels
             : BackbonePresets.Create(name, numClasses);
 
     /// <summary>A preset's name as a reader knows the model (CLIP's "ViT-B/32" is not timm's ViT-B/32).</summary>
-    public static string DisplayName(string name) =>
-        name == "ViT-B/32" ? "CLIP ViT-B/32" : name.Replace("_patch16_224", "").Replace("_patch4_window7_224", "");
+    public static string DisplayName(string name) => name switch
+    {
+        "ViT-B/32" => "CLIP ViT-B/32",
+        "vit_base_patch16_224" => "ViT-B/16",
+        "resnet18" => "ResNet-18",
+        PretrainedBackbones.MLNetResNet18 => "ML.NET ResNet-18",
+        "swin_tiny_patch4_window7_224" => "Swin-T",
+        "convnext_tiny" => "ConvNeXt-T",
+        _ => name,
+    };
 
     /// <summary>Gives <paramref name="model"/>'s attached adapters random non-zero weights (std 0.02), as trained ones have.</summary>
     public static void RandomizeAdapters(Backbone model)

@@ -14,7 +14,7 @@ internal static class Plots
     /// <summary>merged/plain and plain2/plain (the noise floor) per model and batch, with their 95 % intervals, around 1.</summary>
     public static void Ratios(string path, IReadOnlyList<LatencySuite.Row> rows) => Pending.Add(new(PlotKind.Ratios, path,
         "Latency ratios: merged / plain (blue), plain2 / plain noise floor (gray)", "", "median of per-round ratios",
-        [.. rows.Select(r => $"{BenchmarkModels.DisplayName(r.Model)}\nb{r.Batch}")],
+        [.. rows.Select(r => $"{BenchmarkModels.DisplayName(r.Model).Replace(' ', '\n')}\nbatch {r.Batch}")],
         [
             new("merged / plain", [.. rows.Select(r => r.MergedRatio)], Low: [.. rows.Select(r => r.MergedLow)], High: [.. rows.Select(r => r.MergedHigh)]),
             new("plain2 / plain", [.. rows.Select(r => r.NoiseRatio)], Low: [.. rows.Select(r => r.NoiseLow)], High: [.. rows.Select(r => r.NoiseHigh)]),

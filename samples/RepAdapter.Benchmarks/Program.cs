@@ -11,11 +11,17 @@
 //   segmentation  RepAdapter against head-only on the Fashion-MNIST mosaics, several seeds [--seeds 42,1,2]
 //   onnx          merged model latency, ONNX Runtime (CPU) against TorchSharp, per backbone and batch size [--models a,b --batches 1,16]
 //   all           every suite
+//   replot latency  draws latency-ratios.png again from docs/benchmarks/latency.json, measuring nothing
 using RepAdapter.Benchmarks;
 
 if (args.Length > 0 && args[0] == "training-step-one")
 {
     return TrainingStepSuite.One(args[1], int.Parse(args[2]), args[3], int.Parse(args[4]), int.Parse(args[5]));
+}
+if (args is ["replot", "latency"])
+{
+    LatencySuite.Replot();
+    return 0;
 }
 string suite = args.FirstOrDefault() ?? "";
 var options = new Dictionary<string, string>();

@@ -70,6 +70,17 @@ internal static class LatencySuite
         return rows;
     }
 
+    /// <summary>Draws the latency plot again from a run's <c>latency.json</c> (its measured rows), without measuring.</summary>
+    public static void Replot()
+    {
+        string json = Path.Combine(Report.OutputFolder, "latency.json");
+        using var document = System.Text.Json.JsonDocument.Parse(File.ReadAllText(json));
+        var rows = System.Text.Json.JsonSerializer.Deserialize<List<Row>>(document.RootElement.GetProperty("rows"))
+            ?? throw new InvalidDataException($"{json} has no measured rows.");
+        Plots.Ratios(Path.Combine(Report.OutputFolder, "latency-ratios.png"), rows);
+        Plots.RenderPending();
+    }
+
     /// <summary>plain, unmerged (random non-zero adapters), merged, a second plain model and the merged one in bfloat16, in eval mode.</summary>
     private static Backbone[] Build(string preset)
     {
