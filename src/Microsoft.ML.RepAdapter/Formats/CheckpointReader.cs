@@ -53,6 +53,7 @@ public static class CheckpointReader
         }
         using (archive)
         {
+            CheckExpansion(path, archive);
             try
             {
                 if (PyTorchZipReader.IsTorchArchive(archive)) return PyTorchZipReader.Read(path, archive);
@@ -65,6 +66,26 @@ public static class CheckpointReader
             }
             throw new CheckpointException(path, null,
                 $"zip archive with entries {Describe.Keys(archive.Entries.Select(e => e.FullName), 5)}: expected a torch.save archive (<folder>/data.pkl) or a NumPy .npz (only .npy entries).");
+        }
+    }
+
+    /// <summary>
+    /// How many times its compressed size a zip checkpoint's entries may declare: torch.save stores entries uncompressed
+    /// and trained float weights barely compress (np.savez_compressed gains about 10 %), so an archive that claims far
+    /// more is a zip bomb, refused before anything is inflated.
+    /// </summary>
+    internal const int MaxExpansion = 20;
+
+    /// <summary>Below this many declared bytes in all, no expansion is refused (small arrays of zeros compress well).</summary>
+    private const long ExpansionFloor = 64L << 20;
+
+    private static void CheckExpansion(string path, ZipArchive archive)
+    {
+        long declared = archive.Entries.Sum(e => e.Length), compressed = archive.Entries.Sum(e => e.CompressedLength);
+        if (declared > ExpansionFloor && declared > MaxExpansion * Math.Max(compressed, 1))
+        {
+            throw new CheckpointException(path, null, $"its entries declare {declared:N0} bytes from {compressed:N0} compressed, more than "
+                + $"{MaxExpansion}x: weights do not compress that well, so the archive is refused unread as a zip bomb.");
         }
     }
 

@@ -88,6 +88,7 @@ internal static class SafeTensorsReader
             if (document.RootElement.ValueKind != JsonValueKind.Object)
                 throw new CheckpointException(path, null, $"safetensors header: expected a JSON object, found {document.RootElement.ValueKind}.");
             var entries = new List<Entry>();
+            var names = new HashSet<string>(StringComparer.Ordinal);
             var metadata = new Dictionary<string, string>();
             foreach (var property in document.RootElement.EnumerateObject())
             {
@@ -103,6 +104,9 @@ internal static class SafeTensorsReader
                     }
                     continue;
                 }
+                // JSON allows a name twice; a checkpoint cannot hold two tensors of one name (which one would load?).
+                if (!names.Add(property.Name))
+                    throw new CheckpointException(path, property.Name, "the header names this tensor twice.");
                 entries.Add(ParseEntry(path, property, dataLength));
             }
             CheckDataCoverage(path, entries, dataLength);

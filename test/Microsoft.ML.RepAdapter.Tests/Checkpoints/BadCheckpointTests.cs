@@ -128,6 +128,38 @@ public class BadCheckpointTests
     }
 
     [TestMethod]
+    public void AnNpzBombIsRefusedBeforeAnythingIsInflated()
+    {
+        // 1.5 GiB of zeros in one array deflate to about 1.5 MB: the archive declares 1,000x its size.
+        string path = Path.Combine(CheckpointFiles.TempDirectory(), "bomb.npz");
+        long count = 3L << 28;                                  // float16: 1.5 GiB
+        using (var zip = ZipFile.Open(path, ZipArchiveMode.Create))
+        {
+            string header = $"{{'descr': '<f2', 'fortran_order': False, 'shape': ({count},), }}";
+            header = header.PadRight(128 - 10 - 1) + "\n";
+            using var stream = zip.CreateEntry("zeros.npy", CompressionLevel.SmallestSize).Open();
+            stream.Write([0x93, .. "NUMPY"u8, 1, 0, (byte)header.Length, 0]);
+            stream.Write(Encoding.ASCII.GetBytes(header));
+            var block = new byte[1 << 20];
+            for (long written = 0; written < 2 * count; written += block.Length) stream.Write(block);
+        }
+        Assert.IsLessThan(8L << 20, new FileInfo(path).Length);
+        long before = GC.GetTotalAllocatedBytes(precise: true);
+        var error = ReadFails(path, "zip bomb", "1,610,612,864 bytes");
+        Assert.IsLessThan(64L << 20, GC.GetTotalAllocatedBytes(precise: true) - before, "nothing was inflated");
+        Assert.IsNull(error.Key);
+    }
+
+    [TestMethod]
+    public void ASafetensorsHeaderNamingATensorTwiceIsRefusedByName()
+    {
+        string json = "{\"w\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},\"w\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}";
+        byte[] header = Encoding.UTF8.GetBytes(json);
+        var error = ReadFails(Write("twice.safetensors", [.. BitConverter.GetBytes((long)header.Length), .. header, 0, 0, 0, 0]), "names this tensor twice");
+        Assert.AreEqual("w", error.Key);
+    }
+
+    [TestMethod]
     public void NpzObjectArrayIsRefused()
     {
         string path = Path.Combine(CheckpointFiles.TempDirectory(), "objects.npz");
