@@ -73,6 +73,26 @@ internal sealed class OnnxGraphBuilder(string graphName) : IDisposable
         _outputs.Add(new OnnxValue(name, elementType, shape));
     }
 
+    /// <summary>
+    /// Renames the graph's inputs and outputs by <paramref name="rename"/> wherever they are used: ML.NET's
+    /// ApplyOnnxModel reads and writes columns named as the graph's inputs and outputs, so a chain gives them names no
+    /// user column can have.
+    /// </summary>
+    public void RenameInterface(Func<string, string> rename)
+    {
+        var names = _inputs.Concat(_outputs).ToDictionary(v => v.Name, v => rename(v.Name));
+        string Renamed(string name) => names.TryGetValue(name, out var renamed) ? renamed : name;
+        foreach (string name in names.Values)
+        {
+            if (_names.Contains(name) && !names.ContainsKey(name)) throw new ArgumentException($"ONNX value name '{name}' is already used.", nameof(rename));
+        }
+        for (int i = 0; i < _nodes.Count; i++)
+            _nodes[i] = _nodes[i] with { Inputs = [.. _nodes[i].Inputs.Select(Renamed)], Outputs = [.. _nodes[i].Outputs.Select(Renamed)] };
+        for (int i = 0; i < _inputs.Count; i++) _inputs[i] = _inputs[i] with { Name = Renamed(_inputs[i].Name) };
+        for (int i = 0; i < _outputs.Count; i++) _outputs[i] = _outputs[i] with { Name = Renamed(_outputs[i].Name) };
+        foreach (string name in names.Values) _names.Add(name);
+    }
+
     /// <summary>A float32 or int64 initializer holding a copy of <paramref name="value"/> (float64 is stored as float32).</summary>
     public string Initializer(string hint, Tensor value)
     {

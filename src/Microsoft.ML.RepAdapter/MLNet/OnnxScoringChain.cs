@@ -12,31 +12,42 @@ namespace Microsoft.ML.RepAdapter.MLNet;
 /// </summary>
 internal static class OnnxScoringChain
 {
-    /// <summary>The resized image between ResizeImages and ExtractPixels (dropped at the end).</summary>
-    public const string ResizedColumn = "RepAdapter.ResizedImage";
+    /// <summary>
+    /// Names for the chain's own columns (the resized image, the pixels, the graph's outputs) that no user column has:
+    /// fixed names would collide with the user's (a column called "pixels" would be overwritten, and dropping it would
+    /// drop the user's). The graph's inputs and outputs are renamed the same way, since ApplyOnnxModel maps columns by name.
+    /// </summary>
+    public static Func<string, string> UniqueColumns()
+    {
+        string prefix = $"RepAdapter.{Guid.NewGuid():N}"[..19];
+        return name => $"{prefix}.{name}";
+    }
 
-    /// <summary>The chain around <paramref name="onnx"/>, whose input is images of <paramref name="size"/>.</summary>
-    public static TransformerChain<ITransformer> Create(MLContext mlContext, RepAdapterTransformerBase model, byte[] onnx, (int Width, int Height) size)
+    /// <summary>
+    /// The chain around <paramref name="onnx"/> (whose inputs and outputs <paramref name="column"/> has renamed), whose
+    /// input is images of <paramref name="size"/>; it ends with the task's columns and drops its own.
+    /// </summary>
+    public static TransformerChain<ITransformer> Create(MLContext mlContext, RepAdapterTransformerBase model, byte[] onnx, Func<string, string> column,
+        (int Width, int Height) size)
     {
         var env = CatalogUtils.GetEnvironment(mlContext.Transforms);
         var input = model.Input;
+        string resized = column("resized"), pixels = column(OnnxExport.PixelsName);
+        string[] outputs = [.. model.OnnxScoringOutputs.Select(column)];
         // The estimators below learn nothing from data: they are fitted on an empty view with the image column alone.
         var schema = new DataViewSchema.Builder();
         schema.AddColumn(model.ImageColumnName, new ImageDataViewType());
         IDataView empty = new EmptyDataView(env, schema.ToSchema());
-        var front = mlContext.Transforms.ResizeImages(ResizedColumn, size.Width, size.Height, model.ImageColumnName,
-                ImageResizingEstimator.ResizingKind.Fill)
+        var front = mlContext.Transforms.ResizeImages(resized, size.Width, size.Height, model.ImageColumnName, ImageResizingEstimator.ResizingKind.Fill)
             // Planar [3, H, W] floats with the raw 0..255 values: the graph folds the normalisation into its stem.
-            .Append(mlContext.Transforms.ExtractPixels(OnnxExport.PixelsName, ResizedColumn, ImagePixelExtractingEstimator.ColorBits.Rgb,
+            .Append(mlContext.Transforms.ExtractPixels(pixels, resized, ImagePixelExtractingEstimator.ColorBits.Rgb,
                 input.Order == ChannelOrder.Rgb ? ImagePixelExtractingEstimator.ColorsOrder.ARGB : ImagePixelExtractingEstimator.ColorsOrder.ABGR,
                 interleavePixelColors: false, offsetImage: 0f, scaleImage: 1f, outputAsFloatArray: true))
-            .Append(ApplyOnnx(mlContext, env, model.OnnxScoringOutputs, onnx))
+            .Append(ApplyOnnx(mlContext, env, outputs, pixels, onnx))
             .Fit(empty);
         var chain = new TransformerChain<ITransformer>(front);
-        var (tail, intermediate) = model.OnnxScoringTail(env);
-        foreach (var transformer in tail) chain = chain.Append(transformer);
-        string[] drop = [ResizedColumn, .. intermediate];
-        return chain.Append<ITransformer>(mlContext.Transforms.DropColumns(drop).Fit(chain.Transform(empty)));
+        foreach (var transformer in model.OnnxScoringTail(mlContext, chain.Transform(empty), column)) chain = chain.Append(transformer);
+        return chain.Append<ITransformer>(mlContext.Transforms.DropColumns([resized, pixels, .. outputs]).Fit(chain.Transform(empty)));
     }
 
     /// <summary>
@@ -44,11 +55,11 @@ internal static class OnnxScoringChain
     /// when <c>GpuDeviceId</c> is set (Microsoft.ML.OnnxRuntime.Gpu.Linux in the application), else the CPU. ML.NET's own
     /// fallback misses the CPU package's lack of the CUDA entry point, so <c>FallbackToCpu</c> is applied here too.
     /// </summary>
-    private static OnnxScoringEstimator ApplyOnnx(MLContext mlContext, IHostEnvironment env, string[] outputs, byte[] onnx)
+    private static OnnxScoringEstimator ApplyOnnx(MLContext mlContext, IHostEnvironment env, string[] outputs, string pixels, byte[] onnx)
     {
         try
         {
-            return mlContext.Transforms.ApplyOnnxModel(outputs, [OnnxExport.PixelsName], new MemoryStream(onnx), mlContext.GpuDeviceId, mlContext.FallbackToCpu);
+            return mlContext.Transforms.ApplyOnnxModel(outputs, [pixels], new MemoryStream(onnx), mlContext.GpuDeviceId, mlContext.FallbackToCpu);
         }
         catch (EntryPointNotFoundException e) when (mlContext.GpuDeviceId is int gpu)
         {
@@ -57,7 +68,7 @@ internal static class OnnxScoringChain
             if (!mlContext.FallbackToCpu) throw new InvalidOperationException($"{why}, and FallbackToCpu is false.", e);
             using (var ch = env.Start("ToOnnxPipeline")) ch.Warning($"{why}: scoring on the CPU.");
             // A context without a GPU: ML.NET would otherwise take the GPU from the context again.
-            return new MLContext().Transforms.ApplyOnnxModel(outputs, [OnnxExport.PixelsName], new MemoryStream(onnx));
+            return new MLContext().Transforms.ApplyOnnxModel(outputs, [pixels], new MemoryStream(onnx));
         }
         catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException or TypeInitializationException
                                   || e.InnerException is DllNotFoundException or EntryPointNotFoundException or TypeInitializationException)

@@ -213,13 +213,16 @@ public abstract class RepAdapterTransformerBase : RowToRowTransformerBase, ITran
         Host.CheckValue(mlContext, nameof(mlContext));
         if (sourceImageSize is var (width, height) && (width <= 0 || height <= 0))
             throw new ArgumentOutOfRangeException(nameof(sourceImageSize), sourceImageSize, "The source image size must be positive.");
+        var column = OnnxScoringChain.UniqueColumns();
         byte[] onnx = WithNetwork(() =>
         {
             using var stream = new MemoryStream();
-            OnnxExport.Write(OnnxGraph(mlNet: true, sourceImageSize), stream);
+            var graph = OnnxGraph(mlNet: true, sourceImageSize);
+            graph.RenameInterface(column);
+            OnnxExport.Write(graph, stream);
             return stream.ToArray();
         });
-        return OnnxScoringChain.Create(mlContext, this, onnx, sourceImageSize ?? (Input.ImageSize, Input.ImageSize));
+        return OnnxScoringChain.Create(mlContext, this, onnx, column, sourceImageSize ?? (Input.ImageSize, Input.ImageSize));
     }
 
     /// <summary>
@@ -254,10 +257,11 @@ public abstract class RepAdapterTransformerBase : RowToRowTransformerBase, ITran
     internal abstract string[] OnnxScoringOutputs { get; }
 
     /// <summary>
-    /// The ML.NET transformers after ApplyOnnxModel that turn <see cref="OnnxScoringOutputs"/> into this transformer's
-    /// output columns (none when the graph's outputs are those columns), and the intermediate columns to drop afterwards.
+    /// The ML.NET transformers after ApplyOnnxModel that turn <see cref="OnnxScoringOutputs"/>, in the columns
+    /// <paramref name="column"/> names them (see <see cref="OnnxScoringChain.UniqueColumns"/>), into this transformer's
+    /// output columns; <paramref name="scored"/> is the (empty) view they are fitted on. The chain drops the graph's columns afterwards.
     /// </summary>
-    internal abstract (IReadOnlyList<ITransformer> Tail, IReadOnlyList<string> Intermediate) OnnxScoringTail(IHostEnvironment env);
+    internal abstract IEnumerable<ITransformer> OnnxScoringTail(MLContext mlContext, IDataView scored, Func<string, string> column);
 
     /// <summary>Scores in batches of <see cref="ScoringBatchSize"/> rather than row by row.</summary>
     public new IDataView Transform(IDataView input) => BatchScoringDataView.Create(Host, input, this);

@@ -132,7 +132,8 @@ public class OnnxPipelineTests
         var slots = default(VBuffer<ReadOnlyMemory<char>>);
         schema["Score"].GetSlotNames(ref slots);
         CollectionAssert.AreEqual(_transformer.LabelNames.ToArray(), slots.DenseValues().Select(k => k.ToString()).ToArray());
-        Assert.IsNull(schema.GetColumnOrNull(OnnxScoringChain.ResizedColumn), "intermediate columns are dropped");
+        Assert.AreEqual("ImagePath, Image, PredictedLabel, Score", string.Join(", ", schema.Where(c => !c.IsHidden).Select(c => c.Name)),
+            "the chain's own columns (resized image, pixels, logits) are dropped");
 
         string zip = Path.Combine(_folder, "in-process.zip");
         mlContext.Model.Save(onnx, mlContext.Data.LoadFromEnumerable(_atModelSize).Schema, zip);
@@ -321,6 +322,53 @@ public class OnnxPipelineTests
         Assert.HasCount(expected.Length, actual);
         var differ = Enumerable.Range(0, expected.Length).Where(p => expected[p] != actual[p] && !tied[p]).ToArray();
         Assert.IsEmpty(differ, $"{what}: {differ.Length} pixels differ, e.g. pixel {differ.FirstOrDefault()}");
+    }
+
+    [TestMethod]
+    public void UserColumnsNamedLikeTheChainsOwnAreLeftAsTheyAre()
+    {
+        // "pixels" and "logits" are the exported graph's names; the chain's columns must not overwrite or drop the user's.
+        var mlContext = new MLContext(seed: 1);
+        var onnx = _model.Take(_model.Count() - 1).Aggregate(new TransformerChain<ITransformer>(), (c, t) => c.Append(t))
+            .Append(_transformer.ToOnnxPipeline(mlContext));
+        var rows = _atModelSize.Select((r, i) => new CollidingRow { ImagePath = r.ImagePath, pixels = $"mine {i}", logits = i, resized = -i }).ToList();
+        var scored = onnx.Transform(mlContext.Data.LoadFromEnumerable(rows));
+        CollectionAssert.AreEqual(rows.Select(r => r.pixels).ToArray(), scored.GetColumn<string>("pixels").ToArray());
+        CollectionAssert.AreEqual(rows.Select(r => r.logits).ToArray(), scored.GetColumn<float>("logits").ToArray());
+        CollectionAssert.AreEqual(rows.Select(r => r.resized).ToArray(), scored.GetColumn<float>("resized").ToArray());
+        var (torchScores, _) = Predict(_model, mlContext, _atModelSize);
+        Assert.IsLessThanOrEqualTo(1e-4f, MaxDiff(torchScores, [.. scored.GetColumn<float[]>("Score")]));
+        Assert.IsFalse(scored.Schema.Any(c => c.Name.StartsWith("RepAdapter.", StringComparison.Ordinal)), "no column of the chain's own is left");
+    }
+
+    [TestMethod]
+    public void TheOnnxScorerForManyClassesHoldsNoSquareMatrix()
+    {
+        // A dense K x K identity would be 40 GB at 100,000 classes.
+        const int classes = 100_000;
+        var env = new MLContext();
+        var labels = LabelKeyValues.FromNames([.. Enumerable.Range(0, classes).Select(k => $"c{k}")]);
+        long before = GC.GetTotalAllocatedBytes(precise: true);
+        var scorer = OnnxMulticlassScorer.Create(env, "logits", labels, "Score", "PredictedLabel");
+        Assert.IsLessThan(512L << 20, GC.GetTotalAllocatedBytes(precise: true) - before, "bounded by K, not K x K");
+        var logits = new float[classes];
+        logits[77_777] = 5f;
+        var view = env.Data.LoadFromEnumerable([new LogitsRow { logits = logits }]);
+        Assert.AreEqual(77_778u, scorer.Transform(view).GetColumn<uint>("PredictedLabel").Single(), "argmax, as a 1-based key");
+    }
+
+    private sealed class LogitsRow
+    {
+        [VectorType(100_000)]
+        public float[] logits { get; set; } = [];
+    }
+
+    private sealed class CollidingRow
+    {
+        public string ImagePath { get; set; } = "";
+        public string pixels { get; set; } = "";
+        public float logits { get; set; }
+        public float resized { get; set; }
     }
 
     public sealed class PathRow

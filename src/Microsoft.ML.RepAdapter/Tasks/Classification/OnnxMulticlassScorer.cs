@@ -8,7 +8,7 @@ namespace Microsoft.ML.RepAdapter.Classification;
 internal static class OnnxMulticlassScorer
 {
     /// <summary>
-    /// ML.NET's multiclass scorer over the logits column: a maximum-entropy model with identity weights and zero bias,
+    /// ML.NET's multiclass scorer over the logits column: a maximum-entropy model with identity weights (sparse) and zero bias,
     /// whose scores are softmax(logits) (the Score column, slot names from the labels) and whose PredictedLabel is the
     /// argmax as a key over <paramref name="labels"/>: the columns, types and annotations of the TorchSharp
     /// transformer, from built-in components (Microsoft.ML.StandardTrainers, in the Microsoft.ML package).
@@ -16,12 +16,8 @@ internal static class OnnxMulticlassScorer
     public static ITransformer Create(IHostEnvironment env, string logitsColumn, LabelKeyValues labels, string scoreColumn, string predictedLabelColumn)
     {
         int classes = labels.Count;
-        var weights = Enumerable.Range(0, classes).Select(k =>
-        {
-            var row = new float[classes];
-            row[k] = 1f;
-            return new VBuffer<float>(classes, row);
-        }).ToArray();
+        // Sparse one-hot rows: a dense identity is K x K floats (40 GB for 100,000 classes).
+        var weights = Enumerable.Range(0, classes).Select(k => new VBuffer<float>(classes, 1, [1f], [k])).ToArray();
         // The constructor is internal (there is no public way to state weights): see build/Publicize.targets.
         var parameters = new MaximumEntropyModelParameters(env, weights, new float[classes], classes, classes, labels.Names, null);
 

@@ -137,8 +137,8 @@ public sealed class RepAdapterImageClassificationTransformer : RepAdapterTransfo
 
     internal override string[] OnnxScoringOutputs => [OnnxLogits];
 
-    internal override (IReadOnlyList<ITransformer> Tail, IReadOnlyList<string> Intermediate) OnnxScoringTail(IHostEnvironment env) =>
-        ([OnnxMulticlassScorer.Create(env, OnnxLogits, _labels, ScoreColumnName, PredictedLabelColumnName)], [OnnxLogits]);
+    internal override IEnumerable<ITransformer> OnnxScoringTail(MLContext mlContext, IDataView scored, Func<string, string> column) =>
+        [OnnxMulticlassScorer.Create(CatalogUtils.GetEnvironment(mlContext.Transforms), column(OnnxLogits), _labels, ScoreColumnName, PredictedLabelColumnName)];
 
     // 0x00010002 adds the weights' SHA-256 in a stream of its own, which 0x00010001 readers ignore; 0x00010003 one over
     // everything the model holds (ignored by older readers too).

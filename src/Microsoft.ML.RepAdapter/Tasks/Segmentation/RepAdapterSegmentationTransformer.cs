@@ -186,7 +186,8 @@ public sealed class RepAdapterSegmentationTransformer : RepAdapterTransformerBas
 
     internal override string[] OnnxScoringOutputs => [PredictedMaskColumnName];
 
-    internal override (IReadOnlyList<ITransformer> Tail, IReadOnlyList<string> Intermediate) OnnxScoringTail(IHostEnvironment env) => ([], []);
+    internal override IEnumerable<ITransformer> OnnxScoringTail(MLContext mlContext, IDataView scored, Func<string, string> column) =>
+        [mlContext.Transforms.CopyColumns(PredictedMaskColumnName, column(PredictedMaskColumnName)).Fit(scored)];
 
     // 0x00010002 adds a SHA-256 over everything the model holds, in a stream older readers ignore.
     private const uint ContentChecksummed = 0x00010002;
