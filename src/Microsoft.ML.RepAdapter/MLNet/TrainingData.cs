@@ -254,6 +254,9 @@ internal sealed class DiskCachedImages : TrainingImages
     {
         string path = Path.Combine(Path.GetTempPath(), $"repadapter-cache-{Guid.NewGuid():N}.bin");
         var file = File.OpenHandle(path, FileMode.CreateNew, FileAccess.ReadWrite, FileShare.None, FileOptions.DeleteOnClose);
+        // On Unix the open handle keeps an unlinked file readable, so a process killed during Fit leaves nothing behind;
+        // Windows cannot unlink an open file, and deletes it on close instead.
+        if (!OperatingSystem.IsWindows()) File.Delete(path);
         try
         {
             var rows = new List<long>();

@@ -10,7 +10,7 @@ namespace Microsoft.ML.RepAdapter.Tests.Training;
 [TestClass]
 public class TrainingDataTests
 {
-    private static float[][] FitAndScore(ImageCache cache, int decodeThreads = 2, int shuffleBuffer = 1024)
+    private static float[][] FitAndScore(ImageCache cache, int decodeThreads = 2, int shuffleBuffer = 1024, Action? duringTraining = null)
     {
         var mlContext = new MLContext(seed: 1);
         var data = TestData.Prepared(mlContext, TestData.Images(classes: 3, perClass: 7));
@@ -19,6 +19,7 @@ public class TrainingDataTests
         options.DecodeThreads = decodeThreads;
         options.ShuffleBufferSize = shuffleBuffer;
         options.CacheFrozenPrefix = false; // these tests compare the image caches, not the prefix cache (tested in TrainerTests)
+        options.MetricsCallback = _ => duringTraining?.Invoke();
         return [.. mlContext.MulticlassClassification.Trainers.RepAdapter(options).Fit(data).Transform(data).GetColumn<float[]>("Score")];
     }
 
@@ -27,10 +28,19 @@ public class TrainingDataTests
     {
         // Same examples in the same (seed, epoch) order, whatever holds the decoded pixels and however many threads decode.
         var memory = FitAndScore(ImageCache.Memory, decodeThreads: 1);
-        var disk = FitAndScore(ImageCache.Disk, decodeThreads: 3);
+        var openCaches = new List<string>();
+        var disk = FitAndScore(ImageCache.Disk, decodeThreads: 3, duringTraining: () => openCaches.AddRange(OpenCacheFiles()));
+        // The disk cache is unlinked as soon as it is open: a process killed during Fit leaves no file behind.
+        Assert.IsNotEmpty(openCaches, "the disk cache is open while training");
+        Assert.IsTrue(openCaches.All(f => f.EndsWith("(deleted)", StringComparison.Ordinal)), string.Join("\n", openCaches));
         Assert.HasCount(21, memory);
         for (int i = 0; i < memory.Length; i++) CollectionAssert.AreEqual(memory[i], disk[i], $"row {i}");
     }
+
+    /// <summary>What this process's open file descriptors that are disk caches point to (Linux: /proc/self/fd).</summary>
+    private static IEnumerable<string> OpenCacheFiles() =>
+        new DirectoryInfo("/proc/self/fd").EnumerateFileSystemInfos().Select(fd => fd.LinkTarget).OfType<string>()
+            .Where(target => target.Contains("repadapter-cache-", StringComparison.Ordinal)).ToList();
 
     [TestMethod]
     public void WithoutACacheEveryEpochDecodesAgainAndAFullBufferShufflesTheSame()
