@@ -29,6 +29,19 @@ internal static class ImageColumn
     public static void Check(IExceptionContext host, DataViewSchema schema, string column) => Check(host, SchemaShape.Create(schema), column);
 
     /// <summary>
+    /// The most pixels (width x height) an image may have, checked from its header before anything decodes it: 8192 x
+    /// 8192, 67 megapixels. That is above common camera resolutions (24 to 61 megapixels; phones' 50-megapixel modes)
+    /// while a decode at this limit takes 256 MiB (Skia decodes to 4 bytes per pixel), and the BGR copy and the
+    /// resize's input add about as much again: with several images decoded in parallel, memory stays within a
+    /// training machine's means. A header claiming more (a 54-byte BMP can claim 30000 x 30000, 3.6 GB) is refused
+    /// without allocating it.
+    /// </summary>
+    public const long DefaultMaxImagePixels = 8192L * 8192;
+
+    /// <summary>What sets the pixel limit, as errors name it.</summary>
+    internal const string MaxImagePixelsName = "ImageColumn.DefaultMaxImagePixels";
+
+    /// <summary>
     /// A function returning the current row's image as the backbone's uint8 input pixels [3, S, S], with the image's own
     /// size: <see cref="CreateFetcher"/> and <see cref="Decode{T}"/> in one step.
     /// </summary>

@@ -151,6 +151,86 @@ public class SegmentationInputTests
         StringAssert.Contains(error.Message, "not grayscale: pixel (x 0, y 0) is RGB (30, 20, 10)");
     }
 
+    /// <summary>A 16-bit grayscale PNG (colour type 0, not interlaced) of <paramref name="values"/>, rows filtered with Sub.</summary>
+    internal static byte[] Png16(ushort[] values, int width, int height)
+    {
+        var raw = new List<byte>();
+        for (int y = 0; y < height; y++)
+        {
+            raw.Add(1);                                          // Sub: each byte minus the one 2 bytes left
+            var row = Enumerable.Range(0, width).SelectMany(x => new[] { (byte)(values[y * width + x] >> 8), (byte)values[y * width + x] }).ToArray();
+            for (int i = 0; i < row.Length; i++) raw.Add((byte)(row[i] - (i >= 2 ? row[i - 2] : 0)));
+        }
+        using var compressed = new MemoryStream();
+        using (var zlib = new System.IO.Compression.ZLibStream(compressed, System.IO.Compression.CompressionLevel.Optimal, leaveOpen: true)) zlib.Write(raw.ToArray());
+        var header = new byte[13];
+        System.Buffers.Binary.BinaryPrimitives.WriteInt32BigEndian(header, width);
+        System.Buffers.Binary.BinaryPrimitives.WriteInt32BigEndian(header.AsSpan(4), height);
+        header[8] = 16;
+        using var png = new MemoryStream();
+        png.Write([0x89, (byte)'P', (byte)'N', (byte)'G', 0x0D, 0x0A, 0x1A, 0x0A]);
+        foreach (var (type, data) in new[] { ("IHDR", header), ("IDAT", compressed.ToArray()), ("IEND", Array.Empty<byte>()) })
+        {
+            var chunk = System.Text.Encoding.ASCII.GetBytes(type).Concat(data).ToArray();
+            var length = new byte[4];
+            System.Buffers.Binary.BinaryPrimitives.WriteInt32BigEndian(length, data.Length);
+            png.Write(length);
+            png.Write(chunk);
+            var crc = new byte[4];
+            System.Buffers.Binary.BinaryPrimitives.WriteUInt32BigEndian(crc, Crc32(chunk));
+            png.Write(crc);
+        }
+        return png.ToArray();
+    }
+
+    private static uint Crc32(byte[] data)
+    {
+        uint crc = 0xFFFFFFFF;
+        foreach (byte b in data)
+        {
+            crc ^= b;
+            for (int k = 0; k < 8; k++) crc = (crc & 1) != 0 ? 0xEDB88320 ^ (crc >> 1) : crc >> 1;
+        }
+        return ~crc;
+    }
+
+    [TestMethod]
+    public void SixteenBitMasksAreReadAtTheirDepth()
+    {
+        // Rows of 0, 1 and 2 as 16-bit values: an 8-bit decode would read their high bytes (all 0).
+        var rows = Rows();
+        int size = 56;
+        var good = Enumerable.Range(0, size * size).Select(p => (ushort)(p / size % 3)).ToArray();
+        var mlContext = new MLContext(seed: 1);
+        var fetched = new Microsoft.ML.RepAdapter.MLNet.FetchedImage("Mask", 0, Png16(good, size, size), null, null);
+        using var indices = MaskImages.Read(fetched);
+        CollectionAssert.AreEqual(good.Select(v => (byte)v).ToArray(), indices.flatten().data<byte>().ToArray());
+
+        // 0 / 256 / 512, which the 8-bit decode turned into classes 0 / 1 / 2: refused, naming the pixel.
+        var shifted = good.Select(v => (ushort)(v << 8)).ToArray();
+        rows[3].Mask = Png16(shifted, size, size);
+        var error = FitFails<InvalidDataException>(rows);
+        StringAssert.Contains(error.Message, "Mask column 'Mask', row 3");
+        StringAssert.Contains(error.Message, "holds 256 at pixel (x 0, y 1)");
+    }
+
+    [TestMethod]
+    public void LossyMasksAreRefused()
+    {
+        var rows = Rows();
+        using (var mask = MLImage.CreateFromStream(new MemoryStream(rows[2].Mask)))
+        {
+            string path = Path.Combine(Path.GetTempPath(), $"mask-{Guid.NewGuid():N}.jpg");
+            mask.Save(path);
+            rows[2].Mask = File.ReadAllBytes(path);
+            File.Delete(path);
+        }
+        var error = FitFails<InvalidDataException>(rows);
+        StringAssert.Contains(error.Message, "Mask column 'Mask', row 2");
+        StringAssert.Contains(error.Message, "a JPEG");
+        StringAssert.Contains(error.Message, "save masks as PNG");
+    }
+
     [TestMethod]
     public void ColourisedMasksAndPerPixelScoresComeOnRequest()
     {

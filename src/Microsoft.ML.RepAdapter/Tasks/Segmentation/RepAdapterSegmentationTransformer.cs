@@ -114,19 +114,72 @@ public sealed class RepAdapterSegmentationTransformer : RepAdapterTransformerBas
         {
             using var scope = NewDisposeScope();
             var (width, height) = (images[i].Width, images[i].Height);
-            var logits = nn.functional.interpolate(output.narrow(0, i, 1), [height, width], mode: InterpolationMode.Bilinear, align_corners: false)[0];
-            var mask = logits.argmax(0).to(ScalarType.Int32).data<int>().Select(k => (uint)k).ToArray();
-            // A NaN logit would make argmax meaningless: such a pixel gets no class (the ignore value) instead.
-            var nan = logits.isnan().any(dim: 0);
-            if (nan.any().item<bool>())
+            var logits = output.narrow(0, i, 1);
+            if (ScoresColumnName is not null || (long)width * height * NumberOfClasses <= StripThreshold)
             {
-                var bad = nan.flatten().data<bool>().ToArray();
-                for (int p = 0; p < mask.Length; p++) if (bad[p]) mask[p] = (uint)IgnoreIndex;
+                var full = nn.functional.interpolate(logits, [height, width], mode: InterpolationMode.Bilinear, align_corners: false)[0];
+                var mask = new uint[(long)width * height];
+                WriteClasses(full, mask, 0, IgnoreIndex);
+                float[]? scores = ScoresColumnName is null ? null : full.softmax(0).data<float>().ToArray();
+                rows[i] = new SegmentedRow(mask, width, height, scores);
             }
-            float[]? scores = ScoresColumnName is null ? null : logits.softmax(0).data<float>().ToArray();
-            rows[i] = new SegmentedRow(mask, width, height, scores);
+            else
+            {
+                rows[i] = new SegmentedRow(StripwiseClasses(logits, width, height, IgnoreIndex), width, height, null);
+            }
         }
         return rows;
+    }
+
+    /// <summary>
+    /// Logits (classes x pixels) above which a mask is upsampled a strip of rows at a time: the whole [K, H, W] float map
+    /// of a 10,000 x 10,000 image with 11 classes is 4.4 GB, a strip of it a few megabytes.
+    /// </summary>
+    internal const long StripThreshold = 16L << 20;
+
+    /// <summary>The argmax class of each pixel of <paramref name="logits"/> [K, rows, W] into <paramref name="mask"/> from <paramref name="offset"/>; a NaN pixel gets the ignore value.</summary>
+    private static void WriteClasses(Tensor logits, uint[] mask, long offset, int ignoreIndex)
+    {
+        using var scope = NewDisposeScope();
+        var classes = logits.argmax(0).to(ScalarType.Int32).data<int>().ToArray();
+        long count = classes.LongLength;
+        for (long p = 0; p < count; p++) mask[offset + p] = (uint)classes[p];
+        // A NaN logit would make argmax meaningless: such a pixel gets no class (the ignore value) instead.
+        var nan = logits.isnan().any(dim: 0);
+        if (!nan.any().item<bool>()) return;
+        var bad = nan.flatten().data<bool>().ToArray();
+        for (long p = 0; p < count; p++) if (bad[p]) mask[offset + p] = (uint)ignoreIndex;
+    }
+
+    /// <summary>
+    /// The bilinear upsampling of <paramref name="logits"/> [1, K, S, S] to <paramref name="height"/> x
+    /// <paramref name="width"/> (align_corners false, as the one-shot path) and its argmax, computed a strip of output
+    /// rows at a time: each strip's rows are blended from their two source rows, then resized across only (which
+    /// leaves the rows as they are), so memory is bounded by a strip whatever the image's size.
+    /// </summary>
+    internal static uint[] StripwiseClasses(Tensor logits, int width, int height, int ignoreIndex)
+    {
+        var mask = new uint[(long)width * height];
+        int source = (int)logits.shape[2], classes = (int)logits.shape[1];
+        int strip = (int)Math.Max(1, StripThreshold / ((long)classes * width));
+        for (int top = 0; top < height; top += strip)
+        {
+            using var scope = NewDisposeScope();
+            int rows = Math.Min(strip, height - top);
+            var (upper, lower, weight) = (new long[rows], new long[rows], new float[rows]);
+            for (int r = 0; r < rows; r++)
+            {
+                double at = Math.Max(0, (top + r + 0.5) * source / height - 0.5);
+                upper[r] = Math.Min((long)at, source - 1);
+                lower[r] = Math.Min(upper[r] + 1, source - 1);
+                weight[r] = (float)(at - upper[r]);
+            }
+            var w = tensor(weight).view(1, 1, rows, 1);
+            var blended = logits.index_select(2, tensor(upper)) * (1 - w) + logits.index_select(2, tensor(lower)) * w;
+            var across = nn.functional.interpolate(blended, [rows, width], mode: InterpolationMode.Bilinear, align_corners: false)[0];
+            WriteClasses(across, mask, (long)top * width, ignoreIndex);
+        }
+        return mask;
     }
 
     private protected override Delegate MakeGetter(int column, Func<object> current)

@@ -41,7 +41,7 @@ internal static class SegmentationEvaluation
         {
             host.CheckAlive();
             using var scope = NewDisposeScope();
-            var truth = ImageColumn.Decode(fetchMask(), MaskImages.ClassIndices).flatten().to(ScalarType.Int64);
+            var truth = MaskImages.Read(fetchMask()).flatten().to(ScalarType.Int64);
             getPredicted(ref values);
             if (values.Length != truth.shape[0])
                 throw host.Except($"Row {cursor.Position}: '{predictedMaskColumnName}' has {values.Length} pixels, the mask in '{maskColumnName}' {truth.shape[0]}: they must come from the same image.");

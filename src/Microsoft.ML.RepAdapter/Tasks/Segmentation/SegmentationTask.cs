@@ -56,7 +56,7 @@ internal sealed class SegmentationTask : ImageTask
         string where = $"Mask column '{_maskColumnName}', row {row} of the {what}";
         int size = preprocessor.Spec.ImageSize;
         using var scope = NewDisposeScope();
-        var mask = ImageColumn.Decode((FetchedImage)fetched, MaskImages.ClassIndices);
+        var mask = MaskImages.Read((FetchedImage)fetched);
         if (mask.shape[0] != image.Height || mask.shape[1] != image.Width)
             throw new InvalidDataException($"{where}: the mask is {mask.shape[1]}x{mask.shape[0]} pixels, its image {image.Width}x{image.Height}; they must have the same size.");
         CheckLabels(mask, where);
@@ -82,7 +82,7 @@ internal sealed class SegmentationTask : ImageTask
     protected override IReadOnlyCollection<long> ClassesOf(object fetched, long row, string what)
     {
         using var scope = NewDisposeScope();
-        var mask = ImageColumn.Decode((FetchedImage)fetched, MaskImages.ClassIndices);
+        var mask = MaskImages.Read((FetchedImage)fetched);
         CheckLabels(mask, $"Mask column '{_maskColumnName}', row {row} of the {what}");
         return mask.masked_select(mask.ne(_ignoreIndex)).unique().Item1.to(ScalarType.Int64).data<long>().ToArray();
     }
@@ -98,29 +98,4 @@ internal sealed class SegmentationTask : ImageTask
 
     public override nn.Module<Tensor, Tensor> CreateNetwork(Backbone backbone) =>
         new SegmentationNetwork(backbone, new SegmentationHeadConfig(_head, _headChannels, NumClasses, backbone.FeatureLevels));
-}
-
-/// <summary>Masks as images: a class index per pixel, stored as a grayscale value.</summary>
-internal static class MaskImages
-{
-    /// <summary>
-    /// The class index of every pixel, uint8 [H, W]: the gray value of a grayscale image (R = G = B). A colour image is
-    /// refused: its colours are not class indices (a palette PNG must be converted to grayscale indices first).
-    /// </summary>
-    public static Tensor ClassIndices(DecodedImage mask)
-    {
-        byte[] bgr = mask.Bgr;
-        for (int i = 0; i < bgr.Length; i += 3)
-        {
-            if (bgr[i] != bgr[i + 1] || bgr[i] != bgr[i + 2])
-            {
-                int pixel = i / 3;
-                throw new InvalidDataException(
-                    $"the mask is not grayscale: pixel (x {pixel % mask.Width}, y {pixel / mask.Width}) is RGB ({bgr[i + 2]}, {bgr[i + 1]}, {bgr[i]}); "
-                    + "a mask holds one class index per pixel as its gray value (convert palette or colour masks to indices).");
-            }
-        }
-        using var scope = NewDisposeScope();
-        return tensor(bgr, ScalarType.Byte).view(mask.Height, mask.Width, 3).select(2, 0).contiguous().MoveToOuterDisposeScope();
-    }
 }
