@@ -131,6 +131,10 @@ internal static class ImageColumn
         }
     }
 
+    /// <summary>A fetched image's width and height: LoadImages' decoded size, else the decoded bytes'.</summary>
+    public static (int Width, int Height) Size(FetchedImage fetched) =>
+        fetched.Pixels is { } pixels ? (pixels.Width, pixels.Height) : Decode(fetched, image => (image.Width, image.Height));
+
     /// <summary>
     /// " (ImagePath = '...', a directory)" for the row's active text columns whose value names a file or directory: where
     /// LoadImages read the image from, which its own errors do not always say.

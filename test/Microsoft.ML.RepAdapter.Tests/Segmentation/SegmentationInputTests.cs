@@ -300,6 +300,33 @@ public class SegmentationInputTests
         CollectionAssert.AreEqual(new[] { "a", "b", "c" }, metrics.ClassNames.ToArray());
     }
 
+    [TestMethod]
+    public void EvaluationRefusesAMaskOfTheRightPixelCountButAnotherShape()
+    {
+        // A 3 x 2 true mask against the prediction for a 2 x 3 image: 6 pixels each, so only both dimensions tell.
+        var mlContext = new MLContext(seed: 1);
+        var definition = SchemaDefinition.Create(typeof(ScoredImageRow));
+        var names = new VBuffer<ReadOnlyMemory<char>>(3, ["a".AsMemory(), "b".AsMemory(), "c".AsMemory()]);
+        var predicted = definition["PredictedMask"];
+        predicted.AddAnnotation(RepAdapterSegmentationTransformer.ClassNamesAnnotation, names, new VectorDataViewType(TextDataViewType.Instance, 3));
+        predicted.AddAnnotation(RepAdapterSegmentationTransformer.ImageColumnAnnotation, "Image".AsMemory(), TextDataViewType.Instance);
+        var row = new ScoredImageRow { Image = Png(new byte[6], 2, 3), Mask = Png([0, 0, 1, 1, 2, 2], 3, 2), PredictedMask = [0, 1, 1, 1, 2, 0] };
+        var error = Assert.ThrowsExactly<InvalidOperationException>(() =>
+            mlContext.MulticlassClassification.EvaluateSegmentation(mlContext.Data.LoadFromEnumerable([row], definition)));
+        StringAssert.Contains(error.Message, "Row 0: the mask in 'Mask' is 3 x 2 pixels, the image in 'Image' that 'PredictedMask' was predicted from 2 x 3");
+
+        row.Mask = Png([0, 0, 1, 1, 2, 2], 2, 3);
+        var metrics = mlContext.MulticlassClassification.EvaluateSegmentation(mlContext.Data.LoadFromEnumerable([row], definition));
+        Assert.AreEqual(4.0 / 6, metrics.PixelAccuracy, 1e-12, "the same shapes are evaluated");
+    }
+
+    public sealed class ScoredImageRow
+    {
+        public byte[] Image { get; set; } = [];
+        public byte[] Mask { get; set; } = [];
+        public uint[] PredictedMask { get; set; } = [];
+    }
+
     public sealed class ScoredRow
     {
         public byte[] Mask { get; set; } = [];

@@ -33,6 +33,12 @@ public sealed class RepAdapterSegmentationTransformer : RepAdapterTransformerBas
     /// <summary>The annotation on the predicted-mask column holding the training masks' ignore value (Int32), for evaluation.</summary>
     public const string IgnoreIndexAnnotation = "IgnoreIndex";
 
+    /// <summary>
+    /// The predicted mask's annotation naming the image column it was predicted from: the mask is a flat vector, so
+    /// the evaluation reads that image's width and height to check a true mask against both, not only the pixel count.
+    /// </summary>
+    public const string ImageColumnAnnotation = "ImageColumn";
+
     private readonly string[] _classNames;
 
     internal RepAdapterSegmentationTransformer(IHostEnvironment env, SegmentationNetwork network, ImageInputSpec input, IReadOnlyList<string> classNames,
@@ -102,6 +108,8 @@ public sealed class RepAdapterSegmentationTransformer : RepAdapterTransformerBas
             (ref VBuffer<ReadOnlyMemory<char>> dst) => names.CopyTo(ref dst));
         int ignore = IgnoreIndex;
         annotations.Add(IgnoreIndexAnnotation, NumberDataViewType.Int32, (ref int dst) => dst = ignore);
+        var image = ImageColumnName.AsMemory();
+        annotations.Add(ImageColumnAnnotation, TextDataViewType.Instance, (ref ReadOnlyMemory<char> dst) => dst = image);
         return [.. Outputs.Select((c, i) => new DataViewSchema.DetachedColumn(c.Name,
             c.Kind == SchemaShape.Column.VectorKind.Scalar ? c.ItemType : new VectorDataViewType((PrimitiveDataViewType)c.ItemType),
             i == 0 ? annotations.ToAnnotations() : null))];

@@ -32,16 +32,31 @@ internal static class SegmentationEvaluation
         int ignore = ignoreIndex ?? 255;
         var objective = new SegmentationObjective(classNames.Length, ignore);
 
+        // The image the mask was predicted from, when the data still holds it: its width and height are the prediction's.
+        string? imageColumn = null;
+        if (predicted.Annotations.Schema.GetColumnOrNull(RepAdapterSegmentationTransformer.ImageColumnAnnotation) is not null)
+        {
+            var name = default(ReadOnlyMemory<char>);
+            predicted.Annotations.GetValue(RepAdapterSegmentationTransformer.ImageColumnAnnotation, ref name);
+            imageColumn = data.Schema.GetColumnOrNull(name.ToString()) is { } source && ImageColumn.IsImageType(source.Type) ? name.ToString() : null;
+        }
         var counts = new long[classNames.Length * classNames.Length];
-        using var cursor = data.GetRowCursor([data.Schema[maskColumnName], predicted]);
+        using var cursor = data.GetRowCursor(imageColumn is null ? [data.Schema[maskColumnName], predicted] : [data.Schema[maskColumnName], predicted, data.Schema[imageColumn]]);
         var fetchMask = ImageColumn.CreateFetcher(cursor, maskColumnName);
+        var fetchImage = imageColumn is null ? null : ImageColumn.CreateFetcher(cursor, imageColumn);
         var getPredicted = cursor.GetGetter<VBuffer<uint>>(predicted);
         var values = default(VBuffer<uint>);
         while (cursor.MoveNext())
         {
             host.CheckAlive();
             using var scope = NewDisposeScope();
-            var truth = MaskImages.Read(fetchMask()).flatten().to(ScalarType.Int64);
+            var mask = MaskImages.Read(fetchMask());
+            if (fetchImage is not null && ImageColumn.Size(fetchImage()) is var (width, height) && (mask.shape[0] != height || mask.shape[1] != width))
+            {
+                throw host.Except($"Row {cursor.Position}: the mask in '{maskColumnName}' is {mask.shape[1]} x {mask.shape[0]} pixels, the image in "
+                    + $"'{imageColumn}' that '{predictedMaskColumnName}' was predicted from {width} x {height}: they must be the same image's.");
+            }
+            var truth = mask.flatten().to(ScalarType.Int64);
             getPredicted(ref values);
             if (values.Length != truth.shape[0])
                 throw host.Except($"Row {cursor.Position}: '{predictedMaskColumnName}' has {values.Length} pixels, the mask in '{maskColumnName}' {truth.shape[0]}: they must come from the same image.");
