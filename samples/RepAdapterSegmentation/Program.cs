@@ -8,6 +8,7 @@
 // Data: mosaics of the Fashion-MNIST items committed in samples/data/fashion-mnist (2 x 2 cells of 56 px items on
 // black, 112 px; class 0 background, 1..10 the items), generated into samples/data/segmentation-mosaics at first run.
 using System.Diagnostics;
+using SkiaSharp;
 using Microsoft.ML;
 using Microsoft.ML.Data;
 using Microsoft.ML.RepAdapter;
@@ -67,17 +68,18 @@ for (int k = 0; k < classNames.Length; k++)
 mlContext.Model.Save(repAdapterModel!, trainData.Schema, MLModel.MLNetModelPath);
 Console.WriteLine($"\nSaved {MLModel.MLNetModelPath} ({new FileInfo(MLModel.MLNetModelPath).Length / 1048576.0:F1} MB, merged weights).");
 
-string overlays = Path.Combine(Path.GetDirectoryName(MLModel.MLNetModelPath)!, "overlays");
-Directory.CreateDirectory(overlays);
-Console.WriteLine($"Reloaded it and segmented a few test mosaics; overlays (image | truth | prediction) in {overlays}:");
+string overlays = Path.Combine(Path.GetDirectoryName(MLModel.MLNetModelPath)!, "overlays.png");
+var shown = new List<(string Image, string Mask, uint[] Predicted)>();
+Console.WriteLine("Reloaded it and segmented a few test mosaics:");
 foreach (var row in testRows.Take(4))
 {
     var output = MLModel.Predict(new MLModel.ModelInput { ImagePath = row.ImagePath });
-    string path = Path.Combine(overlays, Path.GetFileName(row.ImagePath));
-    Overlay.Write(row.ImagePath, row.MaskPath, output.PredictedMask, path);
+    shown.Add((row.ImagePath, row.MaskPath, output.PredictedMask));
     var found = output.PredictedMask.Where(k => k > 0).GroupBy(k => k).OrderByDescending(g => g.Count()).Take(3).Select(g => classNames[g.Key]);
-    Console.WriteLine($"  {path}: {string.Join(", ", found)}");
+    Console.WriteLine($"  {row.ImagePath}: {string.Join(", ", found)}");
 }
+Overlay.Write(shown, classNames, $"RepAdapter, {results[0].Metrics.MeanIoU:P1} mean IoU on {arguments.Test} test mosaics", overlays);
+Console.WriteLine($"Overlays (image | ground truth | prediction, with the colour key): {overlays}");
 return 0;
 
 internal sealed class Row
@@ -86,34 +88,69 @@ internal sealed class Row
     public string MaskPath { get; set; } = "";
 }
 
-/// <summary>Side-by-side PNG of an image, its true mask and the predicted mask, in the transformer's class colours.</summary>
+/// <summary>
+/// One figure of rows (image | ground truth | prediction), each panel enlarged, captioned, with a key of the classes'
+/// colours (the transformer's ClassColor), so that a reader can tell what was predicted where.
+/// </summary>
 internal static class Overlay
 {
-    public static void Write(string imagePath, string maskPath, uint[] predicted, string output)
+    private const int Scale = 3, Caption = 34, KeyRow = 30, Margin = 12;
+
+    public static void Write(IReadOnlyList<(string Image, string Mask, uint[] Predicted)> rows, string[] classNames, string title, string output)
     {
-        using var image = MLImage.CreateFromFile(imagePath);
-        using var mask = MLImage.CreateFromFile(maskPath);
-        int w = image.Width, h = image.Height;
-        byte[] pixels = image.GetBGRPixels, truth = mask.GetBGRPixels;
-        var bgra = new byte[3 * w * h * 4];
-        for (int y = 0; y < h; y++)
+        using var first = SKBitmap.Decode(rows[0].Image);
+        int panel = first.Width * Scale, height = first.Height * Scale;
+        int keyColumns = 4, keyRows = (classNames.Length + keyColumns - 1) / keyColumns;
+        int width = 3 * panel + 4 * Margin;
+        int total = Caption * 2 + rows.Count * (height + Margin) + keyRows * KeyRow + Margin;
+        using var figure = new SKBitmap(width, total);
+        using var canvas = new SKCanvas(figure);
+        canvas.Clear(SKColors.White);
+        using var font = new SKFont(SKTypeface.Default, 18);
+        using var ink = new SKPaint { Color = SKColors.Black, IsAntialias = true };
+        canvas.DrawText(title, Margin, 24, font, ink);
+        string[] captions = ["image", "ground truth", "prediction"];
+        for (int c = 0; c < 3; c++) canvas.DrawText(captions[c], Margin + c * (panel + Margin), Caption + 24, font, ink);
+        for (int r = 0; r < rows.Count; r++)
         {
-            for (int x = 0; x < w; x++)
+            int top = 2 * Caption + r * (height + Margin);
+            using var image = SKBitmap.Decode(rows[r].Image);
+            using var mask = SKBitmap.Decode(rows[r].Mask);
+            var panels = new[] { image, Colored(mask.Width, mask.Height, p => mask.GetPixel(p % mask.Width, p / mask.Width).Red), Colored(mask.Width, mask.Height, p => (int)rows[r].Predicted[p]) };
+            for (int c = 0; c < 3; c++)
             {
-                int p = y * w + x;
-                Put(bgra, 3 * w, x, y, (pixels[3 * p + 2], pixels[3 * p + 1], pixels[3 * p]));
-                Put(bgra, 3 * w, w + x, y, RepAdapterSegmentationTransformer.ClassColor(truth[3 * p]));
-                Put(bgra, 3 * w, 2 * w + x, y, RepAdapterSegmentationTransformer.ClassColor((int)predicted[p]));
+                // Nearest-pixel enlargement: class boundaries stay sharp.
+                using var picture = SKImage.FromBitmap(panels[c]);
+                canvas.DrawImage(picture, new SKRect(Margin + c * (panel + Margin), top, Margin + c * (panel + Margin) + panel, top + height),
+                    new SKSamplingOptions(SKFilterMode.Nearest));
             }
+            panels[1].Dispose();
+            panels[2].Dispose();
         }
-        using var overlay = MLImage.CreateFromPixels(3 * w, h, MLPixelFormat.Bgra32, bgra);
-        overlay.Save(output);
+        int keyTop = 2 * Caption + rows.Count * (height + Margin);
+        for (int k = 0; k < classNames.Length; k++)
+        {
+            var (red, green, blue) = RepAdapterSegmentationTransformer.ClassColor(k);
+            float x = Margin + k % keyColumns * (width - 2 * Margin) / keyColumns, y = keyTop + k / keyColumns * KeyRow;
+            using var swatch = new SKPaint { Color = new SKColor(red, green, blue) };
+            canvas.DrawRect(x, y, 20, 20, swatch);
+            canvas.DrawRect(x, y, 20, 20, new SKPaint { Color = SKColors.Gray, Style = SKPaintStyle.Stroke });
+            canvas.DrawText($"{k} {classNames[k]}", x + 26, y + 16, font, ink);
+        }
+        using var data = figure.Encode(SKEncodedImageFormat.Png, 100);
+        File.WriteAllBytes(output, data.ToArray());
     }
 
-    private static void Put(byte[] bgra, int width, int x, int y, (byte R, byte G, byte B) color)
+    /// <summary>A bitmap of each pixel's class colour, the class of pixel p (row-major) given by <paramref name="classOf"/>.</summary>
+    private static SKBitmap Colored(int width, int height, Func<int, int> classOf)
     {
-        int i = 4 * (y * width + x);
-        (bgra[i], bgra[i + 1], bgra[i + 2], bgra[i + 3]) = (color.B, color.G, color.R, 255);
+        var bitmap = new SKBitmap(width, height);
+        for (int p = 0; p < width * height; p++)
+        {
+            var (red, green, blue) = RepAdapterSegmentationTransformer.ClassColor(classOf(p));
+            bitmap.SetPixel(p % width, p / width, new SKColor(red, green, blue));
+        }
+        return bitmap;
     }
 }
 

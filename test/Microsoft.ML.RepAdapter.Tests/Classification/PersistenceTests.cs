@@ -91,13 +91,7 @@ public class PersistenceTests
         using var zip = ZipFile.Open(path, ZipArchiveMode.Update);
         var entry = zip.Entries.Single(e => e.FullName.EndsWith("/TorchModel", StringComparison.Ordinal));
         string name = entry.FullName;
-        byte[] weights;
-        using (var stream = entry.Open())
-        using (var buffer = new MemoryStream())
-        {
-            stream.CopyTo(buffer);
-            weights = edit(buffer.ToArray());
-        }
+        byte[] weights = edit(Read(entry));
         entry.Delete();
         using (var stream = zip.CreateEntry(name).Open()) stream.Write(weights);
         if (updateChecksum)
@@ -108,6 +102,14 @@ public class PersistenceTests
             Rewrite(zip, name[..name.LastIndexOf('/')] + "/Model.sha256", SavedTransformer().ContentChecksum(hash));
         }
         return path;
+    }
+
+    private static byte[] Read(ZipArchiveEntry entry)
+    {
+        using var stream = entry.Open();
+        using var buffer = new MemoryStream();
+        stream.CopyTo(buffer);
+        return buffer.ToArray();
     }
 
     private static void Rewrite(ZipArchive zip, string name, byte[] content)
@@ -152,13 +154,7 @@ public class PersistenceTests
             var entry = zip.Entries.Single(e => e.FullName.EndsWith("/TorchModel", StringComparison.Ordinal));
             string directory = entry.FullName[..entry.FullName.LastIndexOf('/')];
             var main = zip.GetEntry(directory + "/Model.key")!;
-            byte[] bytes;
-            using (var stream = main.Open())
-            using (var buffer = new MemoryStream())
-            {
-                stream.CopyTo(buffer);
-                bytes = buffer.ToArray();
-            }
+            byte[] bytes = Read(main);
             string text = System.Text.Encoding.Latin1.GetString(bytes);
             int at = text.IndexOf(from, StringComparison.Ordinal);
             Assert.IsGreaterThanOrEqualTo(0, at, $"'{from}' is in the saved description");
@@ -168,13 +164,7 @@ public class PersistenceTests
             {
                 // The forger recomputes the content checksum for the edited description; the bounds must still hold.
                 var original = SavedTransformer();
-                byte[] weights;
-                using (var stream = zip.GetEntry(directory + "/TorchModel.sha256")!.Open())
-                using (var buffer = new MemoryStream())
-                {
-                    stream.CopyTo(buffer);
-                    weights = buffer.ToArray();
-                }
+                byte[] weights = Read(zip.GetEntry(directory + "/TorchModel.sha256")!);
                 var json = original.Model.Describe().ToJson();
                 int first = json.IndexOf(from, StringComparison.Ordinal);
                 json = json[..first] + to + json[(first + from.Length)..];      // the first occurrence, as in the stream

@@ -170,7 +170,7 @@ public sealed class RepAdapterImageClassificationTransformer : RepAdapterTransfo
 
     /// <summary>The columns and labels (type, then names in key order) as the content checksum covers them.</summary>
     private static IEnumerable<string> Content(string score, string predicted, LabelKeyValues labels) =>
-        [score, predicted, labels.Type.ItemType.ToString(), .. labels.Names];
+        [score, predicted, $"{labels.Type.ItemType}", .. labels.Names];
 
     // Factory for SignatureLoadModel.
     private static RepAdapterImageClassificationTransformer Create(IHostEnvironment env, ModelLoadContext ctx)
