@@ -22,9 +22,12 @@ internal static class ServingModels
 {
     public sealed record Saved(string TorchPath, string OnnxPath, IReadOnlyList<string> Labels);
 
-    /// <summary>The images of each label sub-folder of <paramref name="folder"/> (sorted), at most <paramref name="perClass"/> each.</summary>
-    public static List<ImageBytesRow> ReadFolder(string folder, int perClass = int.MaxValue) =>
-        [.. Directory.GetDirectories(folder).Order(StringComparer.Ordinal)
+    /// <summary>
+    /// The images of the first <paramref name="classes"/> label sub-folders of <paramref name="folder"/> (sorted), at most
+    /// <paramref name="perClass"/> each.
+    /// </summary>
+    public static List<ImageBytesRow> ReadFolder(string folder, int classes = int.MaxValue, int perClass = int.MaxValue) =>
+        [.. Directory.GetDirectories(folder).Order(StringComparer.Ordinal).Take(classes)
             .SelectMany(labelFolder => Directory.GetFiles(labelFolder).Order(StringComparer.Ordinal).Take(perClass)
                 .Select(file => new ImageBytesRow { Label = Path.GetFileName(labelFolder), ImageSource = File.ReadAllBytes(file) }))];
 
