@@ -22,13 +22,13 @@ internal sealed record LoadTestArguments(string? ModelFolder, IReadOnlyList<stri
     TimeSpan PhaseLimit)
 {
     public const string Usage =
-        "usage: RepAdapterWebService.LoadTest [--model-folder DIR] [--kinds torch,onnx] [--epochs 2] [--image-size 64] [--level-requests 400]\n" +
+        "usage: RepAdapterWebService.LoadTest [--model-folder DIR] [--kinds torch,onnx] [--epochs 2] [--image-size 112] [--level-requests 400]\n" +
         "       [--levels 1,4,16] [--long-requests 10000] [--long-clients 4] [--bad-fraction 0.1] [--restart-requests 1000]\n" +
         "       [--server-concurrency N] [--server-queue 64] [--phase-limit SECONDS]";
 
     public static LoadTestArguments Parse(IReadOnlyList<string> args)
     {
-        var a = new LoadTestArguments(null, ["torch", "onnx"], 2, 64, 400, [1, 4, 16], 10_000, 4, 0.1, 1_000, null, 64,
+        var a = new LoadTestArguments(null, ["torch", "onnx"], 2, 112, 400, [1, 4, 16], 10_000, 4, 0.1, 1_000, null, 64,
             TimeSpan.FromMinutes(5));
         for (int i = 0; i < args.Count; i += 2)
         {

@@ -34,7 +34,7 @@ public static class ServiceApp
         var app = builder.Build();
         app.MapPost("/predict", (HttpContext context, PredictEndpoint endpoint) => endpoint.HandleAsync(context));
         app.MapGet("/health", (ImageClassifier served, ScoringGate gate) => HealthEndpoint.Read(served, gate));
-        app.Logger.LogInformation("Serving {Path}: a {Kind} model fed {Input}, labels {Labels}; {Concurrency} at once, {Queue} queued.",
+        app.Logger.LogInformation("Serving {Path} ({Kind} model, fed {Input}); labels {Labels}; {Concurrency} scored at once, {Queue} queued.",
             options.ModelPath, classifier.Kind, classifier.Input, string.Join(", ", classifier.Labels), options.Concurrency, options.QueueLimit);
         return app;
     }
