@@ -1,65 +1,118 @@
 using System.Buffers.Binary;
+using System.Globalization;
 using SkiaSharp;
 
 namespace Microsoft.ML.RepAdapter.MLNet;
 
 /// <summary>
-/// Whether an encoded image is complete. Skia (behind MLImage) decodes a truncated PNG or JPEG without complaint and
-/// leaves the missing rows black, which would train and score silently on damaged data. PNG and JPEG are checked by
-/// walking their structure (cheap: no decompression); other formats by decoding with SKCodec, which reports an
-/// incomplete input.
+/// Whether an encoded image is complete, and how large it says it is. Skia (behind MLImage) decodes a truncated PNG or
+/// JPEG without complaint and leaves the missing rows black, which would train and score silently on damaged data; and
+/// it allocates whatever size a header declares before it finds out that the data is not there. PNG and JPEG are
+/// checked by reading their image data without building pixels (<see cref="PngIntegrity"/>, <see cref="JpegIntegrity"/>
+/// say exactly what each verifies); other formats by decoding with SKCodec, which reports an incomplete input.
 /// </summary>
 internal static class ImageIntegrity
 {
-    /// <summary>Null when <paramref name="data"/> is a complete image; otherwise what is wrong with it.</summary>
-    public static string? Problem(ReadOnlySpan<byte> data)
+    /// <summary>Bytes a decoded pixel takes: Skia decodes to 8-bit RGBA.</summary>
+    public const int DecodedBytesPerPixel = 4;
+
+    /// <summary>
+    /// Null when <paramref name="data"/> is a complete image; otherwise what is wrong with it. Run
+    /// <see cref="SizeProblem"/> first: the decode check of formats other than PNG and JPEG allocates the declared size.
+    /// </summary>
+    public static string? Problem(ReadOnlyMemory<byte> data)
     {
-        if (data.StartsWith((ReadOnlySpan<byte>)[0x89, (byte)'P', (byte)'N', (byte)'G', 0x0D, 0x0A, 0x1A, 0x0A])) return PngProblem(data);
-        if (data.StartsWith((ReadOnlySpan<byte>)[0xFF, 0xD8])) return JpegProblem(data);
+        var span = data.Span;
+        if (PngIntegrity.IsPng(span)) return PngIntegrity.Problem(data);
+        if (JpegIntegrity.IsJpeg(span))
+            return JpegIntegrity.Problem(span, out bool scansUnchecked) ?? (scansUnchecked ? DecodeProblem(data.ToArray()) : null);
         return DecodeProblem(data.ToArray());
     }
 
-    /// <summary>A PNG is a signature and chunks (length, type, data, CRC) up to IEND.</summary>
-    private static string? PngProblem(ReadOnlySpan<byte> data)
+    /// <summary>
+    /// Null when the image's header declares at most <paramref name="maxPixels"/> pixels (or declares no size we can
+    /// read: <see cref="Problem"/> reports that); otherwise the declared size against the limit, with the memory a decode
+    /// would take. Reads the header only, so a small file claiming a huge size costs nothing.
+    /// </summary>
+    /// <param name="data">The encoded image (only its header is read).</param>
+    /// <param name="maxPixels">The most pixels (width x height) an image may declare.</param>
+    /// <param name="limitName">What sets the limit, for the message.</param>
+    public static string? SizeProblem(ReadOnlySpan<byte> data, long maxPixels, string limitName = ImageColumn.MaxImagePixelsName) =>
+        Dimensions(data) is { } declared && declared.Pixels > maxPixels
+            ? PixelLimitProblem($"the {declared.Format} image declares", declared.Width, declared.Height, maxPixels, limitName)
+            : null;
+
+    /// <summary>"{subject} W x H = N pixels, more than the limit of M (limit name); decoding it takes B bytes".</summary>
+    public static string PixelLimitProblem(string subject, long width, long height, long maxPixels, string limitName)
     {
-        long position = 8;
-        while (true)
-        {
-            if (position + 8 > data.Length) return $"a truncated PNG: it ends at byte {data.Length} without its IEND chunk";
-            long length = BinaryPrimitives.ReadUInt32BigEndian(data[(int)position..]);
-            string type = System.Text.Encoding.ASCII.GetString(data.Slice((int)position + 4, 4));
-            if (position + 12 + length > data.Length)
-                return $"a truncated PNG: chunk '{type}' at byte {position} needs {length + 12} bytes, {data.Length - position} are left";
-            if (type == "IEND") return null;
-            position += 12 + length;
-        }
+        long pixels = width * height;
+        return string.Create(CultureInfo.InvariantCulture,
+            $"{subject} {width} x {height} = {pixels:N0} pixels, more than the limit of {maxPixels:N0} ({limitName}); " +
+            $"decoding it would take {pixels * DecodedBytesPerPixel / 1e9:0.0} GB");
     }
 
     /// <summary>
-    /// A JPEG is markers from SOI to EOI; after each start of scan come entropy-coded bytes, in which 0xFF is always
-    /// followed by 0x00 or a restart marker, so the next real marker is found by scanning.
+    /// The size and format an image's header declares, without decoding: PNG (IHDR), JPEG (the frame header), BMP, GIF
+    /// (the logical screen) and WebP read here; any other format through SKCodec, whose Create reads the header only.
+    /// Null when the header cannot be read.
     /// </summary>
-    private static string? JpegProblem(ReadOnlySpan<byte> data)
+    public static ImageDimensions? Dimensions(ReadOnlySpan<byte> data)
     {
-        int position = 2;
-        while (true)
-        {
-            while (position < data.Length && data[position] == 0xFF && position + 1 < data.Length && data[position + 1] == 0xFF) position++;
-            if (position + 1 >= data.Length) return $"a truncated JPEG: it ends at byte {data.Length} without its end-of-image marker";
-            if (data[position] != 0xFF) return $"a damaged JPEG: expected a marker at byte {position}, found 0x{data[position]:x2}";
-            byte marker = data[position + 1];
-            position += 2;
-            if (marker == 0xD9) return null;                                          // EOI
-            if (marker is 0x01 or >= 0xD0 and <= 0xD7) continue;                      // no length
-            if (position + 2 > data.Length) return $"a truncated JPEG: it ends inside marker 0x{marker:x2}";
-            int length = BinaryPrimitives.ReadUInt16BigEndian(data[position..]);
-            if (length < 2 || position + length > data.Length) return $"a truncated JPEG: segment 0x{marker:x2} at byte {position - 2} runs past the end";
-            position += length;
-            if (marker != 0xDA) continue;                                            // SOS: entropy-coded data follows
-            while (position + 1 < data.Length && !(data[position] == 0xFF && data[position + 1] is not 0x00 and not (>= 0xD0 and <= 0xD7)))
-                position++;
-        }
+        if (PngIntegrity.IsPng(data)) return PngIntegrity.Dimensions(data);
+        if (JpegIntegrity.IsJpeg(data)) return JpegIntegrity.Dimensions(data);
+        if (data.StartsWith("BM"u8)) return BmpDimensions(data);
+        if (data.StartsWith("GIF87a"u8) || data.StartsWith("GIF89a"u8)) return GifDimensions(data);
+        if (data.StartsWith("RIFF"u8) && data.Length >= 12 && data[8..12].SequenceEqual("WEBP"u8)) return WebPDimensions(data);
+        return CodecDimensions(data);
     }
+
+    /// <summary>BITMAPCOREHEADER (12 bytes) has 16-bit sizes; every later header 32-bit ones, a negative height meaning top-down.</summary>
+    private static ImageDimensions? BmpDimensions(ReadOnlySpan<byte> data)
+    {
+        if (data.Length < 26) return null;
+        uint headerSize = BinaryPrimitives.ReadUInt32LittleEndian(data[14..]);
+        if (headerSize == 12)
+            return Checked(BinaryPrimitives.ReadUInt16LittleEndian(data[18..]), BinaryPrimitives.ReadUInt16LittleEndian(data[20..]), "BMP");
+        long width = BinaryPrimitives.ReadInt32LittleEndian(data[18..]);
+        long height = BinaryPrimitives.ReadInt32LittleEndian(data[22..]);
+        return Checked(width, Math.Abs(height), "BMP");
+    }
+
+    /// <summary>Skia decodes a GIF to its logical screen, whose size follows the signature.</summary>
+    private static ImageDimensions? GifDimensions(ReadOnlySpan<byte> data) =>
+        data.Length < 10 ? null
+            : Checked(BinaryPrimitives.ReadUInt16LittleEndian(data[6..]), BinaryPrimitives.ReadUInt16LittleEndian(data[8..]), "GIF");
+
+    /// <summary>The first chunk after "WEBP": VP8X (the canvas), VP8 (a lossy key frame) or VP8L (lossless).</summary>
+    private static ImageDimensions? WebPDimensions(ReadOnlySpan<byte> data)
+    {
+        if (data.Length < 30) return null;
+        var chunk = data[12..16];
+        if (chunk.SequenceEqual("VP8X"u8))
+            return Checked(ReadUInt24LittleEndian(data[24..]) + 1L, ReadUInt24LittleEndian(data[27..]) + 1L, "WebP");
+        if (chunk.SequenceEqual("VP8 "u8) && data[23..26].SequenceEqual((ReadOnlySpan<byte>)[0x9D, 0x01, 0x2A]))
+            return Checked(BinaryPrimitives.ReadUInt16LittleEndian(data[26..]) & 0x3FFF, BinaryPrimitives.ReadUInt16LittleEndian(data[28..]) & 0x3FFF, "WebP");
+        if (chunk.SequenceEqual("VP8L"u8) && data[20] == 0x2F)
+        {
+            uint bits = BinaryPrimitives.ReadUInt32LittleEndian(data[21..]);
+            return Checked((bits & 0x3FFF) + 1L, ((bits >> 14) & 0x3FFF) + 1L, "WebP");
+        }
+        return null;
+    }
+
+    private static int ReadUInt24LittleEndian(ReadOnlySpan<byte> data) => data[0] | data[1] << 8 | data[2] << 16;
+
+    /// <summary>SKCodec.Create reads the header only; it holds a copy of the bytes, which are the file and nothing larger.</summary>
+    private static ImageDimensions? CodecDimensions(ReadOnlySpan<byte> data)
+    {
+        using var stream = new SKMemoryStream(data.ToArray());
+        using var codec = SKCodec.Create(stream);
+        return codec is null ? null : Checked(codec.Info.Width, codec.Info.Height, codec.EncodedFormat.ToString());
+    }
+
+    /// <summary>The dimensions when both are positive and fit an int; otherwise null (no readable size).</summary>
+    internal static ImageDimensions? Checked(long width, long height, string format) =>
+        width is > 0 and <= int.MaxValue && height is > 0 and <= int.MaxValue ? new ImageDimensions((int)width, (int)height, format) : null;
 
     private static string? DecodeProblem(byte[] data)
     {
@@ -76,4 +129,10 @@ internal static class ImageIntegrity
             _ => $"not a decodable {codec.EncodedFormat} image ({result})",
         };
     }
+}
+
+/// <summary>The size and format an image's header declares.</summary>
+internal readonly record struct ImageDimensions(int Width, int Height, string Format)
+{
+    public long Pixels => (long)Width * Height;
 }

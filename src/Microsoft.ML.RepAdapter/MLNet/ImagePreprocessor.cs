@@ -45,10 +45,10 @@ internal static class ImageColumn
     /// A function returning the current row's image as the backbone's uint8 input pixels [3, S, S], with the image's own
     /// size: <see cref="CreateFetcher"/> and <see cref="Decode{T}"/> in one step.
     /// </summary>
-    public static Func<ImageRead> CreateReader(DataViewRow row, string column, ImagePreprocessor preprocessor)
+    public static Func<ImageRead> CreateReader(DataViewRow row, string column, ImagePreprocessor preprocessor, long maxPixels = DefaultMaxImagePixels)
     {
         var fetch = CreateFetcher(row, column);
-        return () => Decode(fetch(), preprocessor.Read);
+        return () => Decode(fetch(), preprocessor.Read, maxPixels);
     }
 
     /// <summary>
@@ -91,25 +91,28 @@ internal static class ImageColumn
     /// <summary>
     /// Decodes a fetched image and returns <paramref name="convert"/> of it. Bytes that are empty, truncated or not an
     /// image, and LoadImages files that are truncated (Skia decodes them silently, half black), are an
-    /// <see cref="InvalidDataException"/> naming the column, the row and the file.
+    /// <see cref="InvalidDataException"/> naming the column, the row and the file; so is an image whose header declares
+    /// more than <paramref name="maxPixels"/> pixels, refused before it is decoded. (LoadImages decodes its files before
+    /// this runs; their limit spares the conversion and resize, which would take several times the decode's memory.)
     /// </summary>
-    public static T Decode<T>(FetchedImage fetched, Func<DecodedImage, T> convert)
+    public static T Decode<T>(FetchedImage fetched, Func<DecodedImage, T> convert, long maxPixels = DefaultMaxImagePixels)
     {
         string where = $"Image column '{fetched.Column}', row {fetched.Row}";
         DecodedImage image;
         if (fetched.Pixels is { } pixels)
         {
             // LoadImages keeps the file's path in Tag: check the file itself.
-            if (fetched.File is string path && File.Exists(path) && ImageIntegrity.Problem(File.ReadAllBytes(path)) is string problem)
-                throw new InvalidDataException($"{where} (file '{path}'): {problem}.");
+            if (fetched.File is string path && File.Exists(path))
+                CheckEncoded(File.ReadAllBytes(path), maxPixels, $"{where} (file '{path}')", notAnImage: "");
+            else if ((long)pixels.Width * pixels.Height > maxPixels)
+                throw new InvalidDataException($"{where}: {ImageIntegrity.PixelLimitProblem("the image is", pixels.Width, pixels.Height, maxPixels, MaxImagePixelsName)}.");
             image = pixels;
         }
         else
         {
             var encoded = fetched.Encoded!;
             if (encoded.Length == 0) throw new InvalidDataException($"{where}: the image bytes are empty.");
-            if (ImageIntegrity.Problem(encoded) is string problem)
-                throw new InvalidDataException($"{where}: the {encoded.Length} bytes are not a decodable image: {problem}.");
+            CheckEncoded(encoded, maxPixels, where, notAnImage: $"the {encoded.Length} bytes are not a decodable image: ");
             try
             {
                 using var decoded = MLImage.CreateFromStream(new MemoryStream(encoded));
@@ -134,6 +137,18 @@ internal static class ImageColumn
     /// <summary>A fetched image's width and height: LoadImages' decoded size, else the decoded bytes'.</summary>
     public static (int Width, int Height) Size(FetchedImage fetched) =>
         fetched.Pixels is { } pixels ? (pixels.Width, pixels.Height) : Decode(fetched, image => (image.Width, image.Height));
+
+    /// <summary>
+    /// Refuses an encoded image whose header declares too many pixels (first: the integrity check of some formats
+    /// decodes, which allocates the declared size) or that is incomplete.
+    /// </summary>
+    private static void CheckEncoded(byte[] encoded, long maxPixels, string where, string notAnImage)
+    {
+        if (ImageIntegrity.SizeProblem(encoded, maxPixels, MaxImagePixelsName) is string tooLarge)
+            throw new InvalidDataException($"{where}: {tooLarge}.");
+        if (ImageIntegrity.Problem(encoded) is string problem)
+            throw new InvalidDataException($"{where}: {notAnImage}{problem}.");
+    }
 
     /// <summary>
     /// " (ImagePath = '...', a directory)" for the row's active text columns whose value names a file or directory: where
@@ -177,6 +192,15 @@ internal sealed class ImagePreprocessor(ImageInputSpec spec)
     /// <summary>The input pixels and the image's own size.</summary>
     public ImageRead Read(DecodedImage image) => new(ToPixels(image), image.Width, image.Height);
 
+    /// <summary>
+    /// Images above this many pixels are resized in strips of rows rather than as one float copy (12 bytes a pixel: 48 MB
+    /// here). Below it the one-shot resize stays, so results for ordinary images do not change.
+    /// </summary>
+    internal const long StripResizeAbovePixels = 4_000_000;
+
+    /// <summary>Pixels per strip: a strip's float copy is 12 MB whatever the image's size.</summary>
+    private const long StripPixels = 1 << 20;
+
     /// <summary>uint8 [3, S, S] in the spec's channel order.</summary>
     public Tensor ToPixels(DecodedImage image)
     {
@@ -184,13 +208,49 @@ internal sealed class ImagePreprocessor(ImageInputSpec spec)
         if (image.Width <= 0 || image.Height <= 0)
             throw new InvalidDataException($"Image has no pixels ({image.Width} x {image.Height}).");
         var bgr = tensor(image.Bgr, ScalarType.Byte).view(image.Height, image.Width, 3).permute(2, 0, 1);
-        var ordered = Spec.Order == ChannelOrder.Bgr ? bgr : bgr.flip(0);
         int size = Spec.ImageSize;
-        if (image.Height == size && image.Width == size) return ordered.contiguous().MoveToOuterDisposeScope();
-        var resized = nn.functional.interpolate(
-            ordered.unsqueeze(0).to(float32), [size, size], mode: InterpolationMode.Bicubic, align_corners: false, antialias: true);
-        return resized.squeeze(0).round().clamp(0, 255).to(ScalarType.Byte).MoveToOuterDisposeScope();
+        if (image.Height == size && image.Width == size) return InOrder(bgr).contiguous().MoveToOuterDisposeScope();
+        var resized = (long)image.Width * image.Height > StripResizeAbovePixels
+            ? ResizeInStrips(bgr, size, StripRows(image.Width))
+            : ResizeWhole(InOrder(bgr), size);
+        return resized.MoveToOuterDisposeScope();
     }
+
+    /// <summary>The spec's channel order from BGR [3, H, W].</summary>
+    private Tensor InOrder(Tensor bgr) => Spec.Order == ChannelOrder.Bgr ? bgr : bgr.flip(0);
+
+    /// <summary>uint8 [3, H, W] to uint8 [3, S, S] in one step: bicubic, antialiased.</summary>
+    internal static Tensor ResizeWhole(Tensor pixels, int size) =>
+        ToBytes(Interpolate(pixels.unsqueeze(0).to(float32), size, size));
+
+    /// <summary>
+    /// The same resize with bounded memory. Antialiased bicubic interpolation is separable (torch resamples width, then
+    /// height), so each strip of rows is resampled to width S alone (its height unchanged), the strips gathered as
+    /// float [1, 3, H, S], and that resampled to height S: the one-shot result up to float rounding. The extra memory is
+    /// one strip's float copy and the H x S intermediate, not the image's float copy. Channels are put in order per
+    /// strip (a flip copies).
+    /// </summary>
+    internal Tensor ResizeInStrips(Tensor bgr, int size, int rowsPerStrip)
+    {
+        long height = bgr.shape[1];
+        var widthResampled = empty(1, 3, height, size, float32);
+        for (long top = 0; top < height; top += rowsPerStrip)
+        {
+            using var stripScope = NewDisposeScope();
+            long rows = Math.Min(rowsPerStrip, height - top);
+            var strip = InOrder(bgr.narrow(1, top, rows)).unsqueeze(0).to(float32);
+            widthResampled.narrow(2, top, rows).copy_(Interpolate(strip, (int)rows, size));
+        }
+        return ToBytes(Interpolate(widthResampled, size, size));
+    }
+
+    /// <summary>Rows in a strip of about <see cref="StripPixels"/> pixels; at least one.</summary>
+    internal static int StripRows(int width) => (int)Math.Max(1, StripPixels / width);
+
+    private static Tensor Interpolate(Tensor input, int height, int width) =>
+        nn.functional.interpolate(input, [height, width], mode: InterpolationMode.Bicubic, align_corners: false, antialias: true);
+
+    private static Tensor ToBytes(Tensor resized) => resized.squeeze(0).round().clamp(0, 255).to(ScalarType.Byte);
 
     /// <summary>uint8 [N, 3, S, S] for a list of images.</summary>
     public Tensor ToPixels(IEnumerable<MLImage> images)
