@@ -38,17 +38,17 @@ internal static class ImageColumn
     /// </summary>
     public const long DefaultMaxImagePixels = 8192L * 8192;
 
-    /// <summary>What sets the pixel limit, as errors name it.</summary>
-    internal const string MaxImagePixelsName = "ImageColumn.DefaultMaxImagePixels";
+    /// <summary>What sets the pixel limit, as errors name it (the trainer options' and the transformer's property).</summary>
+    internal const string MaxImagePixelsName = "MaxImagePixels";
 
     /// <summary>
     /// A function returning the current row's image as the backbone's uint8 input pixels [3, S, S], with the image's own
     /// size: <see cref="CreateFetcher"/> and <see cref="Decode{T}"/> in one step.
     /// </summary>
-    public static Func<ImageRead> CreateReader(DataViewRow row, string column, ImagePreprocessor preprocessor, long maxPixels = DefaultMaxImagePixels)
+    public static Func<ImageRead> CreateReader(DataViewRow row, string column, ImagePreprocessor preprocessor)
     {
         var fetch = CreateFetcher(row, column);
-        return () => Decode(fetch(), preprocessor.Read, maxPixels);
+        return () => Decode(fetch(), preprocessor.Read, preprocessor.MaxPixels);
     }
 
     /// <summary>
@@ -134,9 +134,11 @@ internal static class ImageColumn
         }
     }
 
-    /// <summary>A fetched image's width and height: LoadImages' decoded size, else the decoded bytes'.</summary>
+    /// <summary>A fetched image's width and height: LoadImages' decoded size, else the size its header declares (nothing decoded).</summary>
     public static (int Width, int Height) Size(FetchedImage fetched) =>
-        fetched.Pixels is { } pixels ? (pixels.Width, pixels.Height) : Decode(fetched, image => (image.Width, image.Height));
+        fetched.Pixels is { } pixels ? (pixels.Width, pixels.Height)
+        : ImageIntegrity.Dimensions(fetched.Encoded) is { } header ? (header.Width, header.Height)
+        : Decode(fetched, image => (image.Width, image.Height));
 
     /// <summary>
     /// Refuses an encoded image whose header declares too many pixels (first: the integrity check of some formats
@@ -182,9 +184,12 @@ internal readonly record struct DecodedImage(byte[] Bgr, int Width, int Height);
 internal sealed record FetchedImage(string Column, long Row, byte[]? Encoded, DecodedImage? Pixels, string? File);
 
 /// <summary>Turns images into the backbone's input pixels: RGB or BGR order, resized (bicubic, antialiased) to S x S.</summary>
-internal sealed class ImagePreprocessor(ImageInputSpec spec)
+internal sealed class ImagePreprocessor(ImageInputSpec spec, long maxPixels = ImageColumn.DefaultMaxImagePixels)
 {
     public ImageInputSpec Spec { get; } = spec;
+
+    /// <summary>The most pixels an image may declare before it is decoded (the options' and transformer's <c>MaxImagePixels</c>).</summary>
+    public long MaxPixels { get; set; } = maxPixels;
 
     /// <summary>uint8 [3, S, S] in the spec's channel order.</summary>
     public Tensor ToPixels(MLImage image) => ToPixels(new DecodedImage(image.GetBGRPixels, image.Width, image.Height));

@@ -39,7 +39,7 @@ public sealed record TrainingSummary(
 /// <typeparam name="TTransformer">The task's transformer, holding the merged network.</typeparam>
 public abstract class RepAdapterTrainerBase<TOptions, TTransformer> : IEstimator<TTransformer>
     where TOptions : RepAdapterTrainerOptions
-    where TTransformer : class, ITransformer
+    where TTransformer : RepAdapterTransformerBase
 {
     private protected RepAdapterTrainerBase(IHostEnvironment env, TOptions options, string name)
     {
@@ -99,7 +99,7 @@ public abstract class RepAdapterTrainerBase<TOptions, TTransformer> : IEstimator
         // Every run (each search candidate, then the final one) builds a fresh model from this and the source's weights.
         var runs = RunDescriptor(source);
         recipe = recipe with { ImageSize = runs.Input.ImageSize };
-        var preprocessor = new ImagePreprocessor(runs.Input);
+        var preprocessor = new ImagePreprocessor(runs.Input, options.MaxImagePixels);
         TrainingImages Read(IDataView data, string what, IReadOnlyCollection<long> rows) => TrainingData.Create(Host, data, task, preprocessor, what,
             _ => true, rows, options.Cache, options.CacheMemoryLimitMegabytes * (1L << 20), options.DecodeThreads ?? DefaultDecodeThreads, options.ShuffleBufferSize);
         using var prefixes = new PrefixCaches();
@@ -136,7 +136,9 @@ public abstract class RepAdapterTrainerBase<TOptions, TTransformer> : IEstimator
                 throw Host.Except($"The merged model has non-finite values (NaN or infinity) in '{bad}' (AdapterScale {recipe.AdapterScale:G} too large?); no model is returned.");
             ch.Info($"Merged {merged} adapters into the backbone ({network.CountParameters():N0} parameters, as the plain architecture).");
             var summary = new TrainingSummary(options.Method, options.Placement, options.Trainable, recipe.AdapterScale, trainable, merged, recipe, searched?.Summary);
-            return CreateTransformer(task, network, runs.Input, summary, device);
+            var transformer = CreateTransformer(task, network, runs.Input, summary, device);
+            transformer.MaxImagePixels = options.MaxImagePixels;
+            return transformer;
         }
         catch
         {

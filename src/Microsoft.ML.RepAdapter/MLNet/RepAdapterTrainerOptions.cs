@@ -204,6 +204,17 @@ public abstract class RepAdapterTrainerOptions
     /// <summary>Rows scored per forward pass by the transformer's batch Transform.</summary>
     public int ScoringBatchSize = 32;
 
+    /// <summary>
+    /// The most pixels (width x height) an image or mask may declare in its header, checked before it is decoded, in
+    /// training and (carried to the transformer's <c>MaxImagePixels</c>) in scoring: 8192 x 8192 by default, above
+    /// camera resolutions, while a small file whose header claims more (a 54-byte BMP claiming 30000 x 30000 would take
+    /// 3.6 GB) is refused with its size and file named.
+    /// </summary>
+    public long MaxImagePixels = DefaultMaxImagePixels;
+
+    /// <summary>The default of <see cref="MaxImagePixels"/>: 8192 x 8192.</summary>
+    public const long DefaultMaxImagePixels = ImageColumn.DefaultMaxImagePixels;
+
     /// <summary>The task's preset: its recipe and what its search tries.</summary>
     internal abstract (TrainingRecipe Recipe, RecipeSearchSpace Space) Preset(RecipePreset preset);
 
@@ -281,5 +292,6 @@ public abstract class RepAdapterTrainerOptions
         OptionCheck.That(GpuDeviceId is null or >= 0, nameof(GpuDeviceId), GpuDeviceId, "cannot be negative");
         OptionCheck.That(NumberOfThreads is null or > 0, nameof(NumberOfThreads), NumberOfThreads, "must be positive (or null for TorchSharp's default)");
         OptionCheck.That(ScoringBatchSize > 0, nameof(ScoringBatchSize), ScoringBatchSize, "must be positive");
+        OptionCheck.That(MaxImagePixels > 0, nameof(MaxImagePixels), MaxImagePixels, "must be positive");
     }
 }

@@ -74,6 +74,16 @@ public abstract class RepAdapterTransformerBase : RowToRowTransformerBase, ITran
     /// <summary>Rows scored together by <see cref="ITransformer.Transform"/>.</summary>
     public int ScoringBatchSize { get; }
 
+    /// <summary>
+    /// The most pixels (width x height) an image to score may declare in its header, checked before it is decoded: the
+    /// trainer's <c>MaxImagePixels</c>, or 8192 x 8192 for a loaded model (a limit of the process that scores, so not saved).
+    /// </summary>
+    public long MaxImagePixels
+    {
+        get => Preprocessor.MaxPixels;
+        set => Preprocessor.MaxPixels = value > 0 ? value : throw new ArgumentOutOfRangeException(nameof(MaxImagePixels), value, "must be positive");
+    }
+
     /// <summary>Input size and normalisation.</summary>
     public ImageInputSpec Input { get; }
 

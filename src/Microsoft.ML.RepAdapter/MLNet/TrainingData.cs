@@ -99,7 +99,7 @@ internal sealed class RowStream(IHost host, IDataView data, ImageTask task, Imag
                 {
                     try
                     {
-                        var read = ImageColumn.Decode(image, preprocessor.Read);
+                        var read = ImageColumn.Decode(image, preprocessor.Read, preprocessor.MaxPixels);
                         return new Example(row, read.Pixels, task.ToTarget(target, row, read, preprocessor, what));
                     }
                     finally

@@ -1,4 +1,5 @@
 using System.Buffers.Binary;
+using Microsoft.ML.Data;
 using Microsoft.ML.RepAdapter.MLNet;
 using SkiaSharp;
 using static Microsoft.ML.RepAdapter.Tests.MLNet.TestImages;
@@ -46,7 +47,7 @@ public class ImageSizeLimitTests
         var error = DecodeFails(new FetchedImage("ImageSource", 7, bmp, null, null));
         long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
         StringAssert.Contains(error.Message, "Image column 'ImageSource', row 7: the BMP image declares 30000 x 30000 = 900,000,000 pixels");
-        StringAssert.Contains(error.Message, "more than the limit of 67,108,864 (ImageColumn.DefaultMaxImagePixels)");
+        StringAssert.Contains(error.Message, "more than the limit of 67,108,864 (MaxImagePixels)");
         StringAssert.Contains(error.Message, "3.6 GB");
         Assert.IsLessThan(50L << 20, allocated, "refused from the header: nothing of the declared size is allocated");
     }
@@ -130,6 +131,28 @@ public class ImageSizeLimitTests
         Assert.AreEqual((61, 43), (declared?.Width, declared?.Height), format);
         Assert.IsNull(ImageIntegrity.SizeProblem(encoded, 61 * 43, "test"), "at the limit");
         StringAssert.Contains(ImageIntegrity.SizeProblem(encoded, 61 * 43 - 1, "test"), "61 x 43 = 2,623 pixels");
+    }
+
+    [TestMethod]
+    public void TheTrainersAndTheTransformersMaxImagePixelsBoundTrainingAndScoring()
+    {
+        // The test images are 28 x 28 = 784 pixels: a limit of 700 refuses them in training, naming the option and the file.
+        var mlContext = new MLContext(seed: 1);
+        var rows = TestData.Images(classes: 2, perClass: 3);
+        var data = TestData.Prepared(mlContext, rows);
+        var options = Classification.TinyTrainerOptions.Create(epochs: 1);
+        options.MaxImagePixels = 700;
+        var error = Assert.ThrowsExactly<InvalidDataException>(() => mlContext.MulticlassClassification.Trainers.RepAdapter(options).Fit(data));
+        StringAssert.Contains(error.Message, "28 x 28 = 784 pixels, more than the limit of 700 (MaxImagePixels)");
+        StringAssert.Contains(error.Message, ".png");
+
+        options.MaxImagePixels = 784;
+        using var model = mlContext.MulticlassClassification.Trainers.RepAdapter(options).Fit(data);
+        Assert.AreEqual(784, model.MaxImagePixels, "the trainer's limit is the transformer's");
+        model.MaxImagePixels = 783;
+        error = Assert.ThrowsExactly<InvalidDataException>(() => model.Transform(data).GetColumn<float[]>("Score").ToList());
+        StringAssert.Contains(error.Message, "more than the limit of 783 (MaxImagePixels)");
+        Assert.ThrowsExactly<ArgumentOutOfRangeException>(() => model.MaxImagePixels = 0);
     }
 
     [TestMethod]

@@ -16,7 +16,9 @@ internal static class MaskImages
     private const int MaxIndex = byte.MaxValue;
 
     /// <summary>The class indices of a fetched mask, uint8 [H, W]; errors name the column, row and file.</summary>
-    public static Tensor Read(FetchedImage fetched)
+    /// <param name="fetched">The mask as taken from its column.</param>
+    /// <param name="maxPixels">The most pixels the mask may declare, checked before decoding it.</param>
+    public static Tensor Read(FetchedImage fetched, long maxPixels = ImageColumn.DefaultMaxImagePixels)
     {
         string where = $"Mask column '{fetched.Column}', row {fetched.Row}" + (fetched.File is string file ? $" (file '{file}')" : "");
         byte[]? encoded = fetched.Encoded ?? (fetched.File is string path && File.Exists(path) ? File.ReadAllBytes(path) : null);
@@ -29,7 +31,7 @@ internal static class MaskImages
                 if (ImageIntegrity.Problem(encoded) is string problem) throw new InvalidDataException($"{where}: {problem}.");
                 try
                 {
-                    return SixteenBitPng.ClassIndices(encoded, MaxIndex);
+                    return SixteenBitPng.ClassIndices(encoded, MaxIndex, maxPixels);
                 }
                 catch (InvalidDataException e)
                 {
@@ -37,7 +39,7 @@ internal static class MaskImages
                 }
             }
         }
-        return ImageColumn.Decode(fetched, ClassIndices);
+        return ImageColumn.Decode(fetched, ClassIndices, maxPixels);
     }
 
     /// <summary>"a JPEG" or "a lossy WebP" for formats that do not keep pixel values; null otherwise.</summary>
@@ -78,19 +80,18 @@ internal static class MaskImages
     private static class SixteenBitPng
     {
         public static bool Is(ReadOnlySpan<byte> data) =>
-            data.Length >= 29 && data.StartsWith((ReadOnlySpan<byte>)[0x89, (byte)'P', (byte)'N', (byte)'G', 0x0D, 0x0A, 0x1A, 0x0A])
-            && data[12..16].SequenceEqual("IHDR"u8) && data[24] == 16;
+            data.Length >= 29 && PngIntegrity.IsPng(data) && data[12..16].SequenceEqual("IHDR"u8) && data[24] == 16;
 
         /// <summary>Each pixel's 16-bit value as a class index, refusing values above <paramref name="maxIndex"/>.</summary>
-        public static Tensor ClassIndices(byte[] data, int maxIndex)
+        public static Tensor ClassIndices(byte[] data, int maxIndex, long maxPixels)
         {
             int width = checked((int)BinaryPrimitives.ReadUInt32BigEndian(data.AsSpan(16))), height = checked((int)BinaryPrimitives.ReadUInt32BigEndian(data.AsSpan(20)));
             byte colorType = data[25], interlace = data[28];
             if (colorType != 0)
                 throw new InvalidDataException($"the mask is a 16-bit PNG of colour type {colorType}: a 16-bit mask must be grayscale (colour type 0).");
             if (interlace != 0) throw new InvalidDataException("the mask is an interlaced 16-bit PNG: save it without interlacing.");
-            if ((long)width * height > ImageColumn.DefaultMaxImagePixels)
-                throw new InvalidDataException($"the mask declares {width} x {height} pixels, more than the limit of {ImageColumn.DefaultMaxImagePixels:N0}.");
+            if ((long)width * height > maxPixels)
+                throw new InvalidDataException(ImageIntegrity.PixelLimitProblem("the 16-bit mask declares", width, height, maxPixels, ImageColumn.MaxImagePixelsName));
             int stride = 2 * width;
             var indices = new byte[(long)width * height];
             using var inflated = new ZLibStream(new MemoryStream(ImageData(data)), CompressionMode.Decompress);

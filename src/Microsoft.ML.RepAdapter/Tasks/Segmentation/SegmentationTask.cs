@@ -56,7 +56,7 @@ internal sealed class SegmentationTask : ImageTask
         string where = $"Mask column '{_maskColumnName}', row {row} of the {what}";
         int size = preprocessor.Spec.ImageSize;
         using var scope = NewDisposeScope();
-        var mask = MaskImages.Read((FetchedImage)fetched);
+        var mask = MaskImages.Read((FetchedImage)fetched, preprocessor.MaxPixels);
         if (mask.shape[0] != image.Height || mask.shape[1] != image.Width)
             throw new InvalidDataException($"{where}: the mask is {mask.shape[1]}x{mask.shape[0]} pixels, its image {image.Width}x{image.Height}; they must have the same size.");
         CheckLabels(mask, where);
