@@ -11,16 +11,18 @@
 //   segmentation  RepAdapter against head-only on the Fashion-MNIST mosaics, several seeds [--seeds 42,1,2]
 //   onnx          merged model latency, ONNX Runtime (CPU) against TorchSharp, per backbone and batch size [--models a,b --batches 1,16]
 //   all           every suite
-//   replot latency  draws latency-ratios.png again from docs/benchmarks/latency.json, measuring nothing
+//   replot latency|accuracy  draws the suite's plot again from docs/benchmarks/<suite>.json, measuring nothing
 using RepAdapter.Benchmarks;
 
 if (args.Length > 0 && args[0] == "training-step-one")
 {
     return TrainingStepSuite.One(args[1], int.Parse(args[2]), args[3], int.Parse(args[4]), int.Parse(args[5]));
 }
-if (args is ["replot", "latency"])
+if (args is ["replot", var plotted])
 {
-    LatencySuite.Replot();
+    if (plotted == "latency") LatencySuite.Replot();
+    else if (plotted == "accuracy") AccuracySuite.Replot();
+    else return 2;
     return 0;
 }
 string suite = args.FirstOrDefault() ?? "";

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Text.Json;
 using Microsoft.ML;
 using Microsoft.ML.Data;
 using Microsoft.ML.RepAdapter;
@@ -121,15 +122,31 @@ internal static class AccuracySuite
         }));
         report.Table("runs", ["task", "method", "seed", "test accuracy", "Fit time s", "recipe trained", "search"],
             results.Select(r => new object[] { r.Task, r.Method, r.Seed, $"{100 * r.Accuracy:F1} %", $"{r.TrainSeconds:F1}", r.Recipe, r.Search ?? "" }));
-        // The methods every seed ran, side by side per task; black lines: min - max over the seeds.
-        string[] shown = ["ML.NET pipeline", "head only", Fixed, "bare call"];
-        double[] Per(string method, Func<double[], double> of) =>
-            [.. settings.Tasks.Select(t => groups.FirstOrDefault(g => g.Task == t && g.Method == method).Accuracies is { } a ? 100 * of(a) : double.NaN)];
-        Plots.GroupedBars(report.Plot("accuracy-by-task", "mean test accuracy per task and method, min - max over seeds"),
-            $"Test accuracy, mean of seeds {string.Join(", ", settings.Seeds)} (ML.NET pipeline: one run)", "test accuracy, %", [.. settings.Tasks],
-            [.. shown.Select(m => (m, Per(m, a => a.Average())))], [.. shown.Select(m => (Per(m, a => a.Min()), Per(m, a => a.Max())))]);
+        PlotByTask(report.Plot("accuracy-by-task", "mean test accuracy per task and method, min - max over seeds"), [.. settings.Tasks], results);
         report.Data("results", results);
         return results;
+    }
+
+    /// <summary>The methods every seed ran, side by side per task, with min - max over the seeds as black lines.</summary>
+    private static void PlotByTask(string path, string[] tasks, IReadOnlyList<Result> results)
+    {
+        string[] shown = ["ML.NET pipeline", "head only", Fixed, "bare call"];
+        int[] seeds = [.. results.Where(r => r.Method == "bare call").Select(r => r.Seed).Distinct().Order()];
+        double[] Per(string method, Func<IEnumerable<double>, double> of) =>
+            [.. tasks.Select(t => results.Where(r => r.Task == t && r.Method == method).Select(r => 100 * r.Accuracy).ToList() is { Count: > 0 } a ? of(a) : double.NaN)];
+        Plots.GroupedBars(path, $"Test accuracy, mean of seeds {string.Join(", ", seeds)} (ML.NET pipeline: one run)", "test accuracy, %", tasks,
+            [.. shown.Select(m => (m, Per(m, a => a.Average())))], [.. shown.Select(m => (Per(m, a => a.Min()), Per(m, a => a.Max())))]);
+    }
+
+    /// <summary>Draws the accuracy plot again from a run's <c>accuracy.json</c> (its measured results), without training.</summary>
+    public static void Replot()
+    {
+        string json = Path.Combine(Report.OutputFolder, "accuracy.json");
+        using var document = JsonDocument.Parse(File.ReadAllText(json));
+        var results = document.RootElement.GetProperty("results").Deserialize<List<Result>>()
+            ?? throw new InvalidDataException($"{json} has no measured results.");
+        PlotByTask(Path.Combine(Report.OutputFolder, "accuracy-accuracy-by-task.png"), [.. results.Select(r => r.Task).Distinct()], results);
+        Plots.RenderPending();
     }
 
     public sealed class ImagePath
