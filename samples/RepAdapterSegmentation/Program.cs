@@ -54,6 +54,7 @@ foreach (var (name, trainable) in new[] { ("RepAdapter", arguments.Trainable), (
     var metrics = mlContext.MulticlassClassification.EvaluateSegmentation(model.Transform(testData));
     var transformer = ((IEnumerable<ITransformer>)model).OfType<RepAdapterSegmentationTransformer>().Single();
     results.Add((name, metrics, clock.Elapsed, transformer.TrainableParameterCount));
+    Console.WriteLine($"  trained: {transformer.Summary.Recipe}" + (transformer.Summary.Search is { } search ? $"; search: {search.Reason}" : ""));
     if (trainable != TrainableParameters.HeadOnly) repAdapterModel = model;
 }
 
