@@ -307,7 +307,8 @@ public abstract class RepAdapterTransformerBase : RowToRowTransformerBase, ITran
     /// <summary>
     /// Format: image column name; the task's column names; scoring batch size; the network's description (JSON); the
     /// training summary (JSON); the task's data; then the merged weights as one TorchSharp stream, and that stream's
-    /// SHA-256 in another. A model with non-finite weights is not saved.
+    /// SHA-256 in another, and one SHA-256 over all of it in a third (see <see cref="VerifyContent"/>). A model with
+    /// non-finite weights is not saved.
     /// </summary>
     public override void SaveModel(ModelSaveContext ctx)
     {
