@@ -26,7 +26,7 @@ internal sealed class Report
         CheckAll($"[{kind}] {clients} clients", result, labels);
     }
 
-    public void LongRun(string kind, int requests, int clients, LoadResult result, IReadOnlyList<(int Completed, long Bytes)> memory, IReadOnlyCollection<string> labels)
+    public void LongRun(string kind, int requests, int clients, LoadResult result, IReadOnlyList<MemorySample> memory, IReadOnlyCollection<string> labels)
     {
         int bad = result.Count(o => o.Kind != BodyKind.Good);
         int good200 = result.Count(o => o.Kind == BodyKind.Good && o.Status == 200);
@@ -39,7 +39,8 @@ internal sealed class Report
         {
             double first = memory[0].Bytes / 1048576.0, last = memory[^1].Bytes / 1048576.0;
             _memory.AppendLine($"- {kind}: " + string.Join(", ", memory.Select(m => $"{m.Completed}: {m.Bytes / 1048576.0:F0}")) +
-                $" MiB (requests answered: resident memory); last - first {last - first:+0;-0} MiB, max {memory.Max(m => m.Bytes) / 1048576.0:F0} MiB");
+                $" MiB (requests answered: resident memory); last - first {last - first:+0;-0} MiB, max {memory.Max(m => m.Bytes) / 1048576.0:F0} MiB; "
+                + $"managed heap {memory[0].ManagedBytes / 1048576.0:F0} -> {memory[^1].ManagedBytes / 1048576.0:F0} MiB, threads {memory[0].Threads} -> {memory[^1].Threads}");
         }
         Check(server == 0, $"[{kind}] long run: {server} responses 5xx");
         CheckAll($"[{kind}] long run", result, labels);
@@ -72,3 +73,6 @@ internal sealed class Report
 
     private static string Row(params object[] cells) => $"| {string.Join(" | ", cells.Select(c => Convert.ToString(c, CultureInfo.InvariantCulture)))} |";
 }
+
+/// <summary>The server's state after <see cref="Completed"/> answers: resident memory, its managed heap, its threads.</summary>
+internal sealed record MemorySample(int Completed, long Bytes, long ManagedBytes, int Threads);

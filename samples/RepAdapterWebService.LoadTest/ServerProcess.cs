@@ -75,12 +75,13 @@ internal sealed class ServerProcess : IDisposable
         }
     }
 
-    /// <summary>What the server's /health reports: its labels and its resident memory (VmRSS).</summary>
-    public static async Task<(string[] Labels, long ResidentBytes)> HealthAsync(HttpClient client, Uri health)
+    /// <summary>What the server's /health reports: its labels, its resident memory (VmRSS), its managed heap and its threads.</summary>
+    public static async Task<(string[] Labels, long ResidentBytes, long ManagedHeapBytes, int Threads)> HealthAsync(HttpClient client, Uri health)
     {
         using var json = JsonDocument.Parse(await client.GetStringAsync(health));
-        var labels = json.RootElement.GetProperty("labels").EnumerateArray().Select(l => l.GetString() ?? "").ToArray();
-        return (labels, json.RootElement.GetProperty("residentBytes").GetInt64());
+        var root = json.RootElement;
+        var labels = root.GetProperty("labels").EnumerateArray().Select(l => l.GetString() ?? "").ToArray();
+        return (labels, root.GetProperty("residentBytes").GetInt64(), root.GetProperty("managedHeapBytes").GetInt64(), root.GetProperty("threads").GetInt32());
     }
 
     /// <summary>Kills the server at once (SIGKILL): no request is finished, nothing is cleaned up, as in a crash.</summary>

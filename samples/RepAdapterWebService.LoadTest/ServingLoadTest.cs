@@ -25,7 +25,7 @@ internal sealed class ServingLoadTest(LoadTestArguments arguments, string server
         try
         {
             // A good image must come back with one of the labels the server says it has.
-            var (labels, _) = await ServerProcess.HealthAsync(client, health);
+            var labels = (await ServerProcess.HealthAsync(client, health)).Labels;
             var runner = new LoadRunner(client, predict, RetryPolicy.None);
             Console.WriteLine($"[{kind}] server {server.Id} on {address}; warming up");
             await runner.RunAsync(RequestBodies.Mix(images, 50, 0, seed: 1), 4, arguments.PhaseLimit);
@@ -51,7 +51,7 @@ internal sealed class ServingLoadTest(LoadTestArguments arguments, string server
     private async Task LongRunAsync(string kind, LoadRunner runner, Uri health, string[] labels)
     {
         int step = Math.Max(1, arguments.LongRequests / 10);
-        var samples = new List<(int Completed, long Bytes)>();
+        var samples = new List<MemorySample>();
         using var done = new CancellationTokenSource();
         var sampler = Task.Run(async () =>
         {
@@ -62,7 +62,8 @@ internal sealed class ServingLoadTest(LoadTestArguments arguments, string server
                     await Task.Delay(20);
                     continue;
                 }
-                samples.Add((runner.Completed, (await ServerProcess.HealthAsync(client, health)).ResidentBytes));
+                var state = await ServerProcess.HealthAsync(client, health);
+                samples.Add(new MemorySample(runner.Completed, state.ResidentBytes, state.ManagedHeapBytes, state.Threads));
                 next += step;
             }
         });
