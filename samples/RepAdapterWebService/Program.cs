@@ -21,6 +21,9 @@ catch (ArgumentException e)
     return 2;
 }
 
+// Before the model loads and request threads start allocating: keeps resident memory flat under load (NativeHeap).
+NativeHeap.LimitArenas();
+
 WebApplication app;
 try
 {
