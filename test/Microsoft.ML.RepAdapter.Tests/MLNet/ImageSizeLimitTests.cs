@@ -10,31 +10,6 @@ namespace Microsoft.ML.RepAdapter.Tests.MLNet;
 [TestClass]
 public class ImageSizeLimitTests
 {
-    /// <summary>A 54-byte BMP: file header and BITMAPINFOHEADER, no pixels.</summary>
-    private static byte[] BmpHeader(int width, int height, int headerSize = 40)
-    {
-        var bmp = new byte[14 + headerSize];
-        "BM"u8.CopyTo(bmp);
-        BinaryPrimitives.WriteInt32LittleEndian(bmp.AsSpan(2), bmp.Length);
-        BinaryPrimitives.WriteInt32LittleEndian(bmp.AsSpan(10), bmp.Length);
-        BinaryPrimitives.WriteInt32LittleEndian(bmp.AsSpan(14), headerSize);
-        if (headerSize == 12)
-        {
-            BinaryPrimitives.WriteInt16LittleEndian(bmp.AsSpan(18), (short)width);
-            BinaryPrimitives.WriteInt16LittleEndian(bmp.AsSpan(20), (short)height);
-            BinaryPrimitives.WriteInt16LittleEndian(bmp.AsSpan(22), 1);
-            BinaryPrimitives.WriteInt16LittleEndian(bmp.AsSpan(24), 24);
-        }
-        else
-        {
-            BinaryPrimitives.WriteInt32LittleEndian(bmp.AsSpan(18), width);
-            BinaryPrimitives.WriteInt32LittleEndian(bmp.AsSpan(22), height);
-            BinaryPrimitives.WriteInt16LittleEndian(bmp.AsSpan(26), 1);
-            BinaryPrimitives.WriteInt16LittleEndian(bmp.AsSpan(28), 24);
-        }
-        return bmp;
-    }
-
     private static InvalidDataException DecodeFails(FetchedImage fetched, long maxPixels = ImageColumn.DefaultMaxImagePixels) =>
         Assert.ThrowsExactly<InvalidDataException>(() => ImageColumn.Decode(fetched, image => image.Width, maxPixels));
 

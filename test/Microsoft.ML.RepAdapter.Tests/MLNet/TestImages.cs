@@ -166,4 +166,29 @@ internal static class TestImages
         kept.AddRange(jpeg[position..]);
         return [.. kept];
     }
+
+    /// <summary>A 54-byte BMP: file header and BITMAPINFOHEADER, no pixels.</summary>
+    public static byte[] BmpHeader(int width, int height, int headerSize = 40)
+    {
+        var bmp = new byte[14 + headerSize];
+        "BM"u8.CopyTo(bmp);
+        BinaryPrimitives.WriteInt32LittleEndian(bmp.AsSpan(2), bmp.Length);
+        BinaryPrimitives.WriteInt32LittleEndian(bmp.AsSpan(10), bmp.Length);
+        BinaryPrimitives.WriteInt32LittleEndian(bmp.AsSpan(14), headerSize);
+        if (headerSize == 12)
+        {
+            BinaryPrimitives.WriteInt16LittleEndian(bmp.AsSpan(18), (short)width);
+            BinaryPrimitives.WriteInt16LittleEndian(bmp.AsSpan(20), (short)height);
+            BinaryPrimitives.WriteInt16LittleEndian(bmp.AsSpan(22), 1);
+            BinaryPrimitives.WriteInt16LittleEndian(bmp.AsSpan(24), 24);
+        }
+        else
+        {
+            BinaryPrimitives.WriteInt32LittleEndian(bmp.AsSpan(18), width);
+            BinaryPrimitives.WriteInt32LittleEndian(bmp.AsSpan(22), height);
+            BinaryPrimitives.WriteInt16LittleEndian(bmp.AsSpan(26), 1);
+            BinaryPrimitives.WriteInt16LittleEndian(bmp.AsSpan(28), 24);
+        }
+        return bmp;
+    }
 }

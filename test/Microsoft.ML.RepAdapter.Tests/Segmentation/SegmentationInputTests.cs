@@ -161,37 +161,7 @@ public class SegmentationInputTests
             var row = Enumerable.Range(0, width).SelectMany(x => new[] { (byte)(values[y * width + x] >> 8), (byte)values[y * width + x] }).ToArray();
             for (int i = 0; i < row.Length; i++) raw.Add((byte)(row[i] - (i >= 2 ? row[i - 2] : 0)));
         }
-        using var compressed = new MemoryStream();
-        using (var zlib = new System.IO.Compression.ZLibStream(compressed, System.IO.Compression.CompressionLevel.Optimal, leaveOpen: true)) zlib.Write(raw.ToArray());
-        var header = new byte[13];
-        System.Buffers.Binary.BinaryPrimitives.WriteInt32BigEndian(header, width);
-        System.Buffers.Binary.BinaryPrimitives.WriteInt32BigEndian(header.AsSpan(4), height);
-        header[8] = 16;
-        using var png = new MemoryStream();
-        png.Write([0x89, (byte)'P', (byte)'N', (byte)'G', 0x0D, 0x0A, 0x1A, 0x0A]);
-        foreach (var (type, data) in new[] { ("IHDR", header), ("IDAT", compressed.ToArray()), ("IEND", Array.Empty<byte>()) })
-        {
-            var chunk = System.Text.Encoding.ASCII.GetBytes(type).Concat(data).ToArray();
-            var length = new byte[4];
-            System.Buffers.Binary.BinaryPrimitives.WriteInt32BigEndian(length, data.Length);
-            png.Write(length);
-            png.Write(chunk);
-            var crc = new byte[4];
-            System.Buffers.Binary.BinaryPrimitives.WriteUInt32BigEndian(crc, Crc32(chunk));
-            png.Write(crc);
-        }
-        return png.ToArray();
-    }
-
-    private static uint Crc32(byte[] data)
-    {
-        uint crc = 0xFFFFFFFF;
-        foreach (byte b in data)
-        {
-            crc ^= b;
-            for (int k = 0; k < 8; k++) crc = (crc & 1) != 0 ? 0xEDB88320 ^ (crc >> 1) : crc >> 1;
-        }
-        return ~crc;
+        return MLNet.TestImages.Png(new MLNet.TestImages.PngSpec(width, height, ColourType: 0, BitDepth: 16), [.. raw]);
     }
 
     [TestMethod]
