@@ -77,8 +77,8 @@ public static class FineTuning
     /// <exception cref="ArgumentOutOfRangeException">A setting is out of range.</exception>
     /// <exception cref="ArgumentException">There are no training images, or early stopping has no validation images.</exception>
     /// <exception cref="InvalidOperationException">
-    /// The model has no trainable parameters, or training diverged: a loss, gradient or weight became non-finite (the
-    /// message says which, and where).
+    /// The model has no trainable parameters; training diverged (a loss, gradient or weight became non-finite, or the loss
+    /// passed <see cref="DivergedLoss"/>: the message says which, and where); or an epoch yielded no batch.
     /// </exception>
     public static TrainingResult Train(
         nn.Module<Tensor, Tensor> model,
