@@ -21,9 +21,11 @@ internal static class MaskImages
     public static Tensor Read(FetchedImage fetched, long maxPixels = ImageColumn.DefaultMaxImagePixels)
     {
         string where = $"Mask column '{fetched.Column}', row {fetched.Row}" + (fetched.File is string file ? $" (file '{file}')" : "");
-        byte[]? encoded = fetched.Encoded ?? (fetched.File is string path && File.Exists(path) ? File.ReadAllBytes(path) : null);
+        // A LoadImages mask's file: its first bytes tell the format; ImageColumn.Decode reads the rest when it checks it.
+        byte[]? encoded = fetched.Encoded ?? (fetched.File is string path && File.Exists(path) ? Head(path) : null);
         if (encoded is not null)
         {
+            if (fetched.Encoded is null && SixteenBitPng.Is(encoded)) encoded = File.ReadAllBytes(fetched.File!);
             if (LossyFormat(encoded) is string lossy)
                 throw new InvalidDataException($"{where}: the mask is {lossy}, whose compression changes pixel values, so class indices would not survive; save masks as PNG.");
             if (SixteenBitPng.Is(encoded))
@@ -40,6 +42,14 @@ internal static class MaskImages
             }
         }
         return ImageColumn.Decode(fetched, ClassIndices, maxPixels);
+    }
+
+    /// <summary>The first bytes of a file: enough for <see cref="LossyFormat"/> and <see cref="SixteenBitPng.Is"/>.</summary>
+    private static byte[] Head(string path)
+    {
+        using var file = File.OpenRead(path);
+        var head = new byte[32];
+        return head[..file.ReadAtLeast(head, head.Length, throwOnEndOfStream: false)];
     }
 
     /// <summary>"a JPEG" or "a lossy WebP" for formats that do not keep pixel values; null otherwise.</summary>
