@@ -157,12 +157,12 @@ public sealed class AdaptableLinear : AdaptableLayer
         {
             var shift = _weight.matmul(c);
             if (_bias is null) throw new InvalidOperationException("An adapter bias cannot fold into a linear layer without bias.");
-            Assign(_bias, _bias + shift);
+            Assign(_bias, _bias.Plus(shift));
         }
         Assign(_weight, _weight.matmul(m));
     }
 
-    internal override void AddWeightDelta(Tensor delta) => Assign(_weight, _weight + delta);
+    internal override void AddWeightDelta(Tensor delta) => Assign(_weight, _weight.Plus(delta));
 }
 
 /// <summary>A 2-D convolution (nn.Conv2d semantics and names) that can host an adapter in front of it.</summary>
@@ -222,7 +222,7 @@ public sealed class AdaptableConv2d : AdaptableLayer
         {
             if (!InputBiasFoldsExactly) throw new InvalidOperationException("An adapter bias cannot fold exactly into a zero-padded convolution.");
             if (_bias is null) throw new InvalidOperationException("An adapter bias cannot fold into a convolution without bias.");
-            Assign(_bias, _bias + _weight.sum([2, 3]).matmul(c));
+            Assign(_bias, _bias.Plus(_weight.sum([2, 3]).matmul(c)));
         }
         Assign(_weight, einsum("oihw,ij->ojhw", _weight, m));
     }

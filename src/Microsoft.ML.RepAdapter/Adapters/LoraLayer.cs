@@ -1,3 +1,4 @@
+using Microsoft.ML.RepAdapter.Torch;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -42,13 +43,13 @@ public sealed class LoraLayer : ProjectionAdapter
     public override Tensor Forward(Tensor input, AdaptableLayer layer)
     {
         using var scope = NewDisposeScope();
-        Tensor update = lora_B.forward(lora_A.forward(dropout.forward(input))).mul(Scale);
-        return (layer.Project(input) + update).MoveToOuterDisposeScope();
+        Tensor update = lora_B.forward(lora_A.forward(dropout.forward(input))).Times(Scale);
+        return layer.Project(input).Plus(update).MoveToOuterDisposeScope();
     }
 
     internal override void MergeInto(AdaptableLayer layer)
     {
-        using var delta = lora_B.weight.matmul(lora_A.weight).mul(Scale);
+        using var delta = lora_B.weight.matmul(lora_A.weight).Times(Scale);
         layer.AddWeightDelta(delta);
     }
 }

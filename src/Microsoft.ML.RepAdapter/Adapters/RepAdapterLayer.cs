@@ -1,3 +1,4 @@
+using Microsoft.ML.RepAdapter.Torch;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -71,9 +72,9 @@ public sealed class RepAdapterLayer : ProjectionAdapter
         bool channelsLast = channelDim == -1;
         Tensor z = channelsLast ? x : x.movedim([channelDim], [-1]);
         Tensor hidden = dropout.forward(nn.functional.linear(z, conv_A.weight.squeeze(-1), conv_A.bias));
-        Tensor branch = nn.functional.linear(hidden, DenseUpProjection(), conv_B.bias).mul(Scale);
+        Tensor branch = nn.functional.linear(hidden, DenseUpProjection(), conv_B.bias).Times(Scale);
         Tensor delta = channelsLast ? branch : branch.movedim([-1], [channelDim]).contiguous();
-        return (x + delta).MoveToOuterDisposeScope();
+        return x.Plus(delta).MoveToOuterDisposeScope();
     }
 
     /// <inheritdoc/>
@@ -90,8 +91,8 @@ public sealed class RepAdapterLayer : ProjectionAdapter
         using var scope = NewDisposeScope();
         Tensor up = DenseUpProjection();
         Tensor down = conv_A.weight.squeeze(-1);
-        Tensor m = eye(Channels, dtype: down.dtype, device: down.device) + up.matmul(down).mul(Scale);
-        Tensor? c = conv_A.bias is null ? null : (up.matmul(conv_A.bias) + conv_B.bias!).mul(Scale);
+        Tensor m = eye(Channels, dtype: down.dtype, device: down.device).Plus(up.matmul(down).Times(Scale));
+        Tensor? c = conv_A.bias is null ? null : up.matmul(conv_A.bias).Plus(conv_B.bias!).Times(Scale);
         m.MoveToOuterDisposeScope();
         c?.MoveToOuterDisposeScope();
         return (m, c);

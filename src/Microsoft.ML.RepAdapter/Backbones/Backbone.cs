@@ -227,7 +227,7 @@ public sealed record ImageInputSpec(int ImageSize, float[] Mean, float[] Std, fl
         using var scope = NewDisposeScope();
         var mean = tensor(Mean, device: pixels.device).view(1, 3, 1, 1);
         var std = tensor(Std, device: pixels.device).view(1, 3, 1, 1);
-        return pixels.to(float32).mul(PixelScale).sub(mean).div(std).MoveToOuterDisposeScope();
+        return pixels.to(float32).Times(PixelScale).sub(mean).div(std).MoveToOuterDisposeScope();
     }
 
     /// <summary>Value equality, comparing <see cref="Mean"/> and <see cref="Std"/> element by element.</summary>

@@ -1,3 +1,4 @@
+using Microsoft.ML.RepAdapter.Torch;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -16,7 +17,8 @@ internal sealed class DropPath : nn.Module<Tensor, Tensor>
         using var scope = NewDisposeScope();
         double keep = 1 - Probability;
         long[] shape = [x.shape[0], .. Enumerable.Repeat(1L, (int)x.dim() - 1)];
-        Tensor mask = empty(shape, dtype: x.dtype, device: x.device).bernoulli_(keep).div_(keep);
+        Tensor mask = empty(shape, dtype: x.dtype, device: x.device).bernoulli_(keep);
+        Scalars.With(keep, s => mask.div_(s));
         return (x * mask).MoveToOuterDisposeScope();
     }
 }

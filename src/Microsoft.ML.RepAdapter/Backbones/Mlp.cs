@@ -1,3 +1,4 @@
+using Microsoft.ML.RepAdapter.Torch;
 using Microsoft.ML.RepAdapter.Adapters;
 using TorchSharp;
 using TorchSharp.Modules;
@@ -56,7 +57,7 @@ public sealed class Mlp : nn.Module<Tensor, Tensor>
         public override Tensor forward(Tensor x)
         {
             using var scope = NewDisposeScope();
-            return (x * (x * 1.702).sigmoid()).MoveToOuterDisposeScope();
+            return (x * x.Times(1.702).sigmoid()).MoveToOuterDisposeScope();
         }
     }
 }

@@ -128,11 +128,11 @@ internal static class OnnxExport
         var w = original * scale.view(1, 3, 1, 1);
         if (padding == 0 && inputOffset is null)
         {
-            var b = (bias?.detach().to(float32) ?? zeros(weight.shape[0])) + (original * shift.view(1, 3, 1, 1)).sum([1, 2, 3]);
+            var b = (bias?.detach().to(float32) ?? zeros(weight.shape[0])).Plus((original * shift.view(1, 3, 1, 1)).sum([1, 2, 3]));
             return graph.Conv(pixels, graph.Initializer(hint + ".weight", w), graph.Initializer(hint + ".bias", b), kernel, stride, padding);
         }
         var offset = shift.view(1, 3, 1, 1);
-        if (inputOffset is not null) offset = offset + inputOffset.detach().to(float32);
+        if (inputOffset is not null) offset = offset.Plus(inputOffset.detach().to(float32));
         string shifted = graph.Add(pixels, graph.Initializer("input_shift", offset / scale.view(1, 3, 1, 1)));
         return graph.Conv(shifted, graph.Initializer(hint + ".weight", w), bias is null ? null : graph.Initializer(hint + ".bias", bias), kernel, stride, padding);
     }

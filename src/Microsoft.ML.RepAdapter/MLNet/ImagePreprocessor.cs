@@ -1,3 +1,4 @@
+using Microsoft.ML.RepAdapter.Torch;
 using Microsoft.ML.Data;
 using Microsoft.ML.RepAdapter.Backbones;
 using Microsoft.ML.Runtime;
@@ -255,7 +256,7 @@ internal sealed class ImagePreprocessor(ImageInputSpec spec, long maxPixels = Im
     private static Tensor Interpolate(Tensor input, int height, int width) =>
         nn.functional.interpolate(input, [height, width], mode: InterpolationMode.Bicubic, align_corners: false, antialias: true);
 
-    private static Tensor ToBytes(Tensor resized) => resized.squeeze(0).round().clamp(0, 255).to(ScalarType.Byte);
+    private static Tensor ToBytes(Tensor resized) => resized.squeeze(0).round().ClampToBytes();
 
     /// <summary>uint8 [N, 3, S, S] for a list of images.</summary>
     public Tensor ToPixels(IEnumerable<MLImage> images)

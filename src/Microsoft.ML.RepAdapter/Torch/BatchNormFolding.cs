@@ -13,8 +13,8 @@ internal static class BatchNormFolding
     public static (Tensor Weight, Tensor Bias) Fold(Tensor weight, Tensor? bias, BatchNorm2d bn)
     {
         using var _ = no_grad();
-        var scale = bn.weight!.detach() / (bn.running_var!.detach() + bn.eps).sqrt();
-        var foldedBias = ((bias?.detach() ?? zeros_like(scale)) - bn.running_mean!.detach()) * scale + bn.bias!.detach();
+        var scale = bn.weight!.detach() / bn.running_var!.detach().Plus(bn.eps).sqrt();
+        var foldedBias = (((bias?.detach() ?? zeros_like(scale)) - bn.running_mean!.detach()) * scale).Plus(bn.bias!.detach());
         return (weight.detach() * scale.view(-1, 1, 1, 1), foldedBias);
     }
 }

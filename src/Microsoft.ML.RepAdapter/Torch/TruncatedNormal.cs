@@ -20,7 +20,9 @@ internal static class TruncatedNormal
         // erfinv(+-1) is infinite: keep the uniform draw strictly inside (-1, 1) so that every value is finite.
         double limit = 1 - 1e-6;
         tensor.uniform_(Math.Max(low, -limit), Math.Min(high, limit), generator);
-        tensor.erfinv_().mul_(std * Math.Sqrt(2)).add_(mean).clamp_(a, b);
+        Scalars.With(std * Math.Sqrt(2), tensor.erfinv_().mul_);
+        tensor.PlusInPlace(mean);
+        Scalars.With(a, low => Scalars.With(b, high => tensor.clamp_(low, high)));
         return tensor;
     }
 

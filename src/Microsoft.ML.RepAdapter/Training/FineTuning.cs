@@ -101,7 +101,7 @@ public static class FineTuning
         if (trainable.Count == 0) throw new InvalidOperationException("The model has no trainable parameters.");
 
         // As the official train.py: one AdamW group, weight decay on every trainable parameter.
-        using var optimizer = optim.AdamW(trainable.Select(p => p.parameter), lr: settings.LearningRate, weight_decay: settings.WeightDecay);
+        using var optimizer = new KeepAliveAdamW(trainable.Select(p => p.parameter), settings.LearningRate, settings.WeightDecay);
         using var state = stateFolder is null ? null : new TrainingState(stateFolder, run, TrainingState.Fingerprint(settings, trainable, train.Count, validation?.Count ?? 0));
         var progressSoFar = state?.TryResume(model, optimizer) ?? new TrainingProgress();
         var reports = new List<EpochReport>(progressSoFar.Reports);

@@ -1,3 +1,4 @@
+using Microsoft.ML.RepAdapter.Torch;
 using static TorchSharp.torch;
 
 namespace Microsoft.ML.RepAdapter.Training;
@@ -30,7 +31,7 @@ public sealed record ImageAugmentation(double MinCropScale = 0.08, bool Horizont
             if (MinCropScale < 1 && Crop(random, size) is var (x, y, w, h))
             {
                 image = nn.functional.interpolate(image.narrow(1, y, h).narrow(2, x, w).unsqueeze(0).to(float32), [size, size],
-                    mode: InterpolationMode.Bilinear, align_corners: false)[0].round().clamp(0, 255).to(ScalarType.Byte);
+                    mode: InterpolationMode.Bilinear, align_corners: false)[0].round().ClampToBytes();
                 if (perPixel)
                 {
                     target = nn.functional.interpolate(target.narrow(0, y, h).narrow(1, x, w).view(1, 1, h, w).to(float32), [size, size],

@@ -231,7 +231,7 @@ public sealed partial class ConvNeXt : Backbone
             conv_dw = nn.Conv2d(dim, dim, 7, padding: 3, groups: dim);
             norm = nn.LayerNorm(dim, config.LayerNormEps);
             mlp = new Mlp(dim, 4 * dim);
-            gamma = new Parameter(full(dim, config.LayerScaleInit));
+            gamma = new Parameter(Scalars.With(config.LayerScaleInit, value => full(dim, value)));
             drop_path = new DropPath(dropPath);
             RegisterComponents();
         }
@@ -245,7 +245,7 @@ public sealed partial class ConvNeXt : Backbone
             using var scope = NewDisposeScope();
             Tensor y = norm.forward(conv_dw.forward(x).permute(0, 2, 3, 1));
             y = (mlp.forward(y) * gamma).permute(0, 3, 1, 2);
-            return (x + drop_path.forward(y)).MoveToOuterDisposeScope();
+            return x.Plus(drop_path.forward(y)).MoveToOuterDisposeScope();
         }
     }
 

@@ -274,7 +274,7 @@ public sealed partial class ResNet : Backbone
     {
         using var scope = NewDisposeScope();
         CheckInput(images);
-        if (input_offset is not null) images = images + input_offset;
+        if (input_offset is not null) images = images.Plus(input_offset);
         return maxpool.forward(relu.forward(bn1.forward(conv1.forward(images)))).MoveToOuterDisposeScope();
     }
 
@@ -357,7 +357,7 @@ public sealed partial class ResNet : Backbone
             Tensor y = relu.forward(bn1.forward(conv1.forward(x)));
             y = bn2.forward(conv2.forward(y));
             Tensor shortcut = downsample is null ? x : downsample.forward(x);
-            return relu.forward(y + shortcut).MoveToOuterDisposeScope();
+            return relu.forward(y.Plus(shortcut)).MoveToOuterDisposeScope();
         }
     }
 
@@ -404,7 +404,7 @@ public sealed partial class ResNet : Backbone
             y = relu.forward(bn2.forward(conv2.forward(y)));
             y = bn3.forward(conv3.forward(y));
             Tensor shortcut = downsample is null ? x : downsample.forward(x);
-            return relu.forward(y + shortcut).MoveToOuterDisposeScope();
+            return relu.forward(y.Plus(shortcut)).MoveToOuterDisposeScope();
         }
     }
 }

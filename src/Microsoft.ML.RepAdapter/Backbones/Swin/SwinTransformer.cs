@@ -319,13 +319,13 @@ public sealed partial class SwinTransformer : Backbone
             using var scope = NewDisposeScope();
             long b = x.shape[0], n = x.shape[1], c = x.shape[2];
             var parts = qkv.forward(x).reshape(b, n, 3, _heads, c / _heads).permute(2, 0, 3, 1, 4).unbind(0);
-            var attn = (parts[0] * Math.Pow(c / _heads, -0.5)).matmul(parts[1].transpose(-2, -1));
+            var attn = parts[0].Times(Math.Pow(c / _heads, -0.5)).matmul(parts[1].transpose(-2, -1));
             var bias = relative_position_bias_table.index_select(0, _relativePositionIndex.On(x.device)).view(n, n, _heads).permute(2, 0, 1);
-            attn = attn + bias.unsqueeze(0);
+            attn = attn.Plus(bias.unsqueeze(0));
             if (mask is not null)
             {
                 long windows = mask.shape[0];
-                attn = (attn.view(-1, windows, _heads, n, n) + mask.unsqueeze(1).unsqueeze(0)).view(-1, _heads, n, n);
+                attn = attn.view(-1, windows, _heads, n, n).Plus(mask.unsqueeze(1).unsqueeze(0)).view(-1, _heads, n, n);
             }
             var y = attn.softmax(-1).matmul(parts[2]).transpose(1, 2).reshape(b, n, c);
             return proj.forward(y).MoveToOuterDisposeScope();
@@ -385,7 +385,7 @@ public sealed partial class SwinTransformer : Backbone
             using var scope = NewDisposeScope();
             var windows = Partition(tensor(region).view(1, resolution, resolution, 1), window).view(-1, window * window);
             var differs = windows.unsqueeze(1) - windows.unsqueeze(2);
-            return (differs.ne(0).to(float32).mul(-100f).data<float>().ToArray(), windows.shape[0]);
+            return (Scalars.With(0, differs.ne).to(float32).Times(-100).data<float>().ToArray(), windows.shape[0]);
         }
 
         /// <summary>[B, H, W, C] to windows [B * nW, w, w, C] (timm's window_partition).</summary>
@@ -411,8 +411,8 @@ public sealed partial class SwinTransformer : Backbone
             var windows = Partition(y, _window).view(-1, _window * _window, c);
             y = Reverse(attn.forward(windows, _mask?.On(x.device, x.dtype)).view(-1, _window, _window, c), _window, h, w);
             if (_shift > 0) y = roll(y, [_shift, _shift], [1, 2]);
-            x = x + drop_path1.forward(y);
-            x = x + drop_path2.forward(mlp.forward(norm2.forward(x)));
+            x = x.Plus(drop_path1.forward(y));
+            x = x.Plus(drop_path2.forward(mlp.forward(norm2.forward(x))));
             return x.MoveToOuterDisposeScope();
         }
     }

@@ -226,7 +226,7 @@ public sealed partial class VisionTransformer : Backbone
     {
         using var scope = NewDisposeScope();
         Tensor x = patch_embed.forward(images);
-        x = cat([cls_token.expand(x.shape[0], -1, -1), x], 1) + pos_embed;
+        x = cat([cls_token.expand(x.shape[0], -1, -1), x], 1).Plus(pos_embed);
         if (norm_pre is not null) x = norm_pre.forward(x);
         return x.MoveToOuterDisposeScope();
     }
@@ -368,8 +368,8 @@ public sealed partial class VisionTransformer : Backbone
         public override Tensor forward(Tensor x)
         {
             using var scope = NewDisposeScope();
-            x = x + drop_path1.forward(attn.forward(norm1.forward(x)));
-            x = x + drop_path2.forward(mlp.forward(norm2.forward(x)));
+            x = x.Plus(drop_path1.forward(attn.forward(norm1.forward(x))));
+            x = x.Plus(drop_path2.forward(mlp.forward(norm2.forward(x))));
             return x.MoveToOuterDisposeScope();
         }
     }

@@ -1,3 +1,4 @@
+using Microsoft.ML.RepAdapter.Torch;
 using System.Text.Json;
 using Microsoft.ML;
 using Microsoft.ML.Data;
@@ -183,7 +184,9 @@ public sealed class RepAdapterSegmentationTransformer : RepAdapterTransformerBas
                 weight[r] = (float)(at - upper[r]);
             }
             var w = tensor(weight).view(1, 1, rows, 1);
-            var blended = logits.index_select(2, tensor(upper)) * (1 - w) + logits.index_select(2, tensor(lower)) * w;
+            // (1 - w) a + w b as a + w (b - a): no number reaches libtorch (Scalars).
+            var above = logits.index_select(2, tensor(upper));
+            var blended = above.Plus((logits.index_select(2, tensor(lower)) - above) * w);
             var across = nn.functional.interpolate(blended, [rows, width], mode: InterpolationMode.Bilinear, align_corners: false)[0];
             WriteClasses(across, mask, (long)top * width, ignoreIndex);
         }

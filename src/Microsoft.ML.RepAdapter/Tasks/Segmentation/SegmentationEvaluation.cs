@@ -1,3 +1,4 @@
+using Microsoft.ML.RepAdapter.Torch;
 using Microsoft.ML.Data;
 using Microsoft.ML.RepAdapter.MLNet;
 using Microsoft.ML.Runtime;
@@ -61,7 +62,7 @@ internal static class SegmentationEvaluation
             if (values.Length != truth.shape[0])
                 throw host.Except($"Row {cursor.Position}: '{predictedMaskColumnName}' has {values.Length} pixels, the mask in '{maskColumnName}' {truth.shape[0]}: they must come from the same image.");
             var prediction = tensor(values.DenseValues().Select(v => (long)v).ToArray());
-            var labelled = truth.masked_select(truth.ne(ignore));
+            var labelled = truth.masked_select(Scalars.With(ignore, truth.ne));
             long largest = labelled.numel() == 0 ? -1 : labelled.max().item<long>();
             if (largest >= classNames.Length)
                 throw host.Except($"Row {cursor.Position}: mask column '{maskColumnName}' holds class index {largest}, but the model has {classNames.Length} classes.");

@@ -106,7 +106,7 @@ internal sealed partial class MultiLevelHead : nn.Module<IReadOnlyList<Tensor>, 
         var laterals = levels.Select((x, i) => lateral_convs[i].forward(x)).ToArray();
         // Top-down: each level adds the coarser level above it, resized to its own size.
         for (int i = laterals.Length - 2; i >= 0; i--)
-            laterals[i] = laterals[i] + Resize(laterals[i + 1], laterals[i]);
+            laterals[i] = laterals[i].Plus(Resize(laterals[i + 1], laterals[i]));
         var outputs = laterals.Select((x, i) => Resize(fpn_convs[i].forward(x), laterals[0])).ToArray();
         return conv_seg.forward(fpn_bottleneck.forward(cat(outputs, 1))).MoveToOuterDisposeScope();
     }

@@ -1,3 +1,4 @@
+using Microsoft.ML.RepAdapter.Torch;
 using Microsoft.ML.RepAdapter.Training;
 using static TorchSharp.torch;
 
@@ -57,14 +58,14 @@ internal sealed class SegmentationObjective(int classes, int ignoreIndex) : ITra
     public Tensor Loss(Tensor output, Tensor targets)
     {
         // A batch without a labelled pixel would make the mean NaN: it contributes nothing instead.
-        if (!targets.ne(ignoreIndex).any().item<bool>()) return output.sum() * 0;
+        if (!Scalars.With(ignoreIndex, targets.ne).any().item<bool>()) return output.sum().Times(0);
         return nn.functional.cross_entropy(output, targets, ignore_index: ignoreIndex);
     }
 
     public (long Correct, long Counted) Correct(Tensor output, Tensor targets)
     {
         using var scope = NewDisposeScope();
-        var valid = targets.ne(ignoreIndex);
+        var valid = Scalars.With(ignoreIndex, targets.ne);
         return (output.argmax(1).eq(targets).logical_and(valid).sum().item<long>(), valid.sum().item<long>());
     }
 
@@ -77,8 +78,8 @@ internal sealed class SegmentationObjective(int classes, int ignoreIndex) : ITra
     {
         using var scope = NewDisposeScope();
         // A prediction outside the classes (the ignore value, given to a NaN pixel) counts for no class.
-        var valid = targets.ne(ignoreIndex).logical_and(predictions.lt(classes));
-        var pairs = targets.masked_select(valid) * classes + predictions.masked_select(valid);
+        var valid = Scalars.With(ignoreIndex, targets.ne).logical_and(Scalars.With(classes, predictions.lt));
+        var pairs = Scalars.With(classes, targets.masked_select(valid).mul).Plus(predictions.masked_select(valid));
         return pairs.bincount(null, classes * classes).view(classes, classes).cpu().MoveToOuterDisposeScope();
     }
 

@@ -1,3 +1,4 @@
+using Microsoft.ML.RepAdapter.Torch;
 using Microsoft.ML.Data;
 using Microsoft.ML.RepAdapter.Backbones;
 using Microsoft.ML.RepAdapter.MLNet;
@@ -68,12 +69,12 @@ internal sealed class SegmentationTask : ImageTask
     /// <summary>A mask needs labelled pixels, and (once the classes are known) indices within them or the ignore value.</summary>
     private void CheckLabels(Tensor mask, string where)
     {
-        var labelled = mask.ne(_ignoreIndex);
+        var labelled = Scalars.With(_ignoreIndex, mask.ne);
         if (!labelled.any().item<bool>())
             throw new InvalidDataException($"{where}: every pixel holds the ignore value {_ignoreIndex}; a training mask needs labelled pixels.");
         if (_numClasses is int classes && mask.masked_select(labelled).max().item<byte>() is var largest && largest >= classes)
         {
-            var at = mask.eq(largest).nonzero()[0].data<long>().ToArray();
+            var at = Scalars.With(largest, mask.eq).nonzero()[0].data<long>().ToArray();
             throw new InvalidDataException(
                 $"{where}: class index {largest} at pixel (x {at[1]}, y {at[0]}) is out of range: {classes} classes (0..{classes - 1}), and {_ignoreIndex} for unlabelled pixels.");
         }
@@ -84,7 +85,7 @@ internal sealed class SegmentationTask : ImageTask
         using var scope = NewDisposeScope();
         var mask = MaskImages.Read((FetchedImage)fetched);
         CheckLabels(mask, $"Mask column '{_maskColumnName}', row {row} of the {what}");
-        return mask.masked_select(mask.ne(_ignoreIndex)).unique().Item1.to(ScalarType.Int64).data<long>().ToArray();
+        return mask.masked_select(Scalars.With(_ignoreIndex, mask.ne)).unique().Item1.to(ScalarType.Int64).data<long>().ToArray();
     }
 
     protected override void CheckTrainingClasses(IReadOnlySet<long> present)
