@@ -27,7 +27,8 @@ public sealed record VisionTransformerConfig(
     double LayerNormEps = 1e-6,
     bool PreNorm = false,
     MlpActivation Activation = MlpActivation.Gelu,
-    int? ImageProjection = null)
+    int? ImageProjection = null,
+    double? LayerScaleInit = null)
 {
     /// <summary>Patches per side.</summary>
     public int GridSize => ImageSize / PatchSize;
@@ -346,6 +347,7 @@ public sealed partial class VisionTransformer : Backbone
         private readonly LayerNorm norm2;
         private readonly Mlp mlp;
         private readonly DropPath drop_path2;
+        private readonly LayerScale? ls1, ls2;
 
         /// <summary>A block of <paramref name="config"/>'s width, heads, MLP and norm, with drop-path rate <paramref name="dropPath"/>.</summary>
         public Block(VisionTransformerConfig config, double dropPath) : base(nameof(Block))
@@ -356,6 +358,7 @@ public sealed partial class VisionTransformer : Backbone
             norm2 = nn.LayerNorm(config.EmbedDim, config.LayerNormEps);
             mlp = new Mlp(config.EmbedDim, config.MlpHidden, config.Activation);
             drop_path2 = new DropPath(dropPath);
+            if (config.LayerScaleInit is double init) (ls1, ls2) = (new LayerScale(config.EmbedDim, init), new LayerScale(config.EmbedDim, init));
             RegisterComponents();
         }
 
@@ -368,11 +371,13 @@ public sealed partial class VisionTransformer : Backbone
         public override Tensor forward(Tensor x)
         {
             using var scope = NewDisposeScope();
-            x = x.Plus(drop_path1.forward(attn.forward(norm1.forward(x))));
-            x = x.Plus(drop_path2.forward(mlp.forward(norm2.forward(x))));
+            x = x.Plus(drop_path1.forward(Scaled(ls1, attn.forward(norm1.forward(x)))));
+            x = x.Plus(drop_path2.forward(Scaled(ls2, mlp.forward(norm2.forward(x)))));
             return x.MoveToOuterDisposeScope();
         }
     }
+
+    private static Tensor Scaled(LayerScale? scale, Tensor branch) => scale?.forward(branch) ?? branch;
 
     /// <summary>Old timm / Google in21k pre-logits: tanh(fc(x)). Frozen with the backbone.</summary>
     internal sealed class PreLogits : nn.Module<Tensor, Tensor>

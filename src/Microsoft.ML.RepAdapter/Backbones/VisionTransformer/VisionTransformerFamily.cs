@@ -124,7 +124,9 @@ public sealed class VisionTransformerFamily : BackboneFamily
                 MlpRatio: (double)fc1.shape[0] / embedDim,
                 QkvBias: w.ContainsKey("blocks.0.attn.qkv.bias"),
                 PreNorm: w.ContainsKey("norm_pre.weight"),
-                ImageProjection: projection);
+                ImageProjection: projection,
+                // LayerScale (DINOv2, CaiT): the gammas are loaded, so the init value only matters for a new model.
+                LayerScaleInit: w.ContainsKey("blocks.0.ls1.gamma") ? 1e-5 : null);
         }
         return config with
         {

@@ -61,7 +61,11 @@ public sealed partial class VisionTransformer
         string k = graph.Select(qkv, 0, 1), v = graph.Select(qkv, 0, 2);
         string attention = graph.Softmax(graph.MatMul(q, graph.Transpose(k, 0, 1, 3, 2)));
         string attended = graph.Reshape(graph.Transpose(graph.MatMul(attention, v), 0, 2, 1, 3), 0, tokens, d);
-        x = graph.Add(x, graph.Linear(attended, p[name + ".attn.proj.weight"], p[name + ".attn.proj.bias"], name + ".attn.proj"));
-        return graph.Add(x, OnnxExport.Mlp(graph, Norm(graph, x, p, name + ".norm2"), blocks[i].Mlp, name + ".mlp"));
+        x = graph.Add(x, Scaled(graph, p, name + ".ls1", graph.Linear(attended, p[name + ".attn.proj.weight"], p[name + ".attn.proj.bias"], name + ".attn.proj")));
+        return graph.Add(x, Scaled(graph, p, name + ".ls2", OnnxExport.Mlp(graph, Norm(graph, x, p, name + ".norm2"), blocks[i].Mlp, name + ".mlp")));
     }
+
+    /// <summary>The branch times its LayerScale's gamma, when the block has one.</summary>
+    private static string Scaled(OnnxGraphBuilder graph, Dictionary<string, Tensor> p, string scale, string branch) =>
+        p.TryGetValue(scale + ".gamma", out var gamma) ? graph.Mul(branch, graph.Initializer(scale + ".gamma", gamma)) : branch;
 }
