@@ -15,7 +15,7 @@ public class TimmFixtureTests
 {
     public TestContext TestContext { get; set; } = null!;
 
-    private static string File(string name) => CheckpointFiles.Fixture(Path.Combine("timm", name));
+    private static string Checkpoint(string name) => CheckpointFiles.Fixture(Path.Combine("timm", name));
 
     private static Tensor Expected(string key) => CheckpointFiles.Expected(Path.Combine("timm", "expected.safetensors"), key);
 
@@ -27,7 +27,7 @@ public class TimmFixtureTests
     public void TimmWrittenCheckpointsGiveTimmsLogitsAndMergeExactly(string name)
     {
         using var scope = NewDisposeScope();
-        var (backbone, report) = PretrainedBackbones.Load(File($"{name}.safetensors"), imageSize: 32, numHeads: name.StartsWith("vit", StringComparison.Ordinal) ? 2 : null);
+        var (backbone, report) = PretrainedBackbones.Load(Checkpoint($"{name}.safetensors"), imageSize: 32, numHeads: name.StartsWith("vit", StringComparison.Ordinal) ? 2 : null);
         backbone.eval();
         var images = Expected("input_32");
         var expected = Expected($"{name}_logits");
