@@ -8,7 +8,8 @@
 //   training      one training step per method (full fine-tune, RepAdapter, LoRA, head-only, cached prefix): time and peak memory
 //   accuracy      RepAdapter, LoRA, head-only, full fine-tune and the ML.NET pipeline on Fashion-MNIST-1k and two structured
 //                 tasks [--tasks a,b] (Fashion-MNIST: run build/install-benchmark-data.sh once)
-//   segmentation  RepAdapter against head-only on the Fashion-MNIST mosaics, several seeds [--seeds 42,1,2]
+//   segmentation  the bare call against head-only on the Fashion-MNIST mosaics, several seeds, and the search's candidates
+//                 as fixed recipes on the first seed [--seeds 1,2,3] [--methods "bare call,head only"]
 //   onnx          merged model latency, ONNX Runtime (CPU) against TorchSharp, per backbone and batch size [--models a,b --batches 1,16]
 //   all           every suite
 //   replot latency|accuracy  draws the suite's plot again from docs/benchmarks/<suite>.json, measuring nothing
@@ -57,7 +58,11 @@ foreach (string name in suites)
             break;
         case "segmentation":
             var segmentation = SegmentationSuite.Settings.Default;
-            SegmentationSuite.Run(segmentation with { Seeds = [.. List("seeds", [.. segmentation.Seeds.Select(s => s.ToString())]).Select(int.Parse)] }, report);
+            SegmentationSuite.Run(segmentation with
+            {
+                Seeds = [.. List("seeds", [.. segmentation.Seeds.Select(s => s.ToString())]).Select(int.Parse)],
+                Methods = List("methods", segmentation.Methods),
+            }, report);
             break;
         case "onnx":
             var onnx = OnnxSuite.Settings.Default;
