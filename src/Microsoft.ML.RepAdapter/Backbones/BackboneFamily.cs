@@ -125,8 +125,13 @@ public sealed class OwnNamesLayout(string name, Func<IReadOnlyDictionary<string,
 /// <param name="Weights">The tensors under the family's names.</param>
 /// <param name="Ignored">Source tensors left out on purpose, with the reason.</param>
 /// <param name="Notes">What the conversion assumed, for the load report (e.g. an activation the weights do not tell).</param>
+/// <param name="ImageSize">The input resolution the file records (e.g. in a saved attention mask), when it does.</param>
+/// <param name="Assumptions">
+/// What an architecture inferred from these weights assumes where they do not tell (e.g. the activation), for the load
+/// report only when the architecture is inferred: a preset, or a backbone loaded into, settles it.
+/// </param>
 public sealed record ConvertedCheckpoint(string Layout, OrderedDictionary<string, Tensor> Weights, IReadOnlyDictionary<string, string> Ignored,
-    IReadOnlyList<string>? Notes = null);
+    IReadOnlyList<string>? Notes = null, int? ImageSize = null, IReadOnlyList<string>? Assumptions = null);
 
 /// <summary>Built-in weights: the backbone they fit, and the weights in its names.</summary>
 /// <param name="Backbone">The backbone (random weights).</param>

@@ -56,7 +56,7 @@ public static class BackboneWeights
         // The backbone's own family first; then every family, since a layout of one family can describe another's model
         // (CLIP checkpoints describe pre-normed ViTs), and the strict load below says when the weights do not fit.
         var converted = CheckpointConversion.Convert(checkpoint, [backbone.Family, .. BackboneFamilies.All.Where(f => f != backbone.Family)]).Converted;
-        return Apply(backbone, checkpoint.Path, checkpoint.Format, converted);
+        return Apply(backbone, checkpoint.Path, checkpoint.Format, converted with { Assumptions = null });
     }
 
     internal static LoadReport Apply(Backbone backbone, string path, CheckpointFormat format, ConvertedCheckpoint converted)
@@ -67,7 +67,7 @@ public static class BackboneWeights
         var ignored = new OrderedDictionary<string, string>();
         foreach (var (key, reason) in converted.Ignored) ignored.Add(key, reason);
         var unloaded = new OrderedDictionary<string, string>();
-        var notes = new List<string>(converted.Notes ?? []);
+        var notes = new List<string>([.. converted.Notes ?? [], .. converted.Assumptions ?? []]);
         var copies = new List<(string Key, Tensor Target, Tensor Source)>();
         var problems = new List<(string Key, string Problem)>();
 

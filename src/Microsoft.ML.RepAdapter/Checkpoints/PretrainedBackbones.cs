@@ -41,7 +41,7 @@ public static class PretrainedBackbones
         var (family, converted) = CheckpointConversion.Convert(checkpoint, families);
         var options = new CheckpointOptions(numClasses, imageSize, keepPreLogits, numHeads);
         var backbone = ModuleScopes.Unscoped(() => family.CreateFromWeights(checkpoint.Path, converted, preset, options));
-        return Apply(backbone, checkpoint.Path, checkpoint.Format, converted);
+        return Apply(backbone, checkpoint.Path, checkpoint.Format, preset is null ? converted : converted with { Assumptions = null });
     }
 
     /// <summary>

@@ -1,5 +1,10 @@
+using Microsoft.ML.Data;
 using Microsoft.ML.RepAdapter.Adapters;
+using Microsoft.ML.RepAdapter.Backbones;
 using Microsoft.ML.RepAdapter.Checkpoints;
+using Microsoft.ML.RepAdapter.Classification;
+using Microsoft.ML.RepAdapter.MLNet;
+using Microsoft.ML.RepAdapter.Formats;
 using Microsoft.ML.RepAdapter.Tests.Checkpoints;
 using Microsoft.ML.RepAdapter.Tests.Deployment;
 using static TorchSharp.torch;
@@ -17,20 +22,33 @@ public class TimmFixtureTests
 
     private static string Checkpoint(string name) => CheckpointFiles.Fixture(Path.Combine("timm", name));
 
-    private static Tensor Expected(string key) => CheckpointFiles.Expected(Path.Combine("timm", "expected.safetensors"), key);
+    private static Tensor Expected(string key, string file = "expected.safetensors") => CheckpointFiles.Expected(Path.Combine("timm", file), key);
 
+    /// <param name="name">The fixture: timm's model, written by make_timm_fixtures.py.</param>
+    /// <param name="size">Its image size.</param>
+    /// <param name="givenSize">Whether the size is passed to the loader; else it must infer it (a Swin window rule, a saved mask).</param>
+    /// <param name="expectedFile">The file of timm's logits (another timm's for an older layout).</param>
     [TestMethod]
-    [DataRow("vit")]
-    [DataRow("vit_layerscale")]
-    [DataRow("swin")]
-    [DataRow("convnext")]
-    public void TimmWrittenCheckpointsGiveTimmsLogitsAndMergeExactly(string name)
+    [DataRow("vit", 32, true, "expected.safetensors")]
+    [DataRow("vit_layerscale", 32, true, "expected.safetensors")]
+    [DataRow("swin", 32, true, "expected.safetensors")]
+    [DataRow("swin_window2", 64, false, "expected.safetensors")]
+    [DataRow("swin_timm095", 32, false, "expected_timm095.safetensors")]
+    [DataRow("convnext", 32, true, "expected.safetensors")]
+    [DataRow("convnext_conv_mlp", 32, true, "expected.safetensors")]
+    [DataRow("dinov2", 42, false, "expected.safetensors")]
+    [DataRow("dinov2_reg4", 42, false, "expected.safetensors")]
+    [DataRow("deit_distilled", 32, false, "expected.safetensors")]
+    [DataRow("clip_classifier", 32, false, "expected.safetensors")]
+    public void TimmWrittenCheckpointsGiveTimmsLogitsAndMergeExactly(string name, int size, bool givenSize, string expectedFile)
     {
         using var scope = NewDisposeScope();
-        var (backbone, report) = PretrainedBackbones.Load(Checkpoint($"{name}.safetensors"), imageSize: 32, numHeads: name.StartsWith("vit", StringComparison.Ordinal) ? 2 : null);
+        var (backbone, report) = PretrainedBackbones.Load(Checkpoint($"{name}.safetensors"), imageSize: givenSize ? size : null, numHeads: 2);
+        TestContext.WriteLine(report.ToString());
+        Assert.AreEqual(size, backbone.Input.ImageSize, "the image size");
         backbone.eval();
-        var images = Expected("input_32");
-        var expected = Expected($"{name}_logits");
+        var images = Expected($"input_{size}", expectedFile);
+        var expected = Expected($"{name}_logits", expectedFile);
         using (no_grad())
         {
             float relative = TinyModels.MaxAbsDiff(expected, backbone.forward(images)) / TinyModels.MaxAbs(expected);
@@ -38,6 +56,99 @@ public class TimmFixtureTests
             Assert.IsLessThanOrEqualTo(1e-4f, relative, report.Layout);
         }
 
+        AssertMergesAndExports(backbone, images, expected, name);
+    }
+
+    /// <summary>DINOv2 at another size: timm resamples the position embeddings (bicubic, antialiased; a reg4 model's cover the patches only).</summary>
+    [TestMethod]
+    [DataRow("dinov2")]
+    [DataRow("dinov2_reg4")]
+    public void Dinov2PositionEmbeddingsAreResampledAsTimmDoes(string name)
+    {
+        using var scope = NewDisposeScope();
+        var (backbone, report) = PretrainedBackbones.Load(Checkpoint($"{name}.safetensors"), imageSize: 56, numHeads: 2);
+        TestContext.WriteLine(report.ToString());
+        StringAssert.Contains(report.ToString(), "pos_embed resampled");
+        backbone.eval();
+        var expected = Expected($"{name}_at56_logits");
+        using (no_grad())
+        {
+            float relative = TinyModels.MaxAbsDiff(expected, backbone.forward(Expected("input_56"))) / TinyModels.MaxAbs(expected);
+            TestContext.WriteLine($"{name} at 56 px: max |library - timm| / max |timm| = {relative:E2}");
+            Assert.IsLessThanOrEqualTo(1e-4f, relative);
+        }
+    }
+
+    /// <summary>
+    /// A CLIP classifier (timm's <c>*_clip_224.openai_ft_in1k</c>: a head, no projection) takes its own preset's config
+    /// without the projection, and only an inferred architecture reports the activation it assumed.
+    /// </summary>
+    [TestMethod]
+    public void ClipClassifierTakesItsPresetAndOnlyAnInferredOneReportsTheAssumedActivation()
+    {
+        using var scope = NewDisposeScope();
+        string path = Checkpoint("clip_classifier.safetensors");
+        using (var checkpoint = CheckpointReader.Read(path))
+        {
+            var converted = CheckpointConversion.Convert(checkpoint, [ClipFamily.Instance]).Converted;
+            var config = ClipFamily.ConfigFor(path, converted, "vit_base_patch32_clip_quickgelu_224", new CheckpointOptions());
+            Assert.AreEqual((MlpActivation.QuickGelu, (int?)null, 5, 768), (config.Activation, config.ImageProjection, config.NumClasses, config.EmbedDim));
+            Assert.IsNotNull(converted.Assumptions, "the layout says what an inferred model assumes");
+        }
+
+        var (inferred, report) = PretrainedBackbones.Load(path, numHeads: 2);
+        using (inferred)
+        {
+            Assert.AreEqual(MlpActivation.Gelu, ((VisionTransformer)inferred).Config.Activation);
+            StringAssert.Contains(report.ToString(), "GELU assumed");
+        }
+
+        // Weights loaded into a backbone already built: its activation is what it is.
+        using var built = new VisionTransformer(new VisionTransformerConfig(ImageSize: 32, PatchSize: 8, EmbedDim: 32, Depth: 2, NumHeads: 2,
+            NumClasses: 5, PreNorm: true, LayerNormEps: 1e-5, Activation: MlpActivation.QuickGelu));
+        Assert.DoesNotContain("assumed", built.LoadWeights(path).ToString());
+    }
+
+    /// <summary>
+    /// DINOv2 (registers, LayerScale, patch 14) and DeiT distilled, as a user trains them: the timm file through the
+    /// catalog, adapters trained and merged; the saved model reloads and scores the same.
+    /// </summary>
+    [TestMethod]
+    [DataRow("dinov2_reg4")]
+    [DataRow("deit_distilled")]
+    public void TrainsThroughTheCatalogMergesAndReloads(string name)
+    {
+        var mlContext = new MLContext(seed: 1);
+        var data = TestData.Prepared(mlContext, TestData.Images(classes: 2, perClass: 4));
+        var model = mlContext.MulticlassClassification.Trainers.RepAdapter(new RepAdapterImageClassificationTrainer.Options
+        {
+            CheckpointPath = Checkpoint($"{name}.safetensors"),
+            NumHeads = 2,
+            Epochs = 2,
+            BatchSize = 4,
+            WarmupEpochs = 0,
+            AdapterScale = 1f,
+            AdaptedBlocks = TrainingRecipe.AllBlocks,
+            LearningRate = 1e-3,
+        }).Fit(data);
+        using (model)
+        {
+            Assert.AreEqual(4, model.Summary.AdaptersMerged, "two adapters per block (qkv and fc1: the default placement)");
+            Assert.IsFalse(model.Model.AdaptedLayers().Any(), "the transformer holds the merged network");
+            var scores = model.Transform(data).GetColumn<float[]>("Score").ToList();
+            string path = Path.Combine(CheckpointFiles.TempDirectory(), $"{name}.zip");
+            mlContext.Model.Save(model, data.Schema, path);
+            var reloaded = mlContext.Model.Load(path, out _);
+            var again = reloaded.Transform(data).GetColumn<float[]>("Score").ToList();
+            Assert.HasCount(8, again);
+            for (int i = 0; i < scores.Count; i++)
+                for (int c = 0; c < 2; c++) Assert.AreEqual(scores[i][c], again[i][c], 1e-5f, $"row {i}, class {c}");
+            (reloaded as IDisposable)?.Dispose();
+        }
+    }
+
+    private void AssertMergesAndExports(Backbone backbone, Tensor images, Tensor expected, string name)
+    {
         backbone.AttachAdapters(new AdapterConfig(Hidden: 8, Groups: 2, Scale: 1f));
         TinyModels.Randomize(backbone, seed: 3, adapterStd: 0.1);
         backbone.eval();

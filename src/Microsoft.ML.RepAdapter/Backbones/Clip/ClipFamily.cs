@@ -76,15 +76,24 @@ public sealed class ClipFamily : BackboneFamily
     /// </summary>
     public override Backbone CreateFromWeights(string path, ConvertedCheckpoint converted, string? preset, CheckpointOptions options)
     {
+        var config = ConfigFor(path, converted, preset, options);
+        string? matchingPreset = PresetConfigs.FirstOrDefault(p => p.Value with { NumClasses = config.NumClasses } == config).Key;
+        return new VisionTransformer(config, preset ?? matchingPreset ?? $"vit_patch{config.PatchSize}_dim{config.EmbedDim}_clip", ClipInput(config.ImageSize));
+    }
+
+    /// <summary>The ViT config of <see cref="CreateFromWeights"/>.</summary>
+    internal static VisionTransformerConfig ConfigFor(string path, ConvertedCheckpoint converted, string? preset, CheckpointOptions options)
+    {
         var w = converted.Weights;
         var known = preset is null ? null : PresetConfigs.TryGetValue(preset, out var config) ? config
             : throw new ArgumentException($"Unknown CLIP preset '{preset}'. Known presets: {string.Join(", ", PresetConfigs.Keys)}.", nameof(preset));
         var inferred = VisionTransformerFamily.InferConfig(path, w, known, options with { KeepPreLogits = false });
         if (known is null) inferred = inferred with { LayerNormEps = 1e-5, Activation = ActivationOf(converted.Layout) };
+        // A classifier fine-tuned from a CLIP preset (timm's *.openai_ft_in1k) has a head in place of the projection.
+        else if (!w.ContainsKey("proj.weight") && w.ContainsKey("head.weight")) inferred = inferred with { ImageProjection = null };
         if (inferred.ImageProjection is null && !w.ContainsKey("head.weight"))
             throw new CheckpointException(path, "proj.weight", "a CLIP image encoder needs its image projection (or a classifier head); found neither.");
-        string? matchingPreset = PresetConfigs.FirstOrDefault(p => p.Value with { NumClasses = inferred.NumClasses } == inferred).Key;
-        return new VisionTransformer(inferred, preset ?? matchingPreset ?? $"vit_patch{inferred.PatchSize}_dim{inferred.EmbedDim}_clip", ClipInput(inferred.ImageSize));
+        return inferred;
     }
 
     private const string OpenAILayoutName = "OpenAI / open_clip CLIP";
@@ -139,7 +148,7 @@ public sealed class ClipFamily : BackboneFamily
             w["norm.bias"] = keys.Take(p + "ln_post.bias");
             w["proj.weight"] = keys.Take(p + "proj", rank: 2).t().contiguous();    // x @ proj [D, P] is Linear(D, P) with weight [P, D]
             keys.ThrowIfAnyUnused(Name);
-            return new ConvertedCheckpoint(Name, w, ignored,
+            return new ConvertedCheckpoint(Name, w, ignored, Assumptions:
                 ["activation: QuickGELU assumed (OpenAI's CLIP); the weights do not tell it: choose a *_clip_224 preset for a GELU model (e.g. open_clip's LAION ones)."]);
         }
     }
@@ -166,7 +175,7 @@ public sealed class ClipFamily : BackboneFamily
                 else if (projection && key == "head.bias") ignored[key] = "the zero bias timm gives CLIP's bias-free image projection.";
                 else w[key] = tensor;
             }
-            return new ConvertedCheckpoint(Name, w, ignored,
+            return new ConvertedCheckpoint(Name, w, ignored, Assumptions:
                 ["activation: GELU assumed (timm's CLIP ViTs); the weights do not tell it: choose a *_clip_quickgelu_224 preset for OpenAI's weights."]);
         }
     }

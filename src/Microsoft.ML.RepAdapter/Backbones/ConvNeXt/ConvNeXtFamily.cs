@@ -18,6 +18,11 @@ public sealed class ConvNeXtFamily : BackboneFamily
         ["convnext_tiny"] = new([3, 3, 9, 3], [96, 192, 384, 768]),
         ["convnext_small"] = new([3, 3, 27, 3], [96, 192, 384, 768]),
         ["convnext_base"] = new([3, 3, 27, 3], [128, 256, 512, 1024]),
+        // conv_mlp in timm; loaded as the linear MLP (see TimmLayout).
+        ["convnext_atto"] = new([2, 2, 6, 2], [40, 80, 160, 320]),
+        ["convnext_femto"] = new([2, 2, 6, 2], [48, 96, 192, 384]),
+        ["convnext_pico"] = new([2, 2, 6, 2], [64, 128, 256, 512]),
+        ["convnext_nano"] = new([2, 2, 8, 2], [80, 160, 320, 640]),
     };
 
     /// <inheritdoc/>
@@ -47,8 +52,34 @@ public sealed class ConvNeXtFamily : BackboneFamily
         JsonSerializer.SerializeToElement(config.Deserialize<ConvNeXtConfig>(BackboneDescriptor.Json)! with { DropPathRate = rate }, BackboneDescriptor.Json);
 
     /// <inheritdoc/>
-    public override IReadOnlyList<CheckpointLayout> Layouts { get; } =
-        [new OwnNamesLayout("timm ConvNeXt", t => t.ContainsKey("stem.0.weight") && t.ContainsKey("stages.0.blocks.0.conv_dw.weight"))];
+    public override IReadOnlyList<CheckpointLayout> Layouts { get; } = [new TimmLayout()];
+
+    /// <summary>
+    /// timm's names. The small models (atto, femto, pico, nano: <c>conv_mlp</c>) store the MLP as 1x1 convolutions
+    /// [out, in, 1, 1] behind a channels-first LayerNorm; that is the same maths as the linear MLP behind a channels-last
+    /// one, so the kernels are read as [out, in] matrices.
+    /// </summary>
+    private sealed class TimmLayout : CheckpointLayout
+    {
+        public override string Name => "timm ConvNeXt";
+
+        public override bool Matches(IReadOnlyDictionary<string, Tensor> tensors) =>
+            tensors.ContainsKey("stem.0.weight") && tensors.ContainsKey("stages.0.blocks.0.conv_dw.weight");
+
+        public override ConvertedCheckpoint Convert(TensorCheckpoint checkpoint, IReadOnlyDictionary<string, Tensor> tensors)
+        {
+            var weights = new OrderedDictionary<string, Tensor>();
+            var notes = new List<string>();
+            foreach (var (key, tensor) in tensors)
+            {
+                bool convMlp = (key.EndsWith(".mlp.fc1.weight", StringComparison.Ordinal) || key.EndsWith(".mlp.fc2.weight", StringComparison.Ordinal))
+                    && tensor.dim() == 4 && tensor.shape[2] == 1 && tensor.shape[3] == 1;
+                weights.Add(key, convMlp ? tensor.flatten(1) : tensor);
+                if (convMlp && notes.Count == 0) notes.Add("conv_mlp: the MLP's 1x1 convolutions read as linear layers (the same maths).");
+            }
+            return new ConvertedCheckpoint(Name, weights, new Dictionary<string, string>(), notes);
+        }
+    }
 
     /// <summary>Stage depths and widths come from the shapes; the name is the preset that matches, if any.</summary>
     public override Backbone CreateFromWeights(string path, ConvertedCheckpoint converted, string? preset, CheckpointOptions options)

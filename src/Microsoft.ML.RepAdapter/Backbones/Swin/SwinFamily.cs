@@ -49,14 +49,15 @@ public sealed class SwinFamily : BackboneFamily
     /// <inheritdoc/>
     public override IReadOnlyList<CheckpointLayout> Layouts { get; } =
     [
-        new OwnNamesLayout("timm Swin", t => t.ContainsKey("layers.0.blocks.0.attn.relative_position_bias_table") && !OriginalLayout.IsOriginal(t)),
-        new OriginalLayout(),
+        new SwinLayout("timm Swin", original: false),
+        new SwinLayout("original Swin (Microsoft, timm < 0.9)", original: true),
     ];
 
     /// <summary>
     /// Stage depths, heads (from the bias tables), width, patch size, window (from the bias table's size), MLP ratio and qkv
-    /// bias come from the shapes; the image size is the options' or 224, the window's preset image size. The name is the
-    /// preset that matches, if any.
+    /// bias come from the shapes. The image size is the options', else the one a saved attention mask was made for (timm
+    /// before 0.9.6 saved them), else that of timm's presets for the window (the last stage is one window: 224 px for
+    /// window 7, 384 for 12). The name is the preset that matches, if any.
     /// </summary>
     public override Backbone CreateFromWeights(string path, ConvertedCheckpoint converted, string? preset, CheckpointOptions options)
     {
@@ -86,7 +87,9 @@ public sealed class SwinFamily : BackboneFamily
             if ((2 * window - 1) * (2 * window - 1) != rows)
                 throw new CheckpointException(path, "layers.0.blocks.0.attn.relative_position_bias_table", $"expected (2 w - 1)^2 rows for a window w, found {rows}.");
             var fc1 = KeyTaker.Require(path, w, "layers.0.blocks.0.mlp.fc1.weight", rank: 2);
-            config = new SwinConfig([.. depths], [.. heads], EmbedDim: (int)patch.shape[0], WindowSize: window, PatchSize: (int)patch.shape[2],
+            int patchSize = (int)patch.shape[2];
+            int imageSize = converted.ImageSize ?? window * (patchSize << (depths.Count - 1));
+            config = new SwinConfig([.. depths], [.. heads], EmbedDim: (int)patch.shape[0], WindowSize: window, PatchSize: patchSize, ImageSize: imageSize,
                 MlpRatio: (double)fc1.shape[0] / patch.shape[0], QkvBias: w.ContainsKey("layers.0.blocks.0.attn.qkv.bias"));
         }
         config = config with { NumClasses = options.NumClasses ?? checkpointClasses, ImageSize = options.ImageSize ?? config.ImageSize };
@@ -95,20 +98,22 @@ public sealed class SwinFamily : BackboneFamily
     }
 
     /// <summary>
-    /// Microsoft's original Swin checkpoints and timm's before 0.9: patch merging at the end of a stage rather than the
-    /// start of the next, <c>head</c> rather than <c>head.fc</c>, and the derived buffers relative_position_index and
-    /// attn_mask saved (left out here: the model derives them). The conversion of timm's checkpoint_filter_fn.
+    /// timm's Swin names (<paramref name="original"/> false), or Microsoft's original checkpoints and timm's before 0.9
+    /// (true): patch merging at the end of a stage rather than the start of the next and <c>head</c> rather than
+    /// <c>head.fc</c>, the conversion of timm's checkpoint_filter_fn. Both may hold the derived buffers
+    /// relative_position_index and attn_mask (timm 0.9.0-0.9.5 saved them in its own layout): they are left out, the model
+    /// derives them, and the first stage's mask tells the resolution the file was made for.
     /// </summary>
-    private sealed class OriginalLayout : CheckpointLayout
+    private sealed class SwinLayout(string name, bool original) : CheckpointLayout
     {
-        public override string Name => "original Swin (Microsoft, timm < 0.9)";
+        public override string Name => name;
 
-        public static bool IsOriginal(IReadOnlyDictionary<string, Tensor> tensors) =>
-            tensors.ContainsKey("layers.0.blocks.0.attn.relative_position_bias_table")
-            && (tensors.ContainsKey("layers.0.downsample.reduction.weight") || tensors.ContainsKey("head.weight")
-                || tensors.Keys.Any(k => k.EndsWith(".relative_position_index", StringComparison.Ordinal)));
+        /// <summary>Merging at the end of stage 0, or a head without <c>fc</c>: the original layout.</summary>
+        private static bool IsOriginal(IReadOnlyDictionary<string, Tensor> tensors) =>
+            tensors.ContainsKey("layers.0.downsample.reduction.weight") || tensors.ContainsKey("head.weight");
 
-        public override bool Matches(IReadOnlyDictionary<string, Tensor> tensors) => IsOriginal(tensors);
+        public override bool Matches(IReadOnlyDictionary<string, Tensor> tensors) =>
+            tensors.ContainsKey("layers.0.blocks.0.attn.relative_position_bias_table") && IsOriginal(tensors) == original;
 
         public override ConvertedCheckpoint Convert(TensorCheckpoint checkpoint, IReadOnlyDictionary<string, Tensor> tensors)
         {
@@ -122,14 +127,28 @@ public sealed class SwinFamily : BackboneFamily
                     continue;
                 }
                 var parts = key.Split('.');
-                if (parts.Length > 3 && parts[0] == "layers" && parts[2] == "downsample" && int.TryParse(parts[1], out int stage))
+                if (original && parts.Length > 3 && parts[0] == "layers" && parts[2] == "downsample" && int.TryParse(parts[1], out int stage))
                     w[$"layers.{stage + 1}.downsample.{string.Join('.', parts[3..])}"] = tensor;
-                else if (key.StartsWith("head.", StringComparison.Ordinal) && !key.StartsWith("head.fc.", StringComparison.Ordinal))
+                else if (original && key.StartsWith("head.", StringComparison.Ordinal) && !key.StartsWith("head.fc.", StringComparison.Ordinal))
                     w["head.fc." + key["head.".Length..]] = tensor;
                 else
                     w[key] = tensor;
             }
-            return new ConvertedCheckpoint(Name, w, ignored);
+            return new ConvertedCheckpoint(Name, w, ignored, ImageSize: SavedImageSize(tensors));
+        }
+
+        /// <summary>
+        /// The input resolution of a saved first-stage mask [windows, w*w, w*w]: sqrt(windows) windows of w patches per
+        /// side; null when none is saved.
+        /// </summary>
+        private static int? SavedImageSize(IReadOnlyDictionary<string, Tensor> tensors)
+        {
+            if (!tensors.TryGetValue("layers.0.blocks.1.attn_mask", out var mask) || mask.dim() != 3
+                || !tensors.TryGetValue("patch_embed.proj.weight", out var patch) || patch.dim() != 4) return null;
+            long windows = (long)Math.Round(Math.Sqrt(mask.shape[0]));
+            long window = (long)Math.Round(Math.Sqrt(mask.shape[1]));
+            if (windows * windows != mask.shape[0] || window * window != mask.shape[1]) return null;
+            return (int)(windows * window * patch.shape[2]);
         }
     }
 }

@@ -11,7 +11,11 @@ namespace Microsoft.ML.RepAdapter.Backbones;
 /// <paramref name="RepresentationSize"/> adds the old pre-logits layer (fc + tanh) of Google's ImageNet-21k checkpoints.
 /// <paramref name="PreNorm"/> (timm's <c>pre_norm</c>, CLIP's <c>ln_pre</c>) normalises the embedded tokens before the
 /// blocks and drops the patch embedding's bias; <paramref name="ImageProjection"/> is CLIP's bias-free image projection
-/// after the final norm, whose output is then the pooled feature.
+/// after the final norm, whose output is then the pooled feature. <paramref name="LayerScaleInit"/> adds LayerScale after
+/// each branch (DINOv2, CaiT). <paramref name="RegisterTokens"/> (DINOv2 "reg4") and <paramref name="DistillationToken"/>
+/// (DeiT's distilled models) add prefix tokens after the class token; <paramref name="NoEmbedClass"/> (timm's
+/// <c>no_embed_class</c>) gives position embeddings to the patches only. A distilled model's pooled feature is the class
+/// and distillation tokens side by side, so that its one head is timm's mean of <c>head</c> and <c>head_dist</c>.
 /// </summary>
 public sealed record VisionTransformerConfig(
     int ImageSize = 224,
@@ -28,13 +32,28 @@ public sealed record VisionTransformerConfig(
     bool PreNorm = false,
     MlpActivation Activation = MlpActivation.Gelu,
     int? ImageProjection = null,
-    double? LayerScaleInit = null)
+    double? LayerScaleInit = null,
+    int RegisterTokens = 0,
+    bool DistillationToken = false,
+    bool NoEmbedClass = false)
 {
     /// <summary>Patches per side.</summary>
     public int GridSize => ImageSize / PatchSize;
 
     /// <summary>Patches per image.</summary>
     public int NumPatches => GridSize * GridSize;
+
+    /// <summary>Tokens before the patches: the class token, the distillation token, the registers (timm's <c>num_prefix_tokens</c>).</summary>
+    public int PrefixTokens => 1 + (DistillationToken ? 1 : 0) + RegisterTokens;
+
+    /// <summary>Prefix tokens that have a position embedding: none with <see cref="NoEmbedClass"/>, else all of them.</summary>
+    public int EmbeddedPrefixTokens => NoEmbedClass ? 0 : PrefixTokens;
+
+    /// <summary>Tokens per image: prefix and patches.</summary>
+    public int Tokens => PrefixTokens + NumPatches;
+
+    /// <summary>The pooled tokens' width: the class token's, with the distillation token's beside it in a distilled model.</summary>
+    public int PooledDim => DistillationToken ? 2 * EmbedDim : EmbedDim;
 
     /// <summary>Width of the MLP's hidden layer.</summary>
     public int MlpHidden => (int)(EmbedDim * MlpRatio);
@@ -53,6 +72,9 @@ public sealed record VisionTransformerConfig(
         if (Depth <= 0) throw new ArgumentException($"Depth must be positive, got {Depth}.");
         if (DropPathRate is < 0 or >= 1) throw new ArgumentException($"Drop-path rate must be in [0, 1), got {DropPathRate}.");
         if (RepresentationSize is not null && ImageProjection is not null) throw new ArgumentException("A ViT has a pre-logits layer or an image projection, not both.");
+        if (RegisterTokens < 0) throw new ArgumentException($"Register tokens cannot be negative, got {RegisterTokens}.");
+        if (DistillationToken && (RepresentationSize is not null || ImageProjection is not null))
+            throw new ArgumentException("A distilled ViT (DeiT) has neither a pre-logits layer nor an image projection.");
     }
 }
 
@@ -65,6 +87,8 @@ public sealed partial class VisionTransformer : Backbone
 {
     private readonly PatchEmbed patch_embed;
     private readonly Parameter cls_token;
+    private readonly Parameter? dist_token;
+    private readonly Parameter? reg_token;
     private readonly Parameter pos_embed;
     private readonly ModuleList<Block> blocks;
     private readonly LayerNorm norm;
@@ -91,7 +115,9 @@ public sealed partial class VisionTransformer : Backbone
         int d = config.EmbedDim;
         patch_embed = new PatchEmbed(config.PatchSize, d, bias: !config.PreNorm);
         cls_token = new Parameter(zeros(1, 1, d));
-        pos_embed = new Parameter(zeros(1, config.NumPatches + 1, d));
+        if (config.DistillationToken) dist_token = new Parameter(zeros(1, 1, d));
+        if (config.RegisterTokens > 0) reg_token = new Parameter(zeros(1, config.RegisterTokens, d));
+        pos_embed = new Parameter(zeros(1, config.EmbeddedPrefixTokens + config.NumPatches, d));
         // Stochastic depth grows linearly with depth (timm's rule).
         var dropPath = Enumerable.Range(0, config.Depth).Select(i => config.Depth == 1 ? 0 : config.DropPathRate * i / (config.Depth - 1)).ToArray();
         blocks = new ModuleList<Block>(Enumerable.Range(0, config.Depth).Select(i => new Block(config, dropPath[i])).ToArray());
@@ -120,8 +146,8 @@ public sealed partial class VisionTransformer : Backbone
     public override BackboneDescriptor Describe() => BackboneDescriptor.Create(Architecture, Input, Family, Config);
 
     /// <inheritdoc/>
-    /// <remarks>The image projection's width (CLIP), else the pre-logits width, else the embedding width.</remarks>
-    public override int FeatureDim => Config.ImageProjection ?? Config.RepresentationSize ?? Config.EmbedDim;
+    /// <remarks>The image projection's width (CLIP), else the pre-logits width, else the pooled tokens' (<see cref="VisionTransformerConfig.PooledDim"/>).</remarks>
+    public override int FeatureDim => Config.ImageProjection ?? Config.RepresentationSize ?? Config.PooledDim;
 
     /// <inheritdoc/>
     public override int NumClasses => Config.NumClasses;
@@ -154,7 +180,7 @@ public sealed partial class VisionTransformer : Backbone
         return sites;
     }
 
-    /// <summary>Token sequence after the final norm, [B, 1 + patches, D].</summary>
+    /// <summary>Token sequence after the final norm, [B, prefix + patches, D].</summary>
     public Tensor ForwardTokens(Tensor images)
     {
         using var scope = NewDisposeScope();
@@ -166,12 +192,13 @@ public sealed partial class VisionTransformer : Backbone
 
     /// <inheritdoc/>
     /// <remarks>
-    /// The embedding (patches, class token, position embeddings), every block, then the class token after the final norm,
-    /// through the pre-logits layer or image projection when there is one.
+    /// The embedding (patches, prefix tokens, position embeddings), every block, then the class token after the final norm
+    /// (with the distillation token beside it in a distilled model), through the pre-logits layer or image projection when
+    /// there is one.
     /// </remarks>
     public override IReadOnlyList<TrunkStep> Trunk() =>
     [
-        new("embed", ["patch_embed", "cls_token", "pos_embed", "norm_pre"], false, images =>
+        new("embed", ["patch_embed", "cls_token", "dist_token", "reg_token", "pos_embed", "norm_pre"], false, images =>
         {
             CheckInput(images);
             return Embed(images);
@@ -180,7 +207,8 @@ public sealed partial class VisionTransformer : Backbone
         new("pool", ["norm", "pre_logits", "proj"], false, tokens =>
         {
             using var scope = NewDisposeScope();
-            Tensor cls = norm.forward(tokens).select(1, 0);
+            Tensor normed = norm.forward(tokens);
+            Tensor cls = dist_token is null ? normed.select(1, 0) : normed.narrow(1, 0, 2).flatten(1);
             if (pre_logits is not null) cls = pre_logits.forward(cls);
             if (proj is not null) cls = proj.forward(cls);
             return cls.MoveToOuterDisposeScope();
@@ -188,7 +216,7 @@ public sealed partial class VisionTransformer : Backbone
     ];
 
     /// <inheritdoc/>
-    /// <remarks>The patch tokens after the final norm as a [B, EmbedDim, grid, grid] map (class token dropped).</remarks>
+    /// <remarks>The patch tokens after the final norm as a [B, EmbedDim, grid, grid] map (prefix tokens dropped).</remarks>
     public override Tensor ForwardFeatureMap(Tensor images)
     {
         using var scope = NewDisposeScope();
@@ -222,21 +250,29 @@ public sealed partial class VisionTransformer : Backbone
         return maps;
     }
 
-    /// <summary>Class token and patch tokens with position embeddings, [B, 1 + patches, D] (pre-normed when configured).</summary>
+    /// <summary>
+    /// Prefix tokens and patch tokens with position embeddings, [B, prefix + patches, D] (pre-normed when configured), as
+    /// timm's <c>_pos_embed</c>: with <see cref="VisionTransformerConfig.NoEmbedClass"/> the patches get theirs before
+    /// the prefix is put in front, else all tokens get one.
+    /// </summary>
     private Tensor Embed(Tensor images)
     {
         using var scope = NewDisposeScope();
         Tensor x = patch_embed.forward(images);
-        x = cat([cls_token.expand(x.shape[0], -1, -1), x], 1).Plus(pos_embed);
+        long batch = x.shape[0];
+        var prefix = new List<Tensor> { cls_token.expand(batch, -1, -1) };
+        if (dist_token is not null) prefix.Add(dist_token.expand(batch, -1, -1));
+        if (reg_token is not null) prefix.Add(reg_token.expand(batch, -1, -1));
+        x = Config.NoEmbedClass ? cat([.. prefix, x.Plus(pos_embed)], 1) : cat([.. prefix, x], 1).Plus(pos_embed);
         if (norm_pre is not null) x = norm_pre.forward(x);
         return x.MoveToOuterDisposeScope();
     }
 
-    /// <summary>Patch tokens [B, 1 + g*g, D] (class token dropped) as a [B, D, g, g] map.</summary>
+    /// <summary>Patch tokens [B, prefix + g*g, D] (prefix tokens dropped) as a [B, D, g, g] map.</summary>
     private Tensor ToMap(Tensor tokens, long batch)
     {
         int g = Config.GridSize;
-        return tokens.narrow(1, 1, Config.NumPatches).transpose(1, 2).reshape(batch, Config.EmbedDim, g, g);
+        return tokens.narrow(1, Config.PrefixTokens, Config.NumPatches).transpose(1, 2).reshape(batch, Config.EmbedDim, g, g);
     }
 
     /// <inheritdoc/>
@@ -244,7 +280,8 @@ public sealed partial class VisionTransformer : Backbone
 
     /// <summary>
     /// Resamples position embeddings [1, prefix + h*w, D] to a new grid as timm's <c>resample_abs_pos_embed</c> does by
-    /// default (bicubic, antialiased, align_corners false); prefix tokens (class token) are kept as they are. Older timm
+    /// default (bicubic, antialiased, align_corners false); the <paramref name="prefixTokens"/> positions of prefix tokens
+    /// (the class token's; none with timm's no_embed_class) are kept as they are. Older timm
     /// (<c>resize_pos_embed</c>) did not antialias: pass <paramref name="antialias"/> false to reproduce it.
     /// </summary>
     public static Tensor ResamplePositionEmbedding(Tensor posEmbed, int newGrid, int prefixTokens = 1, bool antialias = true)
@@ -276,6 +313,8 @@ public sealed partial class VisionTransformer : Backbone
         using var _ = no_grad();
         TruncatedNormal.Fill(pos_embed, std: 0.02);
         nn.init.normal_(cls_token, std: 1e-6);
+        if (dist_token is not null) TruncatedNormal.Fill(dist_token, std: 0.02);
+        if (reg_token is not null) nn.init.normal_(reg_token, std: 1e-6);
         foreach (var (_, module) in named_modules())
         {
             (Tensor? weight, Tensor? bias) = module switch

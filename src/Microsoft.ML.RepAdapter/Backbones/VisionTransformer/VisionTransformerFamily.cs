@@ -1,5 +1,6 @@
 using System.Text.Json;
 using Microsoft.ML.RepAdapter.Formats;
+using Microsoft.ML.RepAdapter.Torch;
 using static TorchSharp.torch;
 
 namespace Microsoft.ML.RepAdapter.Backbones;
@@ -28,7 +29,26 @@ public sealed class VisionTransformerFamily : BackboneFamily
         ["vit_large_patch16_384"] = new(ImageSize: 384, EmbedDim: 1024, Depth: 24, NumHeads: 16),
         // Google's ImageNet-21k ViT-B/16 (ViT-B_16.npz, the paper's backbone) with its pre-logits layer.
         ["vit_base_patch16_224_in21k"] = new(RepresentationSize: 768, NumClasses: 21843),
+        // DINOv2 (timm's names; the Hub's weights have no head): LayerScale, patch 14 at 518 px, and the reg4 variants' four
+        // registers, whose position embeddings cover the patches only.
+        ["vit_small_patch14_dinov2"] = Dinov2(384, 6),
+        ["vit_base_patch14_dinov2"] = Dinov2(768, 12),
+        ["vit_large_patch14_dinov2"] = Dinov2(1024, 16, depth: 24),
+        ["vit_small_patch14_reg4_dinov2"] = Dinov2(384, 6, registers: 4),
+        ["vit_base_patch14_reg4_dinov2"] = Dinov2(768, 12, registers: 4),
+        ["vit_large_patch14_reg4_dinov2"] = Dinov2(1024, 16, depth: 24, registers: 4),
+        // DeiT: the plain models are ViTs; the distilled ones add a distillation token and head.
+        ["deit_tiny_patch16_224"] = new(EmbedDim: 192, NumHeads: 3),
+        ["deit_small_patch16_224"] = new(EmbedDim: 384, NumHeads: 6),
+        ["deit_base_patch16_224"] = new(),
+        ["deit_tiny_distilled_patch16_224"] = new(EmbedDim: 192, NumHeads: 3, DistillationToken: true),
+        ["deit_small_distilled_patch16_224"] = new(EmbedDim: 384, NumHeads: 6, DistillationToken: true),
+        ["deit_base_distilled_patch16_224"] = new(DistillationToken: true),
     };
+
+    private static VisionTransformerConfig Dinov2(int width, int heads, int depth = 12, int registers = 0) =>
+        new(ImageSize: 518, PatchSize: 14, EmbedDim: width, Depth: depth, NumHeads: heads, NumClasses: 0, LayerScaleInit: 1e-5,
+            RegisterTokens: registers, NoEmbedClass: registers > 0);
 
     /// <inheritdoc/>
     public override string Name => "VisionTransformer";
@@ -60,14 +80,16 @@ public sealed class VisionTransformerFamily : BackboneFamily
     public override IReadOnlyList<CheckpointLayout> Layouts { get; } =
     [
         // timm's own names; a pre-normed ViT is CLIP's, whose family reads it.
-        new OwnNamesLayout("timm ViT", t => t.ContainsKey("patch_embed.proj.weight") && t.ContainsKey("cls_token") && !t.ContainsKey("norm_pre.weight")),
+        new OwnNamesLayout("timm ViT", t => t.ContainsKey("patch_embed.proj.weight") && t.ContainsKey("cls_token") && !t.ContainsKey("norm_pre.weight")
+            && !t.ContainsKey("head_dist.weight")),
+        new DistilledLayout(),
         new GoogleLayout(),
         new HuggingFaceLayout(),
     ];
 
     /// <summary>
-    /// Embedding width, depth, MLP ratio, patch size, qkv bias, pre-norm, pre-logits and the checkpoint's image size (from
-    /// the position embeddings) come from the shapes. The number of attention heads is not in the shapes: it is
+    /// Embedding width, depth, MLP ratio, patch size, qkv bias, pre-norm, pre-logits, LayerScale, register and
+    /// distillation tokens and the checkpoint's image size (from the position embeddings) come from the shapes. The number of attention heads is not in the shapes: it is
     /// <see cref="CheckpointOptions.NumHeads"/>, else the preset's, else width / 64 (the rule of ViT-Ti/S/B/L, not ViT-H),
     /// and an error when the width is not a multiple of 64. The name is the preset that matches, if any.
     /// </summary>
@@ -93,9 +115,19 @@ public sealed class VisionTransformerFamily : BackboneFamily
         int embedDim = (int)cls.shape[2];
         int patchSize = (int)patch.shape[2];
         if (patch.shape[3] != patchSize) throw new CheckpointException(path, "patch_embed.proj.weight", $"expected square patches, found {Describe.ShapeOf(patch)}.");
-        int grid = (int)Math.Round(Math.Sqrt(pos.shape[1] - 1));
-        if (grid * grid != pos.shape[1] - 1)
-            throw new CheckpointException(path, "pos_embed", $"expected 1 class token + a square grid of positions, found {Describe.ShapeOf(pos)}.");
+        int registers = w.TryGetValue("reg_token", out var reg) ? (int)KeyTaker.Require(path, w, "reg_token", rank: 3).shape[1] : 0;
+        bool distilled = w.ContainsKey("dist_token");
+        int prefix = 1 + (distilled ? 1 : 0) + registers;
+        // Position embeddings cover the grid alone (timm's no_embed_class: DINOv2 reg4), else the prefix tokens and the grid.
+        // A square count means the former: with 1 or 2 prefix tokens both cannot be squares, and with registers the
+        // models that have them (DINOv2 reg4) are no_embed_class.
+        bool IsSquare(long n) => n > 0 && (long)Math.Round(Math.Sqrt(n)) is long r && r * r == n;
+        bool noEmbedClass = IsSquare(pos.shape[1]);
+        if (!noEmbedClass && !IsSquare(pos.shape[1] - prefix))
+            throw new CheckpointException(path, "pos_embed", $"expected {prefix} prefix token(s) + a square grid of positions (or the grid alone), found {Describe.ShapeOf(pos)}.");
+        int grid = (int)Math.Round(Math.Sqrt(pos.shape[1] - (noEmbedClass ? 0 : prefix)));
+        if (w.ContainsKey("blocks.0.mlp.w12.weight") || w.ContainsKey("blocks.0.mlp.fc1_g.weight"))
+            throw new CheckpointException(path, "blocks.0.mlp", "a SwiGLU MLP (DINOv2 giant, EVA) is not supported: the adapted ViTs have a GELU MLP (mlp.fc1, mlp.fc2).");
         bool hasPreLogits = w.ContainsKey("pre_logits.fc.weight");
         if (options.KeepPreLogits && !hasPreLogits)
             throw new CheckpointException(path, "pre_logits.fc.weight", "keepPreLogits: expected a pre-logits layer in the checkpoint, found none.");
@@ -126,7 +158,10 @@ public sealed class VisionTransformerFamily : BackboneFamily
                 PreNorm: w.ContainsKey("norm_pre.weight"),
                 ImageProjection: projection,
                 // LayerScale (DINOv2, CaiT): the gammas are loaded, so the init value only matters for a new model.
-                LayerScaleInit: w.ContainsKey("blocks.0.ls1.gamma") ? 1e-5 : null);
+                LayerScaleInit: w.ContainsKey("blocks.0.ls1.gamma") ? 1e-5 : null,
+                RegisterTokens: registers,
+                DistillationToken: distilled,
+                NoEmbedClass: noEmbedClass);
         }
         return config with
         {
@@ -163,8 +198,9 @@ public sealed class VisionTransformerFamily : BackboneFamily
         if (key != "pos_embed" || target is not VisionTransformer vit || source.dim() != 3 || source.shape[2] != vit.Config.EmbedDim) return null;
         try
         {
-            var resampled = VisionTransformer.ResamplePositionEmbedding(source.to(ScalarType.Float32), vit.Config.GridSize);
-            return (resampled, $"pos_embed resampled from {Describe.ShapeOf(source)} to {Describe.ShapeOf(resampled)} (bicubic, class token kept).");
+            var resampled = VisionTransformer.ResamplePositionEmbedding(source.to(ScalarType.Float32), vit.Config.GridSize, vit.Config.EmbeddedPrefixTokens);
+            return (resampled, $"pos_embed resampled from {Describe.ShapeOf(source)} to {Describe.ShapeOf(resampled)} (bicubic, antialiased, "
+                + (vit.Config.EmbeddedPrefixTokens == 0 ? "patch positions only)." : $"{vit.Config.EmbeddedPrefixTokens} prefix position(s) kept)."));
         }
         catch (ArgumentException e)
         {
@@ -183,6 +219,36 @@ public sealed class VisionTransformerFamily : BackboneFamily
             "adapter_mlp" => $"blocks.{parts[1]}.mlp.fc1",
             _ => null,
         };
+    }
+
+    /// <summary>
+    /// timm's DeiT distilled models (<c>VisionTransformerDistilled</c>): predict the mean of <c>head</c> on the class token
+    /// and <c>head_dist</c> on the distillation token, which is one linear head on the two tokens side by side (the
+    /// backbone's pooled feature): weight [W / 2, W_dist / 2], bias (b + b_dist) / 2.
+    /// </summary>
+    private sealed class DistilledLayout : CheckpointLayout
+    {
+        public override string Name => "timm DeiT distilled";
+
+        public override bool Matches(IReadOnlyDictionary<string, Tensor> tensors) =>
+            tensors.ContainsKey("dist_token") && tensors.ContainsKey("head_dist.weight");
+
+        public override ConvertedCheckpoint Convert(TensorCheckpoint checkpoint, IReadOnlyDictionary<string, Tensor> tensors)
+        {
+            var keys = new KeyTaker(checkpoint.Path, tensors);
+            var w = new OrderedDictionary<string, Tensor>();
+            foreach (var key in tensors.Keys.Where(k => !k.StartsWith("head.", StringComparison.Ordinal) && !k.StartsWith("head_dist.", StringComparison.Ordinal)))
+                w[key] = keys.Take(key);
+            var head = keys.Take("head.weight", rank: 2);
+            var headDist = keys.Take("head_dist.weight", rank: 2);
+            if (!head.shape.SequenceEqual(headDist.shape))
+                throw new CheckpointException(checkpoint.Path, "head_dist.weight", $"expected the shape of head.weight {Describe.ShapeOf(head)}, found {Describe.ShapeOf(headDist)}.");
+            w["head.weight"] = cat([head, headDist], 1).Times(0.5);
+            w["head.bias"] = keys.Take("head.bias", rank: 1).Plus(keys.Take("head_dist.bias", rank: 1)).Times(0.5);
+            keys.ThrowIfAnyUnused(Name);
+            return new ConvertedCheckpoint(Name, w, new Dictionary<string, string>(),
+                ["head and head_dist folded into one head over the class and distillation tokens (the mean of the two, as timm predicts)."]);
+        }
     }
 
     /// <summary>

@@ -13,7 +13,10 @@ public sealed partial class VisionTransformer
         var p = OnnxExport.Parameters(this);
         string x = EmitEmbedding(graph, pixels, p);
         for (int i = 0; i < blocks.Count; i++) x = EmitBlock(graph, x, p, i);
-        string cls = graph.Select(Norm(graph, x, p, "norm"), axis: 1, index: 0);
+        string normed = Norm(graph, x, p, "norm");
+        // A distilled model pools the class and distillation tokens side by side.
+        string cls = dist_token is null ? graph.Select(normed, axis: 1, index: 0)
+            : graph.Reshape(graph.Slice(normed, axis: 1, start: 0, end: 2), 0, Config.PooledDim);
         if (pre_logits is not null) cls = graph.Tanh(graph.Linear(cls, p["pre_logits.fc.weight"], p["pre_logits.fc.bias"], "pre_logits.fc"));
         if (proj is not null) cls = graph.Linear(cls, p["proj.weight"], null, "proj");
         return cls;
@@ -29,8 +32,8 @@ public sealed partial class VisionTransformer
         {
             x = EmitBlock(graph, x, p, i);
             if (!wanted.Contains(i)) continue;
-            // Patch tokens [B, 1 + g*g, D] (class token dropped) as a [B, D, g, g] map.
-            string tokens = graph.Slice(Norm(graph, x, p, "norm"), axis: 1, start: 1, end: 1 + Config.NumPatches);
+            // Patch tokens [B, prefix + g*g, D] (prefix tokens dropped) as a [B, D, g, g] map.
+            string tokens = graph.Slice(Norm(graph, x, p, "norm"), axis: 1, start: Config.PrefixTokens, end: Config.Tokens);
             maps.Add(graph.Reshape(graph.Transpose(tokens, 0, 2, 1), 0, Config.EmbedDim, Config.GridSize, Config.GridSize));
         }
         return maps;
@@ -46,15 +49,20 @@ public sealed partial class VisionTransformer
             Config.PatchSize, Config.PatchSize, 0, "patch_embed.proj");
         x = graph.Transpose(graph.Reshape(x, 0, d, Config.NumPatches), 0, 2, 1);
         string batch = graph.Slice(graph.Shape(x), 0, 0, 1);
-        string cls = graph.Expand(graph.Initializer("cls_token", p["cls_token"]), graph.Concat(0, batch, graph.Ints(1, d)));
-        x = graph.Add(graph.Concat(1, cls, x), graph.Initializer("pos_embed", p["pos_embed"]));
+        string Token(string name, long count) => graph.Expand(graph.Initializer(name, p[name]), graph.Concat(0, batch, graph.Ints(count, d)));
+        var prefix = new List<string> { Token("cls_token", 1) };
+        if (dist_token is not null) prefix.Add(Token("dist_token", 1));
+        if (reg_token is not null) prefix.Add(Token("reg_token", Config.RegisterTokens));
+        string pos = graph.Initializer("pos_embed", p["pos_embed"]);
+        // As Embed: without position embeddings for the prefix (no_embed_class), the patches get theirs first.
+        x = Config.NoEmbedClass ? graph.Concat(1, [.. prefix, graph.Add(x, pos)]) : graph.Add(graph.Concat(1, [.. prefix, x]), pos);
         return norm_pre is null ? x : Norm(graph, x, p, "norm_pre");
     }
 
     private string EmitBlock(OnnxGraphBuilder graph, string x, Dictionary<string, Tensor> p, int i)
     {
         string name = $"blocks.{i}";
-        long d = Config.EmbedDim, heads = Config.NumHeads, tokens = Config.NumPatches + 1;
+        long d = Config.EmbedDim, heads = Config.NumHeads, tokens = Config.Tokens;
         string h = graph.Linear(Norm(graph, x, p, name + ".norm1"), p[name + ".attn.qkv.weight"], p.GetValueOrDefault(name + ".attn.qkv.bias"), name + ".attn.qkv");
         string qkv = graph.Transpose(graph.Reshape(h, 0, tokens, 3, heads, d / heads), 2, 0, 3, 1, 4);
         string q = graph.Mul(graph.Select(qkv, 0, 0), graph.Scalar((float)(1 / Math.Sqrt(d / heads))));
