@@ -34,8 +34,7 @@ public sealed record ImageAugmentation(double MinCropScale = 0.08, bool Horizont
                     mode: InterpolationMode.Bilinear, align_corners: false)[0].round().ClampToBytes();
                 if (perPixel)
                 {
-                    target = nn.functional.interpolate(target.narrow(0, y, h).narrow(1, x, w).view(1, 1, h, w).to(float32), [size, size],
-                        mode: InterpolationMode.NearestExact).view(size, size).to(ScalarType.Int64);
+                    target = LabelMaps.Resize(target.narrow(0, y, h).narrow(1, x, w), size);
                 }
             }
             if (HorizontalFlip && random.Next(2) == 1)

@@ -1,7 +1,7 @@
-using Microsoft.ML.RepAdapter.Torch;
 using Microsoft.ML.Data;
 using Microsoft.ML.RepAdapter.Backbones;
 using Microsoft.ML.RepAdapter.MLNet;
+using Microsoft.ML.RepAdapter.Torch;
 using Microsoft.ML.RepAdapter.Training;
 using Microsoft.ML.Runtime;
 using static TorchSharp.torch;
@@ -61,9 +61,7 @@ internal sealed class SegmentationTask : ImageTask
         if (mask.shape[0] != image.Height || mask.shape[1] != image.Width)
             throw new InvalidDataException($"{where}: the mask is {mask.shape[1]}x{mask.shape[0]} pixels, its image {image.Width}x{image.Height}; they must have the same size.");
         CheckLabels(mask, where);
-        // Nearest neighbour keeps class indices (never a blend of two classes); "exact" centres pixels as the image resize does.
-        var resized = nn.functional.interpolate(mask.view(1, 1, mask.shape[0], mask.shape[1]).to(float32), [size, size], mode: InterpolationMode.NearestExact);
-        return resized.view(size, size).to(ScalarType.Int64).MoveToOuterDisposeScope();
+        return LabelMaps.Resize(mask, size).MoveToOuterDisposeScope();
     }
 
     /// <summary>A mask needs labelled pixels, and (once the classes are known) indices within them or the ignore value.</summary>
