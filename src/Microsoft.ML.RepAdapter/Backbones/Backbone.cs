@@ -137,8 +137,39 @@ public abstract class Backbone : nn.Module<Tensor, Tensor>, IAdaptableModel
         return head;
     });
 
-    /// <summary>The mergeable projections for <paramref name="placement"/>, named by their module path.</summary>
-    public abstract IReadOnlyList<AdapterSite> AdapterSites(AdapterPlacement placement);
+    /// <summary>
+    /// The family's placement table (peft's target modules per model type): for each placement it supports, the module
+    /// paths inside a block (<see cref="AdaptableBlocks"/>) that take an adapter, e.g. <c>attn.qkv</c> and <c>mlp.fc1</c>.
+    /// </summary>
+    public abstract IReadOnlyDictionary<AdapterPlacement, IReadOnlyList<string>> Placements { get; }
+
+    /// <summary>The blocks that hold adapter sites, in order, by module path (<c>blocks.3</c>, <c>layer2.1</c>).</summary>
+    protected abstract IEnumerable<(string Name, nn.Module Block)> AdaptableBlocks();
+
+    /// <summary>
+    /// The mergeable projections for <paramref name="placement"/>, named by their module path: every block's targets in
+    /// <see cref="Placements"/>. A placement the family does not have is refused with the ones it has.
+    /// </summary>
+    public IReadOnlyList<AdapterSite> AdapterSites(AdapterPlacement placement)
+    {
+        if (!Placements.TryGetValue(placement, out var targets))
+            throw new NotSupportedException($"{Architecture} ({Family.Name}) has no adapter placement {placement}; it has "
+                + $"{string.Join(", ", Placements.Select(p => $"{p.Key} ({string.Join(", ", p.Value)})"))}.");
+        var sites = new List<AdapterSite>();
+        int index = 0;
+        foreach (var (name, block) in AdaptableBlocks())
+        {
+            var modules = block.named_modules().ToDictionary(m => m.name, m => m.module);
+            foreach (string target in targets)
+            {
+                var layer = modules.GetValueOrDefault(target) as AdaptableLayer
+                    ?? throw new InvalidOperationException($"{Architecture}: the placement table names '{name}.{target}', which is not an adaptable layer.");
+                sites.Add(new AdapterSite($"{name}.{target}", layer, index));
+            }
+            index++;
+        }
+        return sites;
+    }
 
     /// <summary>
     /// When true, normalisation statistics (BatchNorm running stats) stay frozen in training mode, as they must when

@@ -72,6 +72,36 @@ public class FamilyTests
         }
     }
 
+    /// <summary>Each family's placement table names adaptable layers in every block; a placement it lacks is refused with the ones it has.</summary>
+    [TestMethod]
+    [DataRow("vit", 2)]
+    [DataRow("resnet_basic", 1)]
+    [DataRow("swin", 2)]
+    [DataRow("convnext", 1)]
+    public void PlacementTablesNameEverySiteAndRefuseTheRest(string kind, int blockTargets)
+    {
+        using var scope = NewDisposeScope();
+        using var backbone = TinyModels.Create(kind);
+        Assert.HasCount(blockTargets, backbone.Placements[AdapterPlacement.Block]);
+        foreach (var placement in Enum.GetValues<AdapterPlacement>())
+        {
+            if (backbone.Placements.TryGetValue(placement, out var targets))
+            {
+                var sites = backbone.AdapterSites(placement);
+                int blocks = sites.Select(s => s.Block).Distinct().Count();
+                Assert.IsGreaterThan(0, blocks);
+                Assert.HasCount(blocks * targets.Count, sites, $"{placement}: every target in every block");
+                Assert.IsTrue(sites.All(s => targets.Any(t => s.Name.EndsWith("." + t, StringComparison.Ordinal))), string.Join(", ", sites.Select(s => s.Name)));
+            }
+            else
+            {
+                var error = Assert.ThrowsExactly<NotSupportedException>(() => backbone.AdapterSites(placement));
+                StringAssert.Contains(error.Message, $"no adapter placement {placement}");
+                StringAssert.Contains(error.Message, $"Block ({string.Join(", ", backbone.Placements[AdapterPlacement.Block])})");
+            }
+        }
+    }
+
     [TestMethod]
     public void AdapterCountsFollowTheArchitecture()
     {

@@ -102,14 +102,14 @@ public sealed partial class ConvNeXt : Backbone
         Config = Config with { NumClasses = numClasses };
     }
 
-    /// <summary>In front of every block's MLP (pwconv1); ConvNeXt has no attention.</summary>
-    public override IReadOnlyList<AdapterSite> AdapterSites(AdapterPlacement placement)
-    {
-        if (placement != AdapterPlacement.Block)
-            throw new NotSupportedException($"ConvNeXt has no attention; use {nameof(AdapterPlacement)}.{nameof(AdapterPlacement.Block)}.");
-        return [.. stages.SelectMany((stage, s) => stage.Blocks.Select((block, b) => (Name: $"stages.{s}.blocks.{b}.mlp.fc1", block.Mlp.Fc1)))
-            .Select((site, index) => new AdapterSite(site.Name, site.Fc1, index))];
-    }
+    /// <inheritdoc/>
+    /// <remarks>In front of every block's MLP (pwconv1); ConvNeXt has no attention.</remarks>
+    public override IReadOnlyDictionary<AdapterPlacement, IReadOnlyList<string>> Placements { get; } =
+        new Dictionary<AdapterPlacement, IReadOnlyList<string>> { [AdapterPlacement.Block] = ["mlp.fc1"] };
+
+    /// <inheritdoc/>
+    protected override IEnumerable<(string Name, nn.Module Block)> AdaptableBlocks() =>
+        stages.SelectMany((stage, s) => stage.Blocks.Select((block, b) => ($"stages.{s}.blocks.{b}", (nn.Module)block)));
 
     /// <summary>Each stage's output, at strides 4, 8, 16, 32.</summary>
     public override IReadOnlyList<FeatureLevel> FeatureLevels =>

@@ -148,22 +148,13 @@ public sealed partial class ResNet : Backbone
     }
 
     /// <inheritdoc/>
-    /// <remarks>
-    /// The first conv of every residual block (<c>layerN.i.conv1</c>). Only <see cref="AdapterPlacement.Block"/> is
-    /// supported; <see cref="AdapterPlacement.Attention"/> throws <see cref="NotSupportedException"/>.
-    /// </remarks>
-    public override IReadOnlyList<AdapterSite> AdapterSites(AdapterPlacement placement)
-    {
-        if (placement != AdapterPlacement.Block)
-            throw new NotSupportedException($"ResNet has no attention; use {nameof(AdapterPlacement)}.{nameof(AdapterPlacement.Block)}.");
-        var sites = new List<AdapterSite>();
-        foreach (var (stageName, stage) in Stages())
-        {
-            foreach (var (blockName, block) in stage.named_children())
-                sites.Add(new AdapterSite($"{stageName}.{blockName}.conv1", ((ResidualBlock)block).FirstConv, sites.Count));
-        }
-        return sites;
-    }
+    /// <remarks>The first conv of every residual block (<c>layerN.i.conv1</c>); ResNet has no attention.</remarks>
+    public override IReadOnlyDictionary<AdapterPlacement, IReadOnlyList<string>> Placements { get; } =
+        new Dictionary<AdapterPlacement, IReadOnlyList<string>> { [AdapterPlacement.Block] = ["conv1"] };
+
+    /// <inheritdoc/>
+    protected override IEnumerable<(string Name, nn.Module Block)> AdaptableBlocks() =>
+        Stages().SelectMany(stage => stage.Stage.named_children().Select(block => ($"{stage.Name}.{block.name}", block.module)));
 
     /// <summary>
     /// Sets training or eval mode; in training mode with <see cref="Backbone.FreezeNormStatistics"/> the BatchNorm layers

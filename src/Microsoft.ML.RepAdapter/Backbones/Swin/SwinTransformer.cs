@@ -124,22 +124,13 @@ public sealed partial class SwinTransformer : Backbone
         Config = Config with { NumClasses = numClasses };
     }
 
-    /// <summary>Every block's attention qkv, and with <see cref="AdapterPlacement.Block"/> its MLP fc1.</summary>
-    public override IReadOnlyList<AdapterSite> AdapterSites(AdapterPlacement placement)
-    {
-        var sites = new List<AdapterSite>();
-        int index = 0;
-        for (int s = 0; s < layers.Count; s++)
-        {
-            for (int b = 0; b < layers[s].Blocks.Count; b++, index++)
-            {
-                var block = layers[s].Blocks[b];
-                sites.Add(new AdapterSite($"layers.{s}.blocks.{b}.attn.qkv", block.Attn.Qkv, index));
-                if (placement == AdapterPlacement.Block) sites.Add(new AdapterSite($"layers.{s}.blocks.{b}.mlp.fc1", block.Mlp.Fc1, index));
-            }
-        }
-        return sites;
-    }
+    /// <inheritdoc/>
+    /// <remarks>As the ViT's: qkv, and fc1 with <see cref="AdapterPlacement.Block"/>.</remarks>
+    public override IReadOnlyDictionary<AdapterPlacement, IReadOnlyList<string>> Placements => VisionTransformer.PlacementTable;
+
+    /// <inheritdoc/>
+    protected override IEnumerable<(string Name, nn.Module Block)> AdaptableBlocks() =>
+        layers.SelectMany((stage, s) => stage.Blocks.Select((block, b) => ($"layers.{s}.blocks.{b}", (nn.Module)block)));
 
     /// <summary>Each stage's output, at strides 4, 8, 16, 32 (for the default patch size).</summary>
     public override IReadOnlyList<FeatureLevel> FeatureLevels =>

@@ -167,18 +167,18 @@ public sealed partial class VisionTransformer : Backbone
         Config = Config with { NumClasses = numClasses };
     }
 
-    /// <inheritdoc/>
-    /// <remarks><c>blocks.i.attn.qkv</c> for every block, and <c>blocks.i.mlp.fc1</c> too for <see cref="AdapterPlacement.Block"/>.</remarks>
-    public override IReadOnlyList<AdapterSite> AdapterSites(AdapterPlacement placement)
+    /// <summary>qkv for <see cref="AdapterPlacement.Attention"/>; qkv and fc1 for <see cref="AdapterPlacement.Block"/> (the paper's two).</summary>
+    public static IReadOnlyDictionary<AdapterPlacement, IReadOnlyList<string>> PlacementTable { get; } = new Dictionary<AdapterPlacement, IReadOnlyList<string>>
     {
-        var sites = new List<AdapterSite>();
-        for (int i = 0; i < blocks.Count; i++)
-        {
-            sites.Add(new AdapterSite($"blocks.{i}.attn.qkv", blocks[i].Attn.Qkv, i));
-            if (placement == AdapterPlacement.Block) sites.Add(new AdapterSite($"blocks.{i}.mlp.fc1", blocks[i].Mlp.Fc1, i));
-        }
-        return sites;
-    }
+        [AdapterPlacement.Block] = ["attn.qkv", "mlp.fc1"],
+        [AdapterPlacement.Attention] = ["attn.qkv"],
+    };
+
+    /// <inheritdoc/>
+    public override IReadOnlyDictionary<AdapterPlacement, IReadOnlyList<string>> Placements => PlacementTable;
+
+    /// <inheritdoc/>
+    protected override IEnumerable<(string Name, nn.Module Block)> AdaptableBlocks() => blocks.Select((block, i) => ($"blocks.{i}", (nn.Module)block));
 
     /// <summary>Token sequence after the final norm, [B, prefix + patches, D].</summary>
     public Tensor ForwardTokens(Tensor images)
