@@ -177,8 +177,9 @@ public sealed class AdaptableConv2d : AdaptableLayer
 
     /// <summary>
     /// A square <paramref name="kernelSize"/> x <paramref name="kernelSize"/> convolution from <paramref name="inChannels"/>
-    /// to <paramref name="outChannels"/> channels with symmetric zero <paramref name="padding"/>, initialised as torchvision's
-    /// ResNet convolutions (kaiming-normal, fan-out, ReLU); bias-free unless <paramref name="hasBias"/> (then zeros).
+    /// to <paramref name="outChannels"/> channels with symmetric zero <paramref name="padding"/> and nn.Conv2d's default
+    /// initialisation (kaiming-uniform weight, uniform bias); bias-free unless <paramref name="hasBias"/>. Backbones
+    /// re-initialise as their reference implementation does.
     /// </summary>
     /// <param name="inChannels">Input channels.</param>
     /// <param name="outChannels">Output channels.</param>
@@ -192,8 +193,13 @@ public sealed class AdaptableConv2d : AdaptableLayer
         _stride = stride;
         _padding = padding;
         _weight = new Parameter(empty(outChannels, inChannels, kernelSize, kernelSize));
-        nn.init.kaiming_normal_(_weight, mode: nn.init.FanInOut.FanOut, nonlinearity: nn.init.NonlinearityType.ReLU);
-        if (hasBias) _bias = new Parameter(zeros(outChannels));
+        nn.init.kaiming_uniform_(_weight, Math.Sqrt(5));
+        if (hasBias)
+        {
+            double bound = 1 / Math.Sqrt(inChannels * kernelSize * kernelSize);
+            _bias = new Parameter(empty(outChannels));
+            nn.init.uniform_(_bias, -bound, bound);
+        }
         RegisterComponents();
     }
 

@@ -51,6 +51,19 @@ public abstract class BackboneFamily
     /// </summary>
     public virtual (Tensor Value, string Note)? Resize(string path, string key, Tensor source, Backbone target) => null;
 
+    /// <summary>The type of the family's own load options (a <see cref="FamilyLoadOptions"/>), or null when it has none.</summary>
+    public virtual Type? LoadOptionsType => null;
+
+    /// <summary>
+    /// <paramref name="options"/> when they are this family's (or null), else an <see cref="ArgumentException"/> naming
+    /// both: options meant for another family are never silently ignored.
+    /// </summary>
+    public T? OwnLoadOptions<T>(FamilyLoadOptions? options) where T : FamilyLoadOptions =>
+        options is null ? null
+        : LoadOptionsType?.IsInstanceOfType(options) == true && options is T own ? own
+        : throw new ArgumentException($"{options.GetType().Name} are not the {Name} family's load options"
+            + (LoadOptionsType is null ? " (it has none)." : $" ({LoadOptionsType.Name})."), nameof(options));
+
     /// <summary>Names of weights that ship with a package rather than in a checkpoint file (e.g. ML.NET's ResNet-18).</summary>
     public virtual IReadOnlyCollection<string> BuiltInWeights => [];
 
@@ -77,9 +90,18 @@ public sealed record PresetOverrides(int? NumClasses = null, int? ImageSize = nu
 /// <summary>How a checkpoint becomes a backbone.</summary>
 /// <param name="NumClasses">Head size: null keeps the checkpoint's head, 0 builds none, n builds n classes.</param>
 /// <param name="ImageSize">Input resolution; null keeps the checkpoint's.</param>
-/// <param name="KeepPreLogits">Keep a pre-logits layer (Google's ImageNet-21k ViTs), when the checkpoint has one.</param>
-/// <param name="NumHeads">Attention heads, when the shapes do not tell them.</param>
-public sealed record CheckpointOptions(int? NumClasses = null, int? ImageSize = null, bool KeepPreLogits = false, int? NumHeads = null);
+/// <param name="Family">The family's own load options (<see cref="BackboneFamily.LoadOptionsType"/>), or null for its defaults.</param>
+public sealed record CheckpointOptions(int? NumClasses = null, int? ImageSize = null, FamilyLoadOptions? Family = null);
+
+/// <summary>
+/// What one family's checkpoints can be told beyond the shapes (a ViT's attention heads, say): each family that has
+/// any declares its own record, in its folder, and names its type in <see cref="BackboneFamily.LoadOptionsType"/>.
+/// </summary>
+public abstract record FamilyLoadOptions
+{
+    /// <summary>Throws <see cref="ArgumentOutOfRangeException"/> naming the first option that cannot work.</summary>
+    public virtual void Validate() { }
+}
 
 /// <summary>A naming convention of checkpoints (timm, Google .npz, Hugging Face, ...), recognised from tensor names.</summary>
 public abstract class CheckpointLayout

@@ -125,31 +125,43 @@ public static partial class AdapterCheckpoint
     /// <returns>The adapter configuration used.</returns>
     public static AdapterConfig ImportOfficial(Backbone backbone, string path, float? scale = null, double dropout = 0.1)
     {
-        if (backbone.Family.OfficialAdapterSite("blocks.0.adapter_attn") is null)
-            throw new ArgumentException($"The official RepAdapter code adapts ViTs; {backbone.Architecture} ({backbone.Family.Name}) has no official adapter names.", nameof(backbone));
         using var scope = NewDisposeScope();
         using var checkpoint = CheckpointReader.Read(path);
         var adapterAndHead = new OrderedDictionary<string, Tensor>();
         var backboneWeights = new OrderedDictionary<string, Tensor>();
+        var officialModules = new List<(string Official, string Site)>();
+        bool anyOfficial = false;
         foreach (var (key, tensor) in checkpoint.Tensors)
         {
             var match = OfficialName().Match(key);
+            anyOfficial |= match.Success;
             if (match.Success && backbone.Family.OfficialAdapterSite(match.Groups[1].Value) is string site)
+            {
                 adapterAndHead.Add($"{site}.adapter.{match.Groups[2].Value}", tensor);
+                if (!officialModules.Any(m => m.Site == site)) officialModules.Add((match.Groups[1].Value, site));
+            }
             else if (backbone.IsHeadParameter(key)) adapterAndHead.Add(key, tensor);
             else backboneWeights.Add(key, tensor);
         }
-        // Conv1d weights: conv_A [hidden, D, 1], conv_B [D, hidden / groups, 1].
-        var convA = checkpoint["blocks.0.adapter_attn.conv_A.weight"];
-        var convB = checkpoint["blocks.0.adapter_attn.conv_B.weight"];
-        int hidden = convA.dim() == 3 ? (int)convA.shape[0]
-            : throw new CheckpointException(path, "blocks.0.adapter_attn.conv_A.weight", $"expected [hidden, D, 1], found {Describe.ShapeOf(convA)}.");
-        int groups = convB.dim() == 3 && convB.shape[1] > 0 && hidden % convB.shape[1] == 0 ? hidden / (int)convB.shape[1]
-            : throw new CheckpointException(path, "blocks.0.adapter_attn.conv_B.weight", $"expected [D, hidden / groups, 1] with hidden {hidden}, found {Describe.ShapeOf(convB)}.");
+        if (officialModules.Count == 0)
+            throw anyOfficial
+                ? new ArgumentException($"{path}: the official RepAdapter code adapts ViTs; {backbone.Architecture} ({backbone.Family.Name}) has no official adapter names.", nameof(backbone))
+                : new CheckpointException(path, "adapter_attn", "no official RepAdapter adapter (<block>.adapter_attn / adapter_mlp .conv_A / conv_B) in the file.");
+        // Conv1d weights: conv_A [hidden, D, 1], conv_B [D, hidden / groups, 1]; the first adapter tells them.
+        string first = officialModules[0].Official;
+        var convA = KeyTaker.Require(path, checkpoint.Tensors, $"{first}.conv_A.weight", rank: 3);
+        var convB = KeyTaker.Require(path, checkpoint.Tensors, $"{first}.conv_B.weight", rank: 3);
+        int hidden = (int)convA.shape[0];
+        int groups = convB.shape[1] > 0 && hidden % convB.shape[1] == 0 ? hidden / (int)convB.shape[1]
+            : throw new CheckpointException(path, $"{first}.conv_B.weight", $"expected [D, hidden / groups, 1] with hidden {hidden}, found {Describe.ShapeOf(convB)}.");
         float s = scale ?? (checkpoint.Metadata.ContainsKey("scale")
             ? Field(path, checkpoint.Metadata, "scale", v => float.Parse(v, CultureInfo.InvariantCulture))
             : throw new CheckpointException(path, "scale", "the official RepAdapter code does not store the scale s: pass the value used in training."));
-        var placement = checkpoint.Tensors.Keys.Any(k => k.Contains(".adapter_mlp.", StringComparison.Ordinal)) ? AdapterPlacement.Block : AdapterPlacement.Attention;
+        // The placement whose sites are exactly the file's (the family's table: e.g. qkv only, or qkv and fc1).
+        var fileSites = officialModules.Select(m => m.Site).ToHashSet();
+        var placement = backbone.Placements.Keys.Cast<AdapterPlacement?>().FirstOrDefault(p => backbone.AdapterSites(p!.Value).Select(site => site.Name).ToHashSet().SetEquals(fileSites))
+            ?? throw new CheckpointException(path, first, $"its {fileSites.Count} adapters match no placement of {backbone.Architecture} "
+                + $"({string.Join(", ", backbone.Placements.Keys.Select(p => $"{p}: {backbone.AdapterSites(p).Count} sites"))}).");
         var config = new AdapterConfig(AdaptationMethod.RepAdapter, placement, hidden, groups, s, dropout);
         int? numClasses = adapterAndHead.TryGetValue($"{backbone.HeadName}.weight", out var head) ? (int)head.shape[0] : null;
         if (backboneWeights.Count == 0)
@@ -158,9 +170,10 @@ public static partial class AdapterCheckpoint
             return config;
         }
 
-        // A whole adapted model: its backbone too, all or nothing (restored if the adapters then do not fit).
-        if (backboneWeights.Keys.Any(k => k.StartsWith("pre_logits.", StringComparison.Ordinal)) && !backbone.state_dict().Keys.Any(k => k.StartsWith("pre_logits.", StringComparison.Ordinal)))
-            throw new CheckpointException(path, "pre_logits.fc.weight", "the saved model has the in21k pre-logits layer and its head was trained on it: build the backbone with keepPreLogits.");
+        // A whole adapted model: its backbone too, all or nothing (restored if the adapters then do not fit). What this
+        // backbone would leave out of it (e.g. a ViT's in21k pre-logits layer) the saved head was trained on: refuse.
+        foreach (var (key, reason) in backbone.Family.LeftOut(backboneWeights, backbone))
+            throw new CheckpointException(path, key, $"the saved model has it and its head was trained with it, but this backbone leaves it out ({reason}): build the backbone with it.");
         var saved = backbone.state_dict().ToDictionary(p => p.Key, p => p.Value.detach().clone());
         try
         {

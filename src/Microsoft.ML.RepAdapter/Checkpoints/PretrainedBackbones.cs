@@ -28,18 +28,18 @@ public static class PretrainedBackbones
     /// <param name="numClasses">Head size: null keeps the checkpoint's head (none if it has none, or if its pre-logits layer
     /// is dropped), 0 builds no head, n builds an n-class head that takes the checkpoint's head only when it has n classes.</param>
     /// <param name="imageSize">Input size; a ViT's position embeddings are resampled to it. Null keeps the checkpoint's.</param>
-    /// <param name="keepPreLogits">Keep the pre-logits layer (fc + tanh) of Google's ImageNet-21k checkpoints. Off by
-    /// default, as in current timm: its head is then ignored too, since it was trained on the pre-logits output.</param>
-    /// <param name="numHeads">ViT attention heads, when the default rule (width / 64) or the preset's does not apply.</param>
+    /// <param name="loadOptions">The family's own load options (e.g. <see cref="VisionTransformerLoadOptions"/>: a ViT's
+    /// heads, Google's pre-logits layer); options of another family than the file's are refused.</param>
     public static LoadedBackbone Load(string checkpointPath, string? preset = null, int? numClasses = null, int? imageSize = null,
-        bool keepPreLogits = false, int? numHeads = null)
+        FamilyLoadOptions? loadOptions = null)
     {
+        loadOptions?.Validate();
         using var scope = NewDisposeScope();
         using var checkpoint = CheckpointReader.Read(checkpointPath);
         IReadOnlyList<BackboneFamily> families = preset is null ? BackboneFamilies.All
             : [BackboneFamilies.OfPreset(preset) ?? throw new ArgumentException($"Unknown backbone preset '{preset}'. Known presets: {string.Join(", ", BackbonePresets.Names)}.", nameof(preset))];
         var (family, converted) = CheckpointConversion.Convert(checkpoint, families);
-        var options = new CheckpointOptions(numClasses, imageSize, keepPreLogits, numHeads);
+        var options = new CheckpointOptions(numClasses, imageSize, family.OwnLoadOptions<FamilyLoadOptions>(loadOptions));
         var backbone = ModuleScopes.Unscoped(() => family.CreateFromWeights(checkpoint.Path, converted, preset, options));
         return Apply(backbone, checkpoint.Path, checkpoint.Format, preset is null ? converted : converted with { Assumptions = null });
     }

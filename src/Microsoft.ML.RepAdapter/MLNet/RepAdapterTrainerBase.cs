@@ -366,7 +366,7 @@ public abstract class RepAdapterTrainerBase<TOptions, TTransformer> : IEstimator
         }
         else if (TrainerOptions.CheckpointPath is { } path)
         {
-            var loaded = PretrainedBackbones.Load(path, TrainerOptions.Architecture, classes, imageSize, TrainerOptions.KeepPreLogits, TrainerOptions.NumHeads);
+            var loaded = PretrainedBackbones.Load(path, TrainerOptions.Architecture, classes, imageSize, TrainerOptions.BackboneLoadOptions);
             ch.Info(loaded.Report.ToString());
             backbone = loaded.Backbone;
         }

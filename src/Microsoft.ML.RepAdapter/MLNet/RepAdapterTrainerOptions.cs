@@ -61,14 +61,12 @@ public abstract class RepAdapterTrainerOptions
     /// <summary>Per-channel standard deviation override (on the backbone's pixel scale); null uses the backbone's.</summary>
     public float[]? Std;
 
-    /// <summary>Keep the pre-logits layer of Google's ImageNet-21k checkpoints (old timm behaviour).</summary>
-    public bool KeepPreLogits;
-
     /// <summary>
-    /// ViT attention heads when the checkpoint's shapes do not tell them and the width / 64 rule does not hold (e.g. small
-    /// custom ViTs); null uses the preset's or that rule.
+    /// What the checkpoint's family can be told beyond its shapes, as that family declares it: e.g.
+    /// <see cref="VisionTransformerLoadOptions"/> (a ViT's heads when the width / 64 rule does not hold, Google's
+    /// ImageNet-21k pre-logits layer). Null: the family's defaults. Options of another family than the checkpoint's are refused.
     /// </summary>
-    public int? NumHeads;
+    public FamilyLoadOptions? BackboneLoadOptions;
 
     /// <summary>The adaptation method at each adapter site.</summary>
     public AdaptationMethod Method = AdaptationMethod.RepAdapter;
@@ -273,7 +271,7 @@ public abstract class RepAdapterTrainerOptions
         OptionCheck.That(Mean is null || Mean.Length == 3 && Mean.All(float.IsFinite), nameof(Mean), Mean, "needs three finite values (or null)");
         OptionCheck.That(Std is null || Std.Length == 3 && Std.All(v => float.IsFinite(v) && v != 0), nameof(Std), Std,
             "needs three finite, non-zero values (or null)");
-        OptionCheck.That(NumHeads is null or > 0, nameof(NumHeads), NumHeads, "must be positive (or null)");
+        BackboneLoadOptions?.Validate();
         OptionCheck.That(AdapterHidden > 0, nameof(AdapterHidden), AdapterHidden, "must be positive");
         OptionCheck.That(AdaptedBlocks is null or > 0, nameof(AdaptedBlocks), AdaptedBlocks, "must be positive (TrainingRecipe.AllBlocks: every block; null: the recipe's)");
         OptionCheck.That(AdapterGroups > 0 && AdapterHidden % AdapterGroups == 0, nameof(AdapterGroups), AdapterGroups,

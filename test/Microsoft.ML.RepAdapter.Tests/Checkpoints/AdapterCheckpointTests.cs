@@ -18,7 +18,7 @@ public class AdapterCheckpointTests
 
     public TestContext TestContext { get; set; } = null!;
 
-    private static Backbone TinyViT() => PretrainedBackbones.Load(CheckpointFiles.Fixture("tiny_vit.safetensors"), numHeads: 2).Backbone;
+    private static Backbone TinyViT() => PretrainedBackbones.Load(CheckpointFiles.Fixture("tiny_vit.safetensors"), loadOptions: new VisionTransformerLoadOptions(NumHeads: 2)).Backbone;
 
     private static Tensor Logits(Backbone backbone)
     {
@@ -75,7 +75,7 @@ public class AdapterCheckpointTests
             CollectionAssert.AreEquivalent(timm.Tensors.Keys.ToList(), file.Tensors.Keys.ToList(), "exactly timm's state-dict names");
             Assert.AreEqual("pt", file.Metadata["format"]);
         }
-        var (reloaded, report) = PretrainedBackbones.Load(path, numHeads: 2);
+        var (reloaded, report) = PretrainedBackbones.Load(path, loadOptions: new VisionTransformerLoadOptions(NumHeads: 2));
         Assert.AreEqual("timm ViT", report.Layout);
         AssertLogits("logits_merged", reloaded, "exported and reloaded");
     }

@@ -1,3 +1,4 @@
+using Microsoft.ML.RepAdapter.Backbones;
 using Microsoft.ML.RepAdapter.Formats;
 using Microsoft.ML.RepAdapter.Torch;
 using System.IO.Compression;
@@ -190,7 +191,7 @@ public class BadCheckpointTests
 
     private static CheckpointException LoadFails(string path, string key, params string[] fragments)
     {
-        var error = Assert.ThrowsExactly<CheckpointException>(() => PretrainedBackbones.Load(path, numHeads: 2));
+        var error = Assert.ThrowsExactly<CheckpointException>(() => PretrainedBackbones.Load(path, loadOptions: new VisionTransformerLoadOptions(NumHeads: 2)));
         StringAssert.Contains(error.Message, Path.GetFileName(path));
         Assert.AreEqual(key, error.Key, error.Message);
         foreach (string fragment in fragments) StringAssert.Contains(error.Message, fragment);
@@ -281,8 +282,8 @@ public class BadCheckpointTests
             WarmupEpochs = 0,
         };
         var error = Assert.ThrowsExactly<CheckpointException>(() => mlContext.MulticlassClassification.Trainers.RepAdapter(options).Fit(data));
-        StringAssert.Contains(error.Message, "pass numHeads");
-        options.NumHeads = 2;
+        StringAssert.Contains(error.Message, "pass VisionTransformerLoadOptions(NumHeads: n)");
+        options.BackboneLoadOptions = new VisionTransformerLoadOptions(NumHeads: 2);
         var model = mlContext.MulticlassClassification.Trainers.RepAdapter(options).Fit(data);
         Assert.AreEqual(2, model.NumberOfClasses);
     }

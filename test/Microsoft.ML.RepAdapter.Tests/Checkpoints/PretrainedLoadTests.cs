@@ -37,7 +37,7 @@ public class PretrainedLoadTests
     [DataRow("tiny_vit_hf.safetensors", CheckpointFormat.SafeTensors, "Hugging Face ViT")]
     public void ViTLogitsMatchPyTorch(string file, CheckpointFormat format, string layout)
     {
-        var (backbone, report) = PretrainedBackbones.Load(CheckpointFiles.Fixture(file), numHeads: 2);
+        var (backbone, report) = PretrainedBackbones.Load(CheckpointFiles.Fixture(file), loadOptions: new VisionTransformerLoadOptions(NumHeads: 2));
         var vit = (VisionTransformer)backbone;
         Assert.AreEqual(TinyModels.VitConfig, vit.Config with { DropPathRate = 0 }, "architecture read from the shapes");
         Assert.AreEqual(format, report.Format);
@@ -63,8 +63,8 @@ public class PretrainedLoadTests
             tensors["pooler.dense.weight"] = randn(32, 32);
             tensors["pooler.dense.bias"] = randn(32);
         }, "vit_model.safetensors");
-        var (model, report) = PretrainedBackbones.Load(path, numHeads: 2);
-        var (timm, _) = PretrainedBackbones.Load(CheckpointFiles.Fixture("tiny_vit.safetensors"), numHeads: 2);
+        var (model, report) = PretrainedBackbones.Load(path, loadOptions: new VisionTransformerLoadOptions(NumHeads: 2));
+        var (timm, _) = PretrainedBackbones.Load(CheckpointFiles.Fixture("tiny_vit.safetensors"), loadOptions: new VisionTransformerLoadOptions(NumHeads: 2));
         Assert.AreEqual("Hugging Face ViT", report.Layout);
         Assert.AreEqual(0, model.NumClasses, "ViTModel has no classifier");
         CollectionAssert.AreEquivalent(new[] { "pooler.dense.weight", "pooler.dense.bias" }, report.IgnoredCheckpointKeys.Keys.ToList(), report.ToString());
@@ -78,7 +78,7 @@ public class PretrainedLoadTests
     [TestMethod]
     public void GoogleNpzWithPreLogitsKeptMatchesPyTorch()
     {
-        var (backbone, report) = PretrainedBackbones.Load(CheckpointFiles.Fixture("tiny_vit_prelogits_google.npz"), numHeads: 2, keepPreLogits: true);
+        var (backbone, report) = PretrainedBackbones.Load(CheckpointFiles.Fixture("tiny_vit_prelogits_google.npz"), loadOptions: new VisionTransformerLoadOptions(NumHeads: 2, KeepPreLogits: true));
         Assert.AreEqual(32, ((VisionTransformer)backbone).Config.RepresentationSize);
         Assert.IsEmpty(report.IgnoredCheckpointKeys, report.ToString());
         AssertMatches(CheckpointFiles.ViTExpected("logits_prelogits"), Logits(backbone, CheckpointFiles.ViTExpected("input")), "Google npz with pre-logits");
@@ -88,12 +88,12 @@ public class PretrainedLoadTests
     public void GoogleNpzWithPreLogitsDroppedIgnoresThemAndTheirHeadOnPurpose()
     {
         // The pre-logits fixture shares every other weight with tiny_vit, so without pre-logits its features are tiny_vit's.
-        var (dropped, report) = PretrainedBackbones.Load(CheckpointFiles.Fixture("tiny_vit_prelogits_google.npz"), numHeads: 2);
-        var (plain, _) = PretrainedBackbones.Load(CheckpointFiles.Fixture("tiny_vit.safetensors"), numHeads: 2);
+        var (dropped, report) = PretrainedBackbones.Load(CheckpointFiles.Fixture("tiny_vit_prelogits_google.npz"), loadOptions: new VisionTransformerLoadOptions(NumHeads: 2));
+        var (plain, _) = PretrainedBackbones.Load(CheckpointFiles.Fixture("tiny_vit.safetensors"), loadOptions: new VisionTransformerLoadOptions(NumHeads: 2));
         Assert.IsNull(((VisionTransformer)dropped).Config.RepresentationSize);
         Assert.AreEqual(0, dropped.NumClasses, "the head trained on pre-logits output is not kept");
         CollectionAssert.AreEquivalent(new[] { "pre_logits.fc.weight", "pre_logits.fc.bias", "head.weight", "head.bias" }, report.IgnoredCheckpointKeys.Keys.ToList());
-        StringAssert.Contains(report.IgnoredCheckpointKeys["pre_logits.fc.weight"], "keepPreLogits");
+        StringAssert.Contains(report.IgnoredCheckpointKeys["pre_logits.fc.weight"], "KeepPreLogits");
         var input = CheckpointFiles.ViTExpected("input");
         dropped.eval();
         plain.eval();
@@ -104,7 +104,7 @@ public class PretrainedLoadTests
     [TestMethod]
     public void PositionEmbeddingsAreResampledForAnotherImageSize()
     {
-        var (backbone, report) = PretrainedBackbones.Load(CheckpointFiles.Fixture("tiny_vit.safetensors"), numHeads: 2, imageSize: 24);
+        var (backbone, report) = PretrainedBackbones.Load(CheckpointFiles.Fixture("tiny_vit.safetensors"), loadOptions: new VisionTransformerLoadOptions(NumHeads: 2), imageSize: 24);
         Assert.AreEqual(24, ((VisionTransformer)backbone).Config.ImageSize);
         Assert.HasCount(1, report.Notes);
         StringAssert.Contains(report.Notes[0], "pos_embed resampled");
@@ -150,7 +150,7 @@ public class PretrainedLoadTests
         Assert.AreEqual(32, config.ImageSize);
         var input = TinyModels.Images(original);
         Assert.IsLessThanOrEqualTo(1e-5f, TinyModels.MaxAbsDiff(Logits(original, input), Logits(loaded, input)));
-        Assert.AreEqual(4, ((VisionTransformer)PretrainedBackbones.Load(path, numHeads: 4).Backbone).Config.NumHeads, "numHeads overrides the rule");
+        Assert.AreEqual(4, ((VisionTransformer)PretrainedBackbones.Load(path, loadOptions: new VisionTransformerLoadOptions(NumHeads: 4)).Backbone).Config.NumHeads, "numHeads overrides the rule");
     }
 
     [TestMethod]
@@ -169,7 +169,7 @@ public class PretrainedLoadTests
     {
         var error = Assert.ThrowsExactly<CheckpointException>(() => PretrainedBackbones.Load(CheckpointFiles.Fixture("tiny_vit.safetensors")));
         StringAssert.Contains(error.Message, "tiny_vit.safetensors");
-        StringAssert.Contains(error.Message, "numHeads");
+        StringAssert.Contains(error.Message, "NumHeads");
         StringAssert.Contains(error.Message, "found 32");
     }
 
@@ -184,8 +184,8 @@ public class PretrainedLoadTests
     [TestMethod]
     public void ADifferentClassCountKeepsANewHeadAndReportsTheOldOneAsIgnored()
     {
-        var (full, _) = PretrainedBackbones.Load(CheckpointFiles.Fixture("tiny_vit.safetensors"), numHeads: 2);
-        var (three, report) = PretrainedBackbones.Load(CheckpointFiles.Fixture("tiny_vit.safetensors"), numHeads: 2, numClasses: 3);
+        var (full, _) = PretrainedBackbones.Load(CheckpointFiles.Fixture("tiny_vit.safetensors"), loadOptions: new VisionTransformerLoadOptions(NumHeads: 2));
+        var (three, report) = PretrainedBackbones.Load(CheckpointFiles.Fixture("tiny_vit.safetensors"), loadOptions: new VisionTransformerLoadOptions(NumHeads: 2), numClasses: 3);
         Assert.AreEqual(3, three.NumClasses);
         CollectionAssert.AreEquivalent(new[] { "head.weight", "head.bias" }, report.IgnoredCheckpointKeys.Keys.ToList());
         StringAssert.Contains(report.IgnoredCheckpointKeys["head.weight"], "class count differs");
@@ -196,7 +196,7 @@ public class PretrainedLoadTests
         using var _ = no_grad();
         Assert.AreEqual(0f, TinyModels.MaxAbsDiff(full.ForwardFeatures(input), three.ForwardFeatures(input)), "the backbone itself is fully loaded");
 
-        var (headless, headlessReport) = PretrainedBackbones.Load(CheckpointFiles.Fixture("tiny_vit.safetensors"), numHeads: 2, numClasses: 0);
+        var (headless, headlessReport) = PretrainedBackbones.Load(CheckpointFiles.Fixture("tiny_vit.safetensors"), loadOptions: new VisionTransformerLoadOptions(NumHeads: 2), numClasses: 0);
         Assert.AreEqual(0, headless.NumClasses);
         StringAssert.Contains(headlessReport.IgnoredCheckpointKeys["head.bias"], "no head");
     }
@@ -217,7 +217,7 @@ public class PretrainedLoadTests
         {
             foreach (var key in tensors.Keys.ToList()) tensors[key] = tensors[key].to(ScalarType.Float16);
         });
-        var (backbone, _) = PretrainedBackbones.Load(path, numHeads: 2);
+        var (backbone, _) = PretrainedBackbones.Load(path, loadOptions: new VisionTransformerLoadOptions(NumHeads: 2));
         Assert.AreEqual(ScalarType.Float32, backbone.state_dict()["pos_embed"].dtype);
         // float16 weights round at ~1e-3 relative: close to, not equal to, the float32 logits.
         Assert.IsLessThan(0.05f, TinyModels.MaxAbsDiff(CheckpointFiles.ViTExpected("logits"), Logits(backbone, CheckpointFiles.ViTExpected("input"))));
@@ -229,7 +229,7 @@ public class PretrainedLoadTests
         Backbone backbone;
         using (NewDisposeScope())
         {
-            backbone = PretrainedBackbones.Load(CheckpointFiles.Fixture("tiny_vit.safetensors"), numHeads: 2).Backbone;
+            backbone = PretrainedBackbones.Load(CheckpointFiles.Fixture("tiny_vit.safetensors"), loadOptions: new VisionTransformerLoadOptions(NumHeads: 2)).Backbone;
         }
         AssertMatches(CheckpointFiles.ViTExpected("logits"), Logits(backbone, CheckpointFiles.ViTExpected("input")), "loaded inside a dispose scope");
     }

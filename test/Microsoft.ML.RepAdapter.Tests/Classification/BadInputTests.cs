@@ -1,6 +1,8 @@
-using Microsoft.ML.RepAdapter.Torch;
 using Microsoft.ML.Data;
+using Microsoft.ML.RepAdapter.Backbones;
+using Microsoft.ML.RepAdapter.Checkpoints;
 using Microsoft.ML.RepAdapter.Classification;
+using Microsoft.ML.RepAdapter.Torch;
 
 namespace Microsoft.ML.RepAdapter.Tests.Classification;
 
@@ -156,7 +158,6 @@ public class BadInputTests
     [DataRow("AdapterDropout", 1.0)]
     [DataRow("DropPathRate", -0.1)]
     [DataRow("ValidationSetFraction", 1.0)]
-    [DataRow("NumHeads", 0)]
     [DataRow("MaxGradientNorm", 0.0)]
     [DataRow("MaxGradientNorm", -1.0)]
     [DataRow("MaxGradientNorm", double.NaN)]
@@ -167,6 +168,20 @@ public class BadInputTests
         var error = Assert.ThrowsExactly<ArgumentOutOfRangeException>(() => new MLContext(seed: 1).MulticlassClassification.Trainers.RepAdapter(options));
         Assert.AreEqual(option, error.ParamName);
         StringAssert.Contains(error.Message, option);
+    }
+
+    [TestMethod]
+    public void FamilyLoadOptionsThatCannotWorkOrBelongToAnotherFamilyAreRefused()
+    {
+        var options = TinyTrainerOptions.Create();
+        options.BackboneLoadOptions = new VisionTransformerLoadOptions(NumHeads: 0);
+        var error = Assert.ThrowsExactly<ArgumentOutOfRangeException>(() => new MLContext(seed: 1).MulticlassClassification.Trainers.RepAdapter(options));
+        Assert.AreEqual("NumHeads", error.ParamName);
+
+        // A ViT's options for a ResNet checkpoint are never silently ignored.
+        var wrong = Assert.ThrowsExactly<ArgumentException>(() => PretrainedBackbones.Load(TestData.Fixture("tiny_resnet_basic.safetensors"),
+            loadOptions: new VisionTransformerLoadOptions(NumHeads: 2)));
+        StringAssert.Contains(wrong.Message, "VisionTransformerLoadOptions are not the ResNet family's load options (it has none)");
     }
 
     [TestMethod]

@@ -28,7 +28,7 @@ public class FamilyTests
     [DataRow("tiny_clip_timm.safetensors", "timm CLIP ViT", "clip_embedding_gelu", "input_16", 16, 2)]
     public void CheckpointsGiveTheLogitsPyTorchComputed(string file, string layout, string expected, string input, int imageSize, int? numHeads)
     {
-        var (backbone, report) = PretrainedBackbones.Load(CheckpointFiles.Fixture(file), imageSize: imageSize, numHeads: numHeads);
+        var (backbone, report) = PretrainedBackbones.Load(CheckpointFiles.Fixture(file), imageSize: imageSize, loadOptions: numHeads is int heads ? new VisionTransformerLoadOptions(heads) : null);
         Assert.AreEqual(layout, report.Layout);
         backbone.eval();
         using var _ = no_grad();

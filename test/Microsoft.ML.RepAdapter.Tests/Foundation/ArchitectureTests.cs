@@ -53,4 +53,53 @@ public partial class ArchitectureTests
         }
         Assert.HasCount(0, violations, string.Join("\n", violations));
     }
+    /// <summary>Families whose types another family may use: CLIP's image encoders are ViTs.</summary>
+    private static readonly Dictionary<string, string[]> FamilyUses = new() { ["Clip"] = ["VisionTransformer"] };
+
+    [GeneratedRegex(@"^(?:public |internal )?(?:(?:sealed|static|abstract|partial) )*(?:class|record|enum|struct|interface) (\w+)", RegexOptions.Multiline)]
+    private static partial Regex TopLevelType();
+
+    /// <summary>
+    /// A backbone family is its folder and its registry line: no code outside Backbones/&lt;Family&gt;/ names a type
+    /// declared there (its model, config, family, load options), except the registry's <c>XFamily.Instance</c>.
+    /// Comments may mention families; code may not.
+    /// </summary>
+    [TestMethod]
+    public void NoCodeOutsideAFamilysFolderNamesItsTypes()
+    {
+        string root = Path.Combine(TestData.RepoRoot, "src", "Microsoft.ML.RepAdapter");
+        string backbones = Path.Combine(root, "Backbones");
+        var sources = Directory.GetFiles(root, "*.cs", SearchOption.AllDirectories)
+            .Where(f => !f.Contains($"{Path.DirectorySeparatorChar}obj{Path.DirectorySeparatorChar}") && !f.Contains($"{Path.DirectorySeparatorChar}bin{Path.DirectorySeparatorChar}"))
+            .ToDictionary(f => f, f => string.Join("\n", File.ReadAllLines(f).Select(CodeOnly)));
+        var families = Directory.GetDirectories(backbones).ToDictionary(d => Path.GetFileName(d), d => Directory.GetFiles(d, "*.cs")
+            .SelectMany(f => TopLevelType().Matches(File.ReadAllText(f)).Select(m => m.Groups[1].Value)).ToHashSet());
+        Assert.IsGreaterThanOrEqualTo(5, families.Count);
+        Assert.IsTrue(families["VisionTransformer"].Contains("VisionTransformerLoadOptions"), "a family's load options are declared in its folder");
+        var violations = new List<string>();
+        foreach (var (family, types) in families)
+        {
+            var name = new Regex($@"\b({string.Join("|", types)})\b");
+            foreach (var (file, code) in sources)
+            {
+                string folder = Path.GetFileName(Path.GetDirectoryName(file)!);
+                if (folder == family || FamilyUses.GetValueOrDefault(folder, []).Contains(family)) continue;
+                foreach (Match match in name.Matches(code))
+                {
+                    bool registry = Path.GetFileName(file) == "BackboneFamily.cs" && code[match.Index..].StartsWith($"{family}Family.Instance,", StringComparison.Ordinal);
+                    if (!registry) violations.Add($"{Path.GetRelativePath(root, file)} names {match.Value} (family {family})");
+                }
+            }
+        }
+        Assert.IsEmpty(violations, string.Join("\n", violations));
+    }
+
+    /// <summary>A source line without its comment (// to the end, outside string literals approximated by a leading //).</summary>
+    private static string CodeOnly(string line)
+    {
+        string trimmed = line.TrimStart();
+        if (trimmed.StartsWith("//", StringComparison.Ordinal)) return "";
+        int comment = line.IndexOf(" // ", StringComparison.Ordinal);
+        return comment >= 0 && line[..comment].Count(c => c == '"') % 2 == 0 ? line[..comment] : line;
+    }
 }

@@ -64,6 +64,10 @@ public sealed class ClipFamily : BackboneFamily
         VisionTransformerFamily.Instance.Build(architecture, input, config);
 
     /// <inheritdoc/>
+    /// <remarks>CLIP's image encoders are ViTs: the ViT's load options.</remarks>
+    public override Type LoadOptionsType => typeof(VisionTransformerLoadOptions);
+
+    /// <inheritdoc/>
     public override IReadOnlyList<CheckpointLayout> Layouts { get; } = [new OpenAILayout(), new TimmClipLayout()];
 
     /// <summary>
@@ -87,7 +91,8 @@ public sealed class ClipFamily : BackboneFamily
         var w = converted.Weights;
         var known = preset is null ? null : PresetConfigs.TryGetValue(preset, out var config) ? config
             : throw new ArgumentException($"Unknown CLIP preset '{preset}'. Known presets: {string.Join(", ", PresetConfigs.Keys)}.", nameof(preset));
-        var inferred = VisionTransformerFamily.InferConfig(path, w, known, options with { KeepPreLogits = false });
+        var vit = VisionTransformerFamily.Instance.OwnLoadOptions<VisionTransformerLoadOptions>(options.Family);
+        var inferred = VisionTransformerFamily.InferConfig(path, w, known, options with { Family = (vit ?? new()) with { KeepPreLogits = false } });
         if (known is null) inferred = inferred with { LayerNormEps = 1e-5, Activation = ActivationOf(converted.Layout) };
         // A classifier fine-tuned from a CLIP preset (timm's *.openai_ft_in1k) has a head in place of the projection.
         else if (!w.ContainsKey("proj.weight") && w.ContainsKey("head.weight")) inferred = inferred with { ImageProjection = null };

@@ -172,24 +172,8 @@ public sealed partial class ConvNeXt : Backbone
             throw new ArgumentException($"{Architecture} expects images [B, 3, H, W] with H and W multiples of 32, got [{string.Join(", ", images.shape)}].");
     }
 
-    private void InitWeights()
-    {
-        // timm's _init_weights: truncated normal 0.02 for convs and linears, zero biases (layer scale and norms keep theirs).
-        using var _ = no_grad();
-        foreach (var (_, module) in named_modules())
-        {
-            (Tensor? weight, Tensor? bias) = module switch
-            {
-                Conv2d conv => (conv.weight, conv.bias),
-                Linear linear => (linear.weight, linear.bias),
-                AdaptableLinear adaptable => (adaptable.weight, adaptable.bias),
-                _ => (null, null),
-            };
-            if (weight is null) continue;
-            TruncatedNormal.Fill(weight, std: 0.02);
-            if (bias is not null) nn.init.zeros_(bias);
-        }
-    }
+    // timm's _init_weights: truncated normal 0.02 for convs and linears, zero biases (layer scale and norms keep theirs).
+    private void InitWeights() => Initialization.TruncatedNormal(this, convolutions: true);
 
     /// <summary>LayerNorm over the channels of an NCHW map (timm's LayerNorm2d), with nn.LayerNorm's parameter names.</summary>
     internal sealed class LayerNorm2d : nn.Module<Tensor, Tensor>

@@ -112,6 +112,7 @@ public sealed partial class ResNet : Backbone
         (layer1, layer2, layer3, layer4) = (stages[0], stages[1], stages[2], stages[3]);
         if (config.HasInputOffset) input_offset = zeros(1, 3, config.ImageSize, config.ImageSize);
         RegisterComponents();
+        Initialization.KaimingNormalConvolutions(this);
         ResetClassifier(config.NumClasses);
     }
 

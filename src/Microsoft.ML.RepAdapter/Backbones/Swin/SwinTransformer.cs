@@ -125,8 +125,12 @@ public sealed partial class SwinTransformer : Backbone
     }
 
     /// <inheritdoc/>
-    /// <remarks>As the ViT's: qkv, and fc1 with <see cref="AdapterPlacement.Block"/>.</remarks>
-    public override IReadOnlyDictionary<AdapterPlacement, IReadOnlyList<string>> Placements => VisionTransformer.PlacementTable;
+    /// <remarks>qkv for <see cref="AdapterPlacement.Attention"/>; qkv and fc1 for <see cref="AdapterPlacement.Block"/>.</remarks>
+    public override IReadOnlyDictionary<AdapterPlacement, IReadOnlyList<string>> Placements { get; } = new Dictionary<AdapterPlacement, IReadOnlyList<string>>
+    {
+        [AdapterPlacement.Block] = ["attn.qkv", "mlp.fc1"],
+        [AdapterPlacement.Attention] = ["attn.qkv"],
+    };
 
     /// <inheritdoc/>
     protected override IEnumerable<(string Name, nn.Module Block)> AdaptableBlocks() =>
@@ -199,23 +203,14 @@ public sealed partial class SwinTransformer : Backbone
     private void InitWeights()
     {
         // timm's init: truncated normal 0.02 for linears and the relative position bias tables, zero biases.
-        using var _ = no_grad();
-        foreach (var (name, parameter) in named_parameters())
+        using (no_grad())
         {
-            if (name.EndsWith("relative_position_bias_table", StringComparison.Ordinal)) TruncatedNormal.Fill(parameter, std: 0.02);
-        }
-        foreach (var (_, module) in named_modules())
-        {
-            (Tensor? weight, Tensor? bias) = module switch
+            foreach (var (name, parameter) in named_parameters())
             {
-                Linear linear => (linear.weight, linear.bias),
-                AdaptableLinear adaptable => (adaptable.weight, adaptable.bias),
-                _ => (null, null),
-            };
-            if (weight is null) continue;
-            TruncatedNormal.Fill(weight, std: 0.02);
-            if (bias is not null) nn.init.zeros_(bias);
+                if (name.EndsWith("relative_position_bias_table", StringComparison.Ordinal)) TruncatedNormal.Fill(parameter, std: 0.02);
+            }
         }
+        Initialization.TruncatedNormal(this);
     }
 
     /// <summary>Non-overlapping patches through a conv, then LayerNorm; NHWC tokens.</summary>

@@ -167,15 +167,13 @@ public sealed partial class VisionTransformer : Backbone
         Config = Config with { NumClasses = numClasses };
     }
 
-    /// <summary>qkv for <see cref="AdapterPlacement.Attention"/>; qkv and fc1 for <see cref="AdapterPlacement.Block"/> (the paper's two).</summary>
-    public static IReadOnlyDictionary<AdapterPlacement, IReadOnlyList<string>> PlacementTable { get; } = new Dictionary<AdapterPlacement, IReadOnlyList<string>>
+    /// <inheritdoc/>
+    /// <remarks>qkv for <see cref="AdapterPlacement.Attention"/>; qkv and fc1 for <see cref="AdapterPlacement.Block"/> (the paper's two).</remarks>
+    public override IReadOnlyDictionary<AdapterPlacement, IReadOnlyList<string>> Placements { get; } = new Dictionary<AdapterPlacement, IReadOnlyList<string>>
     {
         [AdapterPlacement.Block] = ["attn.qkv", "mlp.fc1"],
         [AdapterPlacement.Attention] = ["attn.qkv"],
     };
-
-    /// <inheritdoc/>
-    public override IReadOnlyDictionary<AdapterPlacement, IReadOnlyList<string>> Placements => PlacementTable;
 
     /// <inheritdoc/>
     protected override IEnumerable<(string Name, nn.Module Block)> AdaptableBlocks() => blocks.Select((block, i) => ($"blocks.{i}", (nn.Module)block));
@@ -310,23 +308,14 @@ public sealed partial class VisionTransformer : Backbone
     private void InitWeights()
     {
         // timm's default ("jax"-free) init: truncated normal 0.02 for embeddings and linears, zero biases.
-        using var _ = no_grad();
-        TruncatedNormal.Fill(pos_embed, std: 0.02);
-        nn.init.normal_(cls_token, std: 1e-6);
-        if (dist_token is not null) TruncatedNormal.Fill(dist_token, std: 0.02);
-        if (reg_token is not null) nn.init.normal_(reg_token, std: 1e-6);
-        foreach (var (_, module) in named_modules())
+        using (no_grad())
         {
-            (Tensor? weight, Tensor? bias) = module switch
-            {
-                Linear linear => (linear.weight, linear.bias),
-                AdaptableLinear adaptable => (adaptable.weight, adaptable.bias),
-                _ => (null, null),
-            };
-            if (weight is null) continue;
-            TruncatedNormal.Fill(weight, std: 0.02);
-            if (bias is not null) nn.init.zeros_(bias);
+            TruncatedNormal.Fill(pos_embed, std: 0.02);
+            nn.init.normal_(cls_token, std: 1e-6);
+            if (dist_token is not null) TruncatedNormal.Fill(dist_token, std: 0.02);
+            if (reg_token is not null) nn.init.normal_(reg_token, std: 1e-6);
         }
+        Initialization.TruncatedNormal(this);
     }
 
     /// <summary>Non-overlapping patches to tokens: conv with kernel = stride = patch, then [B, patches, D].</summary>

@@ -77,6 +77,9 @@ public sealed class VisionTransformerFamily : BackboneFamily
         JsonSerializer.SerializeToElement(config.Deserialize<VisionTransformerConfig>(BackboneDescriptor.Json)! with { DropPathRate = rate }, BackboneDescriptor.Json);
 
     /// <inheritdoc/>
+    public override Type LoadOptionsType => typeof(VisionTransformerLoadOptions);
+
+    /// <inheritdoc/>
     public override IReadOnlyList<CheckpointLayout> Layouts { get; } =
     [
         // timm's own names; a pre-normed ViT is CLIP's, whose family reads it.
@@ -89,8 +92,8 @@ public sealed class VisionTransformerFamily : BackboneFamily
 
     /// <summary>
     /// Embedding width, depth, MLP ratio, patch size, qkv bias, pre-norm, pre-logits, LayerScale, register and
-    /// distillation tokens and the checkpoint's image size (from the position embeddings) come from the shapes. The number of attention heads is not in the shapes: it is
-    /// <see cref="CheckpointOptions.NumHeads"/>, else the preset's, else width / 64 (the rule of ViT-Ti/S/B/L, not ViT-H),
+    /// distillation tokens and the checkpoint's image size (from the position embeddings) come from the shapes. The
+    /// number of attention heads is not in the shapes: it is <see cref="VisionTransformerLoadOptions.NumHeads"/>, else the preset's, else width / 64 (the rule of ViT-Ti/S/B/L, not ViT-H),
     /// and an error when the width is not a multiple of 64. The name is the preset that matches, if any.
     /// </summary>
     public override Backbone CreateFromWeights(string path, ConvertedCheckpoint converted, string? preset, CheckpointOptions options)
@@ -109,6 +112,7 @@ public sealed class VisionTransformerFamily : BackboneFamily
     /// </summary>
     public static VisionTransformerConfig InferConfig(string path, IReadOnlyDictionary<string, Tensor> w, VisionTransformerConfig? preset, CheckpointOptions options)
     {
+        var vit = Instance.OwnLoadOptions<VisionTransformerLoadOptions>(options.Family) ?? new();
         var cls = KeyTaker.Require(path, w, "cls_token", rank: 3);
         var patch = KeyTaker.Require(path, w, "patch_embed.proj.weight", rank: 4);
         var pos = KeyTaker.Require(path, w, "pos_embed", rank: 3);
@@ -129,18 +133,18 @@ public sealed class VisionTransformerFamily : BackboneFamily
         if (w.ContainsKey("blocks.0.mlp.w12.weight") || w.ContainsKey("blocks.0.mlp.fc1_g.weight"))
             throw new CheckpointException(path, "blocks.0.mlp", "a SwiGLU MLP (DINOv2 giant, EVA) is not supported: the adapted ViTs have a GELU MLP (mlp.fc1, mlp.fc2).");
         bool hasPreLogits = w.ContainsKey("pre_logits.fc.weight");
-        if (options.KeepPreLogits && !hasPreLogits)
-            throw new CheckpointException(path, "pre_logits.fc.weight", "keepPreLogits: expected a pre-logits layer in the checkpoint, found none.");
-        int? representation = options.KeepPreLogits ? (int)KeyTaker.Require(path, w, "pre_logits.fc.weight", rank: 2).shape[0] : null;
+        if (vit.KeepPreLogits && !hasPreLogits)
+            throw new CheckpointException(path, "pre_logits.fc.weight", "KeepPreLogits: expected a pre-logits layer in the checkpoint, found none.");
+        int? representation = vit.KeepPreLogits ? (int)KeyTaker.Require(path, w, "pre_logits.fc.weight", rank: 2).shape[0] : null;
         int? projection = w.TryGetValue("proj.weight", out var proj) ? (int)proj.shape[0] : null;
         // A head trained on the pre-logits output is useless without them (LeftOut ignores it then).
-        int checkpointClasses = w.TryGetValue("head.weight", out var head) && (options.KeepPreLogits || !hasPreLogits) ? (int)head.shape[0] : 0;
+        int checkpointClasses = w.TryGetValue("head.weight", out var head) && (vit.KeepPreLogits || !hasPreLogits) ? (int)head.shape[0] : 0;
 
         VisionTransformerConfig config;
         if (preset is not null)
         {
             config = preset;
-            if (options.NumHeads is int heads) config = config with { NumHeads = heads };
+            if (vit.NumHeads is int heads) config = config with { NumHeads = heads };
         }
         else
         {
@@ -152,7 +156,7 @@ public sealed class VisionTransformerFamily : BackboneFamily
                 PatchSize: patchSize,
                 EmbedDim: embedDim,
                 Depth: depth,
-                NumHeads: options.NumHeads ?? DefaultHeads(path, embedDim),
+                NumHeads: vit.NumHeads ?? DefaultHeads(path, embedDim),
                 MlpRatio: (double)fc1.shape[0] / embedDim,
                 QkvBias: w.ContainsKey("blocks.0.attn.qkv.bias"),
                 PreNorm: w.ContainsKey("norm_pre.weight"),
@@ -178,14 +182,14 @@ public sealed class VisionTransformerFamily : BackboneFamily
         HeadsOfWidth.TryGetValue(embedDim, out int heads) ? heads
         : embedDim % 64 == 0 ? embedDim / 64
             : throw new CheckpointException(path, "cls_token",
-                $"attention heads: the shapes do not determine them and the default rule (width / 64) needs a width that is a multiple of 64, found {embedDim}; pass numHeads or a preset.");
+                $"attention heads: the shapes do not determine them and the default rule (width / 64) needs a width that is a multiple of 64, found {embedDim}; pass VisionTransformerLoadOptions(NumHeads: n) (the trainer's BackboneLoadOptions) or a preset.");
 
     /// <summary>The pre-logits layer of an ImageNet-21k checkpoint when the backbone does not keep it, and the head trained on it.</summary>
     public override IReadOnlyDictionary<string, string> LeftOut(IReadOnlyDictionary<string, Tensor> weights, Backbone target)
     {
         var left = new Dictionary<string, string>();
         if (!weights.Keys.Any(IsPreLogits) || target.state_dict().Keys.Any(IsPreLogits)) return left;
-        foreach (var key in weights.Keys.Where(IsPreLogits)) left[key] = "the pre-logits layer is not kept (keepPreLogits: false).";
+        foreach (var key in weights.Keys.Where(IsPreLogits)) left[key] = "the pre-logits layer is not kept (VisionTransformerLoadOptions.KeepPreLogits: false).";
         foreach (var key in weights.Keys.Where(target.IsHeadParameter)) left[key] = "this head was trained on the pre-logits output, which is not kept.";
         return left;
     }
