@@ -84,6 +84,34 @@ public class TimmFixtureTests
     }
 
     /// <summary>
+    /// Meta's DINOv2 .pth (torch.hub; written from timm's weights and checked there to convert back through timm's own
+    /// _convert_dinov2): timm's pooled features. Hugging Face's Dinov2Model layout is refused by name.
+    /// </summary>
+    [TestMethod]
+    [DataRow("dinov2_meta.pth", "dinov2")]
+    [DataRow("dinov2_meta_reg4.pth", "dinov2_reg4")]
+    public void MetaDinov2CheckpointsGiveTimmsFeatures(string file, string timmName)
+    {
+        using var scope = NewDisposeScope();
+        var (backbone, report) = PretrainedBackbones.Load(Checkpoint(file), loadOptions: ViTOptions(timmName));
+        TestContext.WriteLine(report.ToString());
+        Assert.AreEqual("Meta DINOv2", report.Layout);
+        Assert.AreEqual(0, backbone.NumClasses, "Meta's files have no head");
+        backbone.eval();
+        var expected = Expected($"{timmName}_features");
+        using (no_grad())
+        {
+            float relative = TinyModels.MaxAbsDiff(expected, backbone.forward(Expected("input_42"))) / TinyModels.MaxAbs(expected);
+            TestContext.WriteLine($"{file}: max |library - timm| / max |timm| = {relative:E2}");
+            Assert.IsLessThanOrEqualTo(1e-4f, relative);
+        }
+
+        string hf = CheckpointFiles.EditedCopy("tiny_vit_hf.safetensors", t => t["encoder.layer.0.layer_scale1.lambda1"] = ones(32));
+        var error = Assert.ThrowsExactly<CheckpointException>(() => PretrainedBackbones.Load(hf, loadOptions: new VisionTransformerLoadOptions(NumHeads: 2)));
+        StringAssert.Contains(error.Message, "Dinov2Model layout is not supported");
+    }
+
+    /// <summary>
     /// A CLIP classifier (timm's <c>*_clip_224.openai_ft_in1k</c>: a head, no projection) takes its own preset's config
     /// without the projection, and only an inferred architecture reports the activation it assumed.
     /// </summary>

@@ -84,8 +84,9 @@ public sealed class VisionTransformerFamily : BackboneFamily
     [
         // timm's own names; a pre-normed ViT is CLIP's, whose family reads it.
         new OwnNamesLayout("timm ViT", t => t.ContainsKey("patch_embed.proj.weight") && t.ContainsKey("cls_token") && !t.ContainsKey("norm_pre.weight")
-            && !t.ContainsKey("head_dist.weight")),
+            && !t.ContainsKey("head_dist.weight") && !t.ContainsKey("mask_token")),
         new DistilledLayout(),
+        new MetaDinov2Layout(),
         new GoogleLayout(),
         new HuggingFaceLayout(),
     ];
@@ -256,6 +257,46 @@ public sealed class VisionTransformerFamily : BackboneFamily
     }
 
     /// <summary>
+    /// Meta's DINOv2 checkpoints (facebookresearch/dinov2, torch.hub): timm's names plus the masked-image-modeling
+    /// <c>mask_token</c> (unused here); with registers (<c>register_tokens</c>) the class token's position embedding is
+    /// the first row of <c>pos_embed</c>, which timm adds to the class token to get its no_embed_class model (the
+    /// conversion of timm's <c>_convert_dinov2</c>).
+    /// </summary>
+    private sealed class MetaDinov2Layout : CheckpointLayout
+    {
+        public override string Name => "Meta DINOv2";
+
+        public override bool Matches(IReadOnlyDictionary<string, Tensor> tensors) =>
+            tensors.ContainsKey("mask_token") && tensors.ContainsKey("patch_embed.proj.weight") && tensors.ContainsKey("cls_token");
+
+        public override ConvertedCheckpoint Convert(TensorCheckpoint checkpoint, IReadOnlyDictionary<string, Tensor> tensors)
+        {
+            var keys = new KeyTaker(checkpoint.Path, tensors);
+            var w = new OrderedDictionary<string, Tensor>();
+            keys.Take("mask_token");
+            bool registers = keys.Has("register_tokens");
+            foreach (var key in tensors.Keys.Where(k => k is not ("mask_token" or "register_tokens" or "cls_token" or "pos_embed")))
+                w[key] = keys.Take(key);
+            var cls = keys.Take("cls_token", rank: 3);
+            var pos = keys.Take("pos_embed", rank: 3);
+            if (registers)
+            {
+                w["cls_token"] = cls.Plus(pos.narrow(1, 0, 1));
+                w["reg_token"] = keys.Take("register_tokens", rank: 3);
+                w["pos_embed"] = pos.narrow(1, 1, pos.shape[1] - 1).contiguous();
+            }
+            else
+            {
+                w["cls_token"] = cls;
+                w["pos_embed"] = pos;
+            }
+            keys.ThrowIfAnyUnused(Name);
+            return new ConvertedCheckpoint(Name, w, new Dictionary<string, string> { ["mask_token"] = "DINOv2's masked-image-modeling token: used in pretraining only." },
+                registers ? ["the class token's position embedding added to the class token, the registers' none (timm's no_embed_class DINOv2)."] : null);
+        }
+    }
+
+    /// <summary>
     /// Google ViT .npz -> timm (the inverse of what timm's _load_weights undoes): kernels are [in, out], q/k/v kernels
     /// [D, heads, head_dim], out/kernel [heads, head_dim, D], embedding/kernel HWIO. "opt/target/" (Flax optimizer
     /// checkpoints) is accepted as a prefix.
@@ -325,6 +366,9 @@ public sealed class VisionTransformerFamily : BackboneFamily
         {
             var keys = new KeyTaker(checkpoint.Path, tensors);
             string p = keys.Has("vit.embeddings.patch_embeddings.projection.weight") ? "vit." : "";
+            if (tensors.Keys.FirstOrDefault(k => k.EndsWith("embeddings.mask_token", StringComparison.Ordinal) || k.EndsWith(".layer_scale1.lambda1", StringComparison.Ordinal)) is string dinov2)
+                throw new CheckpointException(checkpoint.Path, dinov2,
+                    "Hugging Face's Dinov2Model layout is not supported: load timm's DINOv2 weights (the Hub's timm/vit_*_dinov2.lvd142m) or Meta's torch.hub .pth.");
             var w = new OrderedDictionary<string, Tensor>();
             var ignored = new Dictionary<string, string>();
             w["patch_embed.proj.weight"] = keys.Take(p + "embeddings.patch_embeddings.projection.weight");
