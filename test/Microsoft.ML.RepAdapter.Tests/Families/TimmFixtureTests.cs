@@ -111,6 +111,24 @@ public class TimmFixtureTests
         StringAssert.Contains(error.Message, "Dinov2Model layout is not supported");
     }
 
+    /// <summary>timm models the families do not read are refused naming what differs, not with a shape error.</summary>
+    [TestMethod]
+    [DataRow("convnext.safetensors", "stages.0.blocks.0.mlp.grn.weight", "ConvNeXt V2")]
+    [DataRow("convnext.safetensors", "stem.0.weight", "overlapping stem")]
+    [DataRow("convnext.safetensors", "stem.1.bias", "norms without a bias")]
+    [DataRow("dinov2.safetensors", "blocks.0.mlp.w12.weight", "SwiGLU")]
+    public void UnsupportedTimmVariantsAreRefusedByName(string file, string key, string message)
+    {
+        string edited = CheckpointFiles.EditedCopy(Path.Combine("timm", file), name: file, edit: t =>
+        {
+            if (key == "stem.0.weight") t[key] = randn(8, 3, 3, 3);
+            else if (key.EndsWith(".bias", StringComparison.Ordinal)) t.Remove(key);
+            else t[key] = ones(4);
+        });
+        var error = Assert.ThrowsExactly<CheckpointException>(() => PretrainedBackbones.Load(edited, loadOptions: ViTOptions(file)));
+        StringAssert.Contains(error.Message, message);
+    }
+
     /// <summary>
     /// A CLIP classifier (timm's <c>*_clip_224.openai_ft_in1k</c>: a head, no projection) takes its own preset's config
     /// without the projection, and only an inferred architecture reports the activation it assumed.

@@ -85,6 +85,13 @@ public sealed class ConvNeXtFamily : BackboneFamily
     public override Backbone CreateFromWeights(string path, ConvertedCheckpoint converted, string? preset, CheckpointOptions options)
     {
         var w = converted.Weights;
+        // Variants whose blocks or stem differ from ConvNeXt V1's, refused by what is missing rather than by shapes.
+        if (w.Keys.FirstOrDefault(k => k.Contains(".mlp.grn.", StringComparison.Ordinal)) is string grn)
+            throw new CheckpointException(path, grn, "ConvNeXt V2 (global response norm in the MLP) is not supported: the ConvNeXt family reads V1 models (convnext_atto .. convnext_base).");
+        if (KeyTaker.Require(path, w, "stem.0.weight", rank: 4).shape[2] != 4)
+            throw new CheckpointException(path, "stem.0.weight", "an overlapping stem (timm's *_ols models) is not supported: the ConvNeXt family reads the 4x4 patchify stem.");
+        if (w.ContainsKey("stem.1.weight") && !w.ContainsKey("stem.1.bias"))
+            throw new CheckpointException(path, "stem.1.bias", "norms without a bias (timm's *_rms / simplenorm models) are not supported: the ConvNeXt family reads LayerNorm models.");
         int checkpointClasses = w.TryGetValue("head.fc.weight", out var fc) ? (int)fc.shape[0] : 0;
         ConvNeXtConfig config;
         if (preset is not null)
