@@ -12,7 +12,7 @@ internal static class TinyModels
     public static readonly VisionTransformerConfig VitConfig = new(ImageSize: 16, PatchSize: 4, EmbedDim: 32, Depth: 2, NumHeads: 2, NumClasses: 5);
     public static readonly ResNetConfig BasicResNetConfig = new(ResNetBlock.Basic, [1, 1, 1, 1], [8, 16, 32, 64], NumClasses: 5, ImageSize: 32);
     public static readonly ResNetConfig BottleneckResNetConfig = new(ResNetBlock.Bottleneck, [1, 1, 1, 1], [4, 8, 16, 32], NumClasses: 5, ImageSize: 32);
-    // The configs of test/fixtures/make_family_fixtures.py.
+    // The sizes of the timm fixtures' Swin and ConvNeXt (test/fixtures/make_timm_fixtures.py).
     public static readonly SwinConfig SwinConfig = new([2, 2, 2, 2], [2, 2, 4, 4], EmbedDim: 8, WindowSize: 4, ImageSize: 32, NumClasses: 5);
     public static readonly ConvNeXtConfig ConvNeXtConfig = new([1, 1, 2, 1], [8, 16, 32, 64], NumClasses: 5, ImageSize: 32);
     public static readonly VisionTransformerConfig ClipConfig = new(ImageSize: 16, PatchSize: 4, EmbedDim: 32, Depth: 2, NumHeads: 2, NumClasses: 0,

@@ -12,8 +12,8 @@ using static TorchSharp.torch;
 namespace Microsoft.ML.RepAdapter.Tests.Families;
 
 /// <summary>
-/// Files written by timm itself (test/fixtures/make_timm_fixtures.py, timm 1.0.29.dev0, perturbed weights), loaded as a
-/// user loads a Hub download, against the logits timm computed; then random non-zero adapters merged into them, and the merged model exported to ONNX.
+/// Files written by timm itself (test/fixtures/make_timm_fixtures.py, timm 1.0.29.dev0, perturbed weights) and by
+/// OpenAI's CLIP code (make_clip_fixtures.py), loaded as a user loads a download, against the logits timm computed; then random non-zero adapters merged into them, and the merged model exported to ONNX.
 /// </summary>
 [TestClass]
 public class TimmFixtureTests
@@ -127,6 +127,36 @@ public class TimmFixtureTests
         });
         var error = Assert.ThrowsExactly<CheckpointException>(() => PretrainedBackbones.Load(edited, loadOptions: ViTOptions(file)));
         StringAssert.Contains(error.Message, message);
+    }
+
+    /// <summary>
+    /// CLIP written by OpenAI's own code (test/fixtures/make_clip_fixtures.py, openai/CLIP's model.py): the state dict
+    /// of clip.load, text tower beside the image tower, and the image tower alone as open_clip saves it, against
+    /// OpenAI's encode_image; and the same weights as timm converts them, against timm's GELU model. Then merged and exported.
+    /// </summary>
+    [TestMethod]
+    [DataRow("openai_clip.pth", "OpenAI / open_clip CLIP", "embedding", 18)]
+    [DataRow("open_clip.safetensors", "OpenAI / open_clip CLIP", "embedding", 0)]
+    [DataRow("timm_clip.safetensors", "timm CLIP ViT", "timm_clip_logits", 1)]
+    public void ClipWrittenByOpenAIAndTimmGivesTheirEmbeddingsAndMergesExactly(string file, string layout, string expectedKey, int ignored)
+    {
+        using var scope = NewDisposeScope();
+        var (backbone, report) = PretrainedBackbones.Load(CheckpointFiles.Fixture(Path.Combine("clip", file)));
+        TestContext.WriteLine(report.ToString());
+        Assert.AreEqual(layout, report.Layout);
+        Assert.AreEqual(ignored, report.IgnoredCheckpointKeys.Count, "the text tower (OpenAI) or the projection's zero bias (timm) is left out");
+        Assert.AreEqual(16, backbone.FeatureDim, "the pooled feature is the CLIP embedding (the image projection's output)");
+        Assert.IsTrue(report.Notes.Any(n => n.StartsWith("activation:", StringComparison.Ordinal)), "the assumed activation is reported");
+        backbone.eval();
+        var images = CheckpointFiles.Expected(Path.Combine("clip", "expected.safetensors"), "input_32");
+        var expected = CheckpointFiles.Expected(Path.Combine("clip", "expected.safetensors"), expectedKey);
+        using (no_grad())
+        {
+            float relative = TinyModels.MaxAbsDiff(expected, backbone.forward(images)) / TinyModels.MaxAbs(expected);
+            TestContext.WriteLine($"{file}: max |library - reference| / max |reference| = {relative:E2}");
+            Assert.IsLessThanOrEqualTo(1e-4f, relative);
+        }
+        AssertMergesAndExports(backbone, images, expected, file);
     }
 
     /// <summary>
