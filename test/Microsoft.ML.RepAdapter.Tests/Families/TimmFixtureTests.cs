@@ -129,6 +129,15 @@ public class TimmFixtureTests
         StringAssert.Contains(error.Message, message);
     }
 
+    /// <summary>A Swin at a size that is not a whole number of windows says that ImageSize is the fix, and which size timm uses.</summary>
+    [TestMethod]
+    public void SwinAtASizeOfNoWholeWindowsNamesImageSize()
+    {
+        var error = Assert.ThrowsExactly<ArgumentException>(() => PretrainedBackbones.Load(Checkpoint("swin.safetensors"), imageSize: 96));
+        StringAssert.Contains(error.Message, "6x6 map is not a whole number of 4x4 windows at image size 96: set ImageSize");
+        StringAssert.Contains(error.Message, "128 px for window 4");
+    }
+
     /// <summary>
     /// CLIP written by OpenAI's own code (test/fixtures/make_clip_fixtures.py, openai/CLIP's model.py): the state dict
     /// of clip.load, text tower beside the image tower, and the image tower alone as open_clip saves it, against

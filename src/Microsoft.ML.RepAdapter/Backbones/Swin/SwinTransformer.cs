@@ -39,7 +39,7 @@ public sealed record SwinConfig(int[] Depths, int[] NumHeads, int EmbedDim = 96,
             int window = Math.Min(WindowSize, Resolution(s));
             if (Resolution(s) % window != 0)
                 throw new ArgumentException($"Stage {s}'s {Resolution(s)}x{Resolution(s)} map is not a whole number of {window}x{window} windows at image size {ImageSize}: "
-                    + $"set ImageSize to a multiple of {WindowSize * (PatchSize << (Depths.Length - 1))} (timm's Swin presets use {WindowSize * (PatchSize << (Depths.Length - 1))} px for window {WindowSize}).");
+                    + $"set ImageSize to one that is (timm's Swin presets use {WindowSize * (PatchSize << (Depths.Length - 1))} px for window {WindowSize}).");
         }
         if (DropPathRate is < 0 or >= 1) throw new ArgumentException($"Drop-path rate must be in [0, 1), got {DropPathRate}.");
     }
