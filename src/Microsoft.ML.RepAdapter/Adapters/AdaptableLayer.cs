@@ -10,7 +10,9 @@ namespace Microsoft.ML.RepAdapter.Adapters;
 /// A projection (linear layer or convolution) of a backbone that can host one adapter. Its own parameters keep the
 /// checkpoint names (<c>weight</c>, <c>bias</c>), so a plain checkpoint maps onto it 1:1; an attached adapter lives
 /// under <c>adapter.*</c>. <see cref="MergeAdapter"/> folds the adapter into <c>weight</c>/<c>bias</c> and removes it,
-/// leaving exactly the original layer.
+/// leaving exactly the original layer. Methods are written against three operations, the same for every kind of layer:
+/// <see cref="ProjectWith"/> (the layer's own computation with other parameters), <see cref="MixChannels"/> and
+/// <see cref="OverOutputs"/>, and they merge through one hook, <see cref="Rewrite"/>.
 /// </summary>
 public abstract class AdaptableLayer : nn.Module<Tensor, Tensor>
 {
@@ -55,7 +57,29 @@ public abstract class AdaptableLayer : nn.Module<Tensor, Tensor>
     public ProjectionAdapter? Adapter => _adapter;
 
     /// <summary>The plain projection, without any adapter.</summary>
-    public abstract Tensor Project(Tensor input);
+    public Tensor Project(Tensor input) => ProjectWith(input, weight, bias);
+
+    /// <summary>
+    /// This layer's computation with <paramref name="weight"/> and <paramref name="bias"/> in place of its own, with its own
+    /// geometry (a convolution's stride and padding). <paramref name="weight"/> may have other output channels (a
+    /// low-rank method's down projection has r).
+    /// </summary>
+    public abstract Tensor ProjectWith(Tensor input, Tensor weight, Tensor? bias);
+
+    /// <summary>
+    /// <paramref name="x"/>'s channels (on <see cref="ChannelDim"/>) multiplied by <paramref name="matrix"/> [out, in]: a
+    /// matrix product for tokens, a 1 x 1 convolution for feature maps. Written as one matrix product on the channel axis
+    /// (no grouped or 1 x 1 convolution kernels: see <see cref="RepAdapterLayer.Adapt"/>).
+    /// </summary>
+    public Tensor MixChannels(Tensor x, Tensor matrix)
+    {
+        if (ChannelDim == -1) return nn.functional.linear(x, matrix);
+        using var scope = NewDisposeScope();
+        return nn.functional.linear(x.movedim([ChannelDim], [-1]), matrix).movedim([-1], [ChannelDim]).contiguous().MoveToOuterDisposeScope();
+    }
+
+    /// <summary>A per-output-channel vector [out] shaped to broadcast over this layer's outputs (channels on <see cref="ChannelDim"/>).</summary>
+    public Tensor OverOutputs(Tensor perChannel) => ChannelDim == -1 ? perChannel.alias() : perChannel.view(-1, 1, 1);
 
     /// <summary>The layer's output: <see cref="Project"/> alone, or through the attached adapter.</summary>
     public override Tensor forward(Tensor input) => Adapter is null ? Project(input) : Adapter.Forward(input, this);
@@ -90,17 +114,20 @@ public abstract class AdaptableLayer : nn.Module<Tensor, Tensor>
         return true;
     }
 
-    /// <summary>Replaces this layer by itself preceded by the input map z -> M z + c (M: [in, in], c: [in]).</summary>
-    internal abstract void FoldInputMap(Tensor m, Tensor? c);
-
-    /// <summary>Adds <paramref name="delta"/> ([out, in]) to the weight, for low-rank updates.</summary>
-    internal abstract void AddWeightDelta(Tensor delta);
-
     /// <summary>
-    /// Copies <paramref name="value"/> into <paramref name="target"/> in place; a shape mismatch is an
-    /// <see cref="InvalidOperationException"/>.
+    /// The merge hook: replaces the layer's weight (and bias, when <paramref name="newBias"/> is given) by values of the same
+    /// shapes, computed by a method from the current ones. A bias for a bias-free layer is refused: the merged model keeps
+    /// the plain architecture.
     /// </summary>
-    protected static void Assign(Parameter target, Tensor value)
+    internal void Rewrite(Tensor newWeight, Tensor? newBias)
+    {
+        if (newBias is not null && bias is null)
+            throw new InvalidOperationException($"Layer '{GetName()}' has no bias: a merge that needs one would change the plain architecture.");
+        Assign(weight, newWeight);
+        if (newBias is not null) Assign(bias!, newBias);
+    }
+
+    private static void Assign(Parameter target, Tensor value)
     {
         if (!target.shape.SequenceEqual(value.shape))
             throw new InvalidOperationException($"Merged tensor shape [{string.Join(", ", value.shape)}] differs from [{string.Join(", ", target.shape)}].");
@@ -148,21 +175,7 @@ public sealed class AdaptableLinear : AdaptableLayer
     public override bool InputBiasFoldsExactly => true;
 
     /// <inheritdoc/>
-    public override Tensor Project(Tensor input) => nn.functional.linear(input, _weight, _bias);
-
-    internal override void FoldInputMap(Tensor m, Tensor? c)
-    {
-        // W (M z + c) + b = (W M) z + (W c + b)
-        if (c is not null)
-        {
-            var shift = _weight.matmul(c);
-            if (_bias is null) throw new InvalidOperationException("An adapter bias cannot fold into a linear layer without bias.");
-            Assign(_bias, _bias.Plus(shift));
-        }
-        Assign(_weight, _weight.matmul(m));
-    }
-
-    internal override void AddWeightDelta(Tensor delta) => Assign(_weight, _weight.Plus(delta));
+    public override Tensor ProjectWith(Tensor input, Tensor weight, Tensor? bias) => nn.functional.linear(input, weight, bias);
 }
 
 /// <summary>A 2-D convolution (nn.Conv2d semantics and names) that can host an adapter in front of it.</summary>
@@ -217,24 +230,12 @@ public sealed class AdaptableConv2d : AdaptableLayer
     /// <remarks>True only for an unpadded convolution.</remarks>
     public override bool InputBiasFoldsExactly => _padding == 0;
 
+    /// <summary>Kernel height and width.</summary>
+    public long KernelSize => _weight.shape[2];
+
     /// <inheritdoc/>
-    public override Tensor Project(Tensor input) =>
-        nn.functional.conv2d(input, _weight, _bias, strides: [_stride, _stride], padding: [_padding, _padding]);
-
-    internal override void FoldInputMap(Tensor m, Tensor? c)
-    {
-        // conv(M z + c): each kernel tap reads M z, so W'[o, j] = sum_i W[o, i] M[i, j]; an unpadded conv sees c everywhere.
-        if (c is not null)
-        {
-            if (!InputBiasFoldsExactly) throw new InvalidOperationException("An adapter bias cannot fold exactly into a zero-padded convolution.");
-            if (_bias is null) throw new InvalidOperationException("An adapter bias cannot fold into a convolution without bias.");
-            Assign(_bias, _bias.Plus(_weight.sum([2, 3]).matmul(c)));
-        }
-        Assign(_weight, einsum("oihw,ij->ojhw", _weight, m));
-    }
-
-    internal override void AddWeightDelta(Tensor delta) =>
-        throw new NotSupportedException("Low-rank weight updates are only defined for linear layers.");
+    public override Tensor ProjectWith(Tensor input, Tensor weight, Tensor? bias) =>
+        nn.functional.conv2d(input, weight, bias, strides: [_stride, _stride], padding: [_padding, _padding]);
 
     /// <summary>Gives a bias-free conv the bias <paramref name="values"/> (e.g. a folded BatchNorm's shift).</summary>
     internal void AddBias(Tensor values)

@@ -6,7 +6,7 @@ namespace Microsoft.ML.RepAdapter.Adapters;
 
 /// <summary>
 /// Attaching adapters to a backbone (or a task network around one), choosing what trains, and merging them away
-/// afterwards (peft's inject / mark-trainable / merge_and_unload, for RepAdapter and LoRA).
+/// afterwards (peft's inject / mark-trainable / merge_and_unload), for every method of <see cref="AdapterMethods"/>.
 /// </summary>
 public static class BackboneAdapters
 {
@@ -16,12 +16,7 @@ public static class BackboneAdapters
     /// </summary>
     public static IReadOnlyList<AdapterSite> AttachAdapters(this IAdaptableModel model, AdapterConfig config)
     {
-        var sites = model.AdapterSites(config.Placement);
-        if (config.LastBlocks is int last && sites.Count > 0)
-        {
-            int first = sites.Max(site => site.Block) + 1 - last;
-            sites = [.. sites.Where(site => site.Block >= first)];
-        }
+        var sites = model.SitesOf(config);
         foreach (var site in sites)
         {
             var adapter = ModuleScopes.Unscoped(() => ProjectionAdapter.Create(config, site.Layer, site.Name));
@@ -29,6 +24,15 @@ public static class BackboneAdapters
             site.Layer.AttachAdapter(adapter);
         }
         return sites;
+    }
+
+    /// <summary>The sites <paramref name="config"/> adapts: its placement's, in the last <see cref="AdapterConfig.LastBlocks"/> blocks when set.</summary>
+    public static IReadOnlyList<AdapterSite> SitesOf(this IAdaptableModel model, AdapterConfig config)
+    {
+        var sites = model.AdapterSites(config.Placement);
+        if (config.LastBlocks is not int last || sites.Count == 0) return sites;
+        int first = sites.Max(site => site.Block) + 1 - last;
+        return [.. sites.Where(site => site.Block >= first)];
     }
 
     /// <summary>The layers that currently carry an adapter.</summary>

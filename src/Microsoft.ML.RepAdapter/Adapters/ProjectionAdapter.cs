@@ -22,24 +22,19 @@ public abstract class ProjectionAdapter : nn.Module
     internal abstract void MergeInto(AdaptableLayer layer);
 
     /// <summary>
-    /// Creates the adapter that <paramref name="config"/> describes for <paramref name="layer"/>: a
-    /// <see cref="RepAdapterLayer"/> (with biases only where the layer can absorb them exactly) or a <see cref="LoraLayer"/>.
-    /// Throws when the configuration does not fit the layer (see <see cref="AdapterConfig.Validate"/>) and
-    /// <see cref="NotSupportedException"/> for LoRA on a convolution.
+    /// Creates the adapter that <paramref name="config"/> describes for <paramref name="layer"/> (its method's
+    /// <see cref="AdapterMethod.Create"/>), after <see cref="AdapterConfig.Validate"/>.
     /// </summary>
     /// <param name="config">Method, hidden size, groups, scale and dropout.</param>
     /// <param name="layer">The projection the adapter will be attached to (not attached here).</param>
     /// <param name="site">The site's module path, for error messages.</param>
     public static ProjectionAdapter Create(AdapterConfig config, AdaptableLayer layer, string site)
     {
-        config.Validate((int)layer.InChannels, site);
-        return config.Method switch
-        {
-            AdaptationMethod.RepAdapter => new RepAdapterLayer((int)layer.InChannels, config, withBias: layer.InputBiasFoldsExactly && layer.bias is not null),
-            AdaptationMethod.LoRA => layer is AdaptableLinear
-                ? new LoraLayer((int)layer.InChannels, (int)layer.OutChannels, config)
-                : throw new NotSupportedException($"LoRA is defined for linear layers; site '{site}' is a {layer.GetType().Name}."),
-            _ => throw new ArgumentOutOfRangeException(nameof(config), config.Method, "Unknown adaptation method."),
-        };
+        config.Validate(layer, site);
+        return config.Implementation.Create(config, layer);
     }
+
+    /// <summary><paramref name="weight"/> ([out, ...]) with each output channel's slice multiplied by <paramref name="perChannel"/> [out].</summary>
+    protected static Tensor ScaleOutputChannels(Tensor weight, Tensor perChannel) =>
+        weight.mul(perChannel.view([-1, .. Enumerable.Repeat(1L, (int)weight.dim() - 1)]));
 }

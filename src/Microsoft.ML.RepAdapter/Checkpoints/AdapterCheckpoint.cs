@@ -50,7 +50,7 @@ public static partial class AdapterCheckpoint
     /// </summary>
     public static void Save(Backbone adapted, AdapterConfig config, string path)
     {
-        var sites = adapted.AdapterSites(config.Placement);
+        var sites = adapted.SitesOf(config);
         var missing = sites.Where(s => s.Layer.Adapter is null).Select(s => s.Name).ToList();
         if (missing.Count > 0 || adapted.AdaptedLayers().Count() != sites.Count)
             throw new InvalidOperationException(
@@ -72,6 +72,7 @@ public static partial class AdapterCheckpoint
             ["scale"] = config.Scale.ToString("R", CultureInfo.InvariantCulture),
             ["dropout"] = config.Dropout.ToString("R", CultureInfo.InvariantCulture),
         };
+        if (config.LastBlocks is int last) metadata["last_blocks"] = last.ToString(CultureInfo.InvariantCulture);
         SafeTensorsWriter.Write(path, tensors, metadata);
     }
 
@@ -93,12 +94,14 @@ public static partial class AdapterCheckpoint
         if (meta.GetValueOrDefault("format_version") != FormatVersion)
             throw new CheckpointException(path, "__metadata__.format_version", $"expected '{FormatVersion}', found '{meta.GetValueOrDefault("format_version", "(none)")}'.");
         var config = new AdapterConfig(
-            Method: Field(path, meta, "method", Enum.Parse<AdaptationMethod>),
+            Method: Field(path, meta, "method", s => Enum.TryParse<AdaptationMethod>(s, out var m) && Enum.IsDefined(m) ? m
+                : throw new FormatException($"not a method of this library ({string.Join(", ", Enum.GetNames<AdaptationMethod>())})")),
             Placement: Field(path, meta, "placement", Enum.Parse<AdapterPlacement>),
             Hidden: Field(path, meta, "hidden", s => int.Parse(s, CultureInfo.InvariantCulture)),
             Groups: Field(path, meta, "groups", s => int.Parse(s, CultureInfo.InvariantCulture)),
             Scale: Field(path, meta, "scale", s => float.Parse(s, CultureInfo.InvariantCulture)),
-            Dropout: Field(path, meta, "dropout", s => double.Parse(s, CultureInfo.InvariantCulture)));
+            Dropout: Field(path, meta, "dropout", s => double.Parse(s, CultureInfo.InvariantCulture)),
+            LastBlocks: meta.ContainsKey("last_blocks") ? Field(path, meta, "last_blocks", s => int.Parse(s, CultureInfo.InvariantCulture)) : null);
         int numClasses = Field(path, meta, "num_classes", s => int.Parse(s, CultureInfo.InvariantCulture));
 
         string expected = Field(path, meta, "backbone_fingerprint", s => s);
@@ -206,7 +209,7 @@ public static partial class AdapterCheckpoint
     {
         if (backbone.AdaptedLayers().Any())
             throw new InvalidOperationException($"{backbone.Architecture} already carries adapters; load adapters onto a plain backbone.");
-        var sites = backbone.AdapterSites(config.Placement);
+        var sites = backbone.SitesOf(config);
         var adapters = ModuleScopes.Unscoped(() => sites.Select(site => ProjectionAdapter.Create(config, site.Layer, site.Name)).ToList());
         try
         {

@@ -19,6 +19,8 @@ namespace Microsoft.ML.RepAdapter.MLNet;
 /// <param name="AdaptersMerged">How many adapters were folded into the backbone.</param>
 /// <param name="Recipe">The recipe the model was trained with (null in models saved before recipes).</param>
 /// <param name="Search">What the recipe search tried and why it chose the recipe; null when there was no search.</param>
+/// <param name="Adapters">The whole adapter configuration trained and merged (method, placement, hidden size, groups,
+/// scale, dropout, adapted blocks); null for a run without adapters and in models saved before it was recorded.</param>
 public sealed record TrainingSummary(
     AdaptationMethod Method,
     AdapterPlacement Placement,
@@ -27,7 +29,8 @@ public sealed record TrainingSummary(
     long TrainableParameters,
     int AdaptersMerged,
     TrainingRecipe? Recipe = null,
-    RecipeSearchSummary? Search = null);
+    RecipeSearchSummary? Search = null,
+    AdapterConfig? Adapters = null);
 
 /// <summary>
 /// The training flow every RepAdapter trainer shares (ML.NET's TorchSharpBaseTrainer, for adapters): choose and load
@@ -135,7 +138,8 @@ public abstract class RepAdapterTrainerBase<TOptions, TTransformer> : IEstimator
             if (NonFinite.FirstIn(network) is string bad)
                 throw Host.Except($"The merged model has non-finite values (NaN or infinity) in '{bad}' (AdapterScale {recipe.AdapterScale:G} too large?); no model is returned.");
             ch.Info($"Merged {merged} adapters into the backbone ({network.CountParameters():N0} parameters, as the plain architecture).");
-            var summary = new TrainingSummary(options.Method, options.Placement, options.Trainable, recipe.AdapterScale, trainable, merged, recipe, searched?.Summary);
+            var summary = new TrainingSummary(options.Method, options.Placement, options.Trainable, recipe.AdapterScale, trainable, merged, recipe, searched?.Summary,
+                options.UsesAdapters ? options.Adapters(recipe) : null);
             var transformer = CreateTransformer(task, network, runs.Input, summary, device);
             transformer.MaxImagePixels = options.MaxImagePixels;
             return transformer;

@@ -68,7 +68,10 @@ public abstract class RepAdapterTrainerOptions
     /// </summary>
     public FamilyLoadOptions? BackboneLoadOptions;
 
-    /// <summary>The adaptation method at each adapter site.</summary>
+    /// <summary>
+    /// The adaptation method at each adapter site (RepAdapter, LoRA, DoRA, SSF, RLRR): every one merges into the backbone,
+    /// so the saved model costs nothing extra at inference. SSF and RLRR have no scale s: the recipe's s is then 1, not searched.
+    /// </summary>
     public AdaptationMethod Method = AdaptationMethod.RepAdapter;
 
     /// <summary>Where adapters go ("repblock" or "repattn").</summary>
@@ -227,14 +230,16 @@ public abstract class RepAdapterTrainerOptions
         int epochs = Epochs ?? preset.Epochs;
         int warmup = WarmupEpochs ?? (Epochs is null ? preset.WarmupEpochs : (int)((long)epochs * preset.WarmupEpochs / preset.Epochs));
         return new TrainingRecipe(ImageSize ?? (builtInBackbone ? preset.ImageSize : null), AdaptedBlocks ?? preset.AdaptedBlocks,
-            AdapterScale ?? preset.AdapterScale, LearningRate ?? preset.LearningRate, epochs, BatchSize ?? preset.BatchSize, warmup);
+            AdapterScale ?? (AdapterMethods.Of(Method).UsesScale ? preset.AdapterScale : 1f), LearningRate ?? preset.LearningRate, epochs,
+            BatchSize ?? preset.BatchSize, warmup);
     }
 
     /// <summary>What the search may vary: the preset's (or <see cref="SearchSpace"/>'s) values for the levers left unset.</summary>
     internal RecipeSearchSpace FreeLevers()
     {
         var space = SearchSpace ?? Preset(Recipe).Space;
-        return new RecipeSearchSpace(AdapterScale is null && UsesAdapters ? space.AdapterScales : [], LearningRate is null ? space.LearningRates : [],
+        bool scaleIsFree = AdapterScale is null && UsesAdapters && AdapterMethods.Of(Method).UsesScale;
+        return new RecipeSearchSpace(scaleIsFree ? space.AdapterScales : [], LearningRate is null ? space.LearningRates : [],
             AdaptedBlocks is null && UsesAdapters ? space.AdaptedBlocks : []);
     }
 
@@ -251,6 +256,7 @@ public abstract class RepAdapterTrainerOptions
     internal virtual void Validate()
     {
         OptionCheck.That(!string.IsNullOrEmpty(ImageColumnName), nameof(ImageColumnName), ImageColumnName, "must name a column");
+        OptionCheck.That(Enum.IsDefined(Method), nameof(Method), Method, $"is not a method ({string.Join(", ", Enum.GetNames<AdaptationMethod>())})");
         OptionCheck.That(Epochs is null or > 0, nameof(Epochs), Epochs, "must be positive (or null for the recipe's)");
         OptionCheck.That(WarmupEpochs is null || Epochs is null || WarmupEpochs < Epochs || WarmupEpochs == 0, nameof(WarmupEpochs), WarmupEpochs,
             $"must be less than Epochs ({Epochs}), or the learning rate never leaves its warm-up");
@@ -260,6 +266,8 @@ public abstract class RepAdapterTrainerOptions
         Settings(recipe, Seed ?? 0).Validate();
         OptionCheck.That(TimeBudget is null || TimeBudget >= TimeSpan.Zero, nameof(TimeBudget), TimeBudget, "cannot be negative (TimeSpan.Zero: no search)");
         OptionCheck.That(AdapterScale is null || float.IsFinite(AdapterScale.Value), nameof(AdapterScale), AdapterScale, "must be finite (or null for the recipe's)");
+        OptionCheck.That(AdapterScale is null or 1f || !UsesAdapters || AdapterMethods.Of(Method).UsesScale, nameof(AdapterScale), AdapterScale,
+            $"must be 1 or null: {Method} has no scale s");
         if (SearchSpace is { } space)
         {
             OptionCheck.That(space.AdapterScales is not null && space.AdapterScales.All(float.IsFinite), "SearchSpace.AdapterScales", space.AdapterScales, "must be finite");

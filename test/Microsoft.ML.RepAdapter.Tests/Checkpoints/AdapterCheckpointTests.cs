@@ -162,14 +162,15 @@ public class AdapterCheckpointTests
         AssertInEvalMode(fresh, "AdapterCheckpoint.Load");
     }
 
+    public static IEnumerable<object[]> Methods => AdapterMethods.All.Select(m => new object[] { m.Id });
+
     [TestMethod]
-    [DataRow(AdaptationMethod.RepAdapter)]
-    [DataRow(AdaptationMethod.LoRA)]
+    [DynamicData(nameof(Methods))]
     public void AdapterCheckpointReplacesTheHeadWithTheTasksHead(AdaptationMethod method)
     {
         var trained = TinyViT();
         trained.ResetClassifier(3);
-        var config = new AdapterConfig(method, AdapterPlacement.Attention, Hidden: 4, Scale: 2f);
+        var config = Engine.MethodMergeTests.Config(method, AdapterPlacement.Attention);
         trained.AttachAdapters(config);
         RandomizeAdaptersAndHead(trained, seed: 4);
         string path = Path.Combine(CheckpointFiles.TempDirectory(), "task3.safetensors");
@@ -183,17 +184,20 @@ public class AdapterCheckpointTests
     }
 
     [TestMethod]
-    public void ResNetAdapterCheckpointRoundTrips()
+    [DynamicData(nameof(Methods))]
+    public void ResNetAdapterCheckpointRoundTrips(AdaptationMethod method)
     {
         var trained = PretrainedBackbones.Load(CheckpointFiles.Fixture("tiny_resnet_basic.safetensors"), imageSize: 32).Backbone;
-        var config = new AdapterConfig(Hidden: 4, Groups: 2, Scale: 1f);
+        // The whole configuration travels, the adapted blocks included.
+        var config = Engine.MethodMergeTests.Config(method) with { LastBlocks = 2 };
         trained.AttachAdapters(config);
         RandomizeAdaptersAndHead(trained, seed: 9);
         string path = Path.Combine(CheckpointFiles.TempDirectory(), "resnet_task.safetensors");
         AdapterCheckpoint.Save(trained, config, path);
 
         var fresh = PretrainedBackbones.Load(CheckpointFiles.Fixture("tiny_resnet_basic.pth"), imageSize: 32).Backbone;
-        AdapterCheckpoint.Load(fresh, path);
+        Assert.AreEqual(config, AdapterCheckpoint.Load(fresh, path));
+        Assert.AreEqual(trained.AdaptedLayers().Count(), fresh.AdaptedLayers().Count(), "the same blocks carry adapters");
         var input = CheckpointFiles.ResNetExpected("input");
         trained.eval();
         fresh.eval();

@@ -61,24 +61,6 @@ public class MergeTests
     }
 
     [TestMethod]
-    [DataRow(0.5f)]
-    [DataRow(4f)]
-    public void LoraMergeIsExact(float scale)
-    {
-        using var scope = NewDisposeScope();
-        var backbone = TinyModels.Create("vit");
-        backbone.AttachAdapters(new AdapterConfig(AdaptationMethod.LoRA, AdapterPlacement.Attention, Hidden: 4, Scale: scale));
-        TinyModels.Randomize(backbone, seed: 3);
-        backbone.eval();
-        var images = TinyModels.Images(backbone);
-        using var _ = no_grad();
-        var before = backbone.forward(images);
-        Assert.AreEqual(2, backbone.MergeAdapters());
-        var after = backbone.forward(images);
-        Assert.IsLessThanOrEqualTo(Tolerance * Math.Max(1f, TinyModels.MaxAbs(before)), TinyModels.MaxAbsDiff(before, after));
-    }
-
-    [TestMethod]
     public void AdaptersChangeTheOutputSoMergeTestsAreMeaningful()
     {
         using var scope = NewDisposeScope();

@@ -20,14 +20,14 @@ public sealed class RepAdapterLayer : ProjectionAdapter
     /// <summary>
     /// An adapter over <paramref name="channels"/> channels with <paramref name="config"/>'s hidden size, groups, scale and
     /// dropout, initialised as the identity map (xavier W_A, zero W_B and biases). Throws when <paramref name="config"/>
-    /// is invalid for these channels (see <see cref="AdapterConfig.Validate"/>).
+    /// is invalid for these channels (see <see cref="RepAdapterMethod.Validate"/>).
     /// </summary>
     /// <param name="channels">Input channels D of the projection the adapter sits in front of.</param>
     /// <param name="config">Hidden size r, groups k, scale s and dropout.</param>
     /// <param name="withBias">Whether W_A and W_B have biases; false for sites in front of zero-padded convolutions.</param>
     public RepAdapterLayer(int channels, AdapterConfig config, bool withBias = true) : base(nameof(RepAdapterLayer))
     {
-        config.Validate(channels, nameof(RepAdapterLayer));
+        RepAdapterMethod.CheckGroups(config, channels, nameof(RepAdapterLayer));
         Channels = channels;
         Hidden = config.Hidden;
         Groups = config.Groups;
@@ -106,11 +106,26 @@ public sealed class RepAdapterLayer : ProjectionAdapter
         return (Groups == 1 ? blocks[0].alias() : block_diag(blocks)).MoveToOuterDisposeScope();
     }
 
+    /// <remarks>
+    /// The layer after the map z -> M z + c: W' = W M on the input-channel axis (each kernel tap of a convolution reads
+    /// M z), b' = b + (W summed over its kernel taps) c, exact for linear layers and unpadded convolutions (a zero-padded one
+    /// would see c at its borders but zeros in its padding, so there the adapter is bias-free).
+    /// </remarks>
     internal override void MergeInto(AdaptableLayer layer)
     {
         var (m, c) = Collapse();
         using (m)
         using (c)
-            layer.FoldInputMap(m, c);
+        {
+            Tensor weight = layer.weight.movedim([1], [-1]).matmul(m).movedim([-1], [1]);
+            Tensor? bias = null;
+            if (c is not null)
+            {
+                if (!layer.InputBiasFoldsExactly) throw new InvalidOperationException("An adapter bias cannot fold exactly into a zero-padded convolution.");
+                Tensor taps = layer.weight.dim() > 2 ? layer.weight.flatten(2).sum(-1) : layer.weight;
+                bias = (layer.bias ?? throw new InvalidOperationException("An adapter bias cannot fold into a layer without bias.")).Plus(taps.matmul(c));
+            }
+            layer.Rewrite(weight, bias);
+        }
     }
 }

@@ -1,0 +1,55 @@
+using Microsoft.ML.RepAdapter.Torch;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.RepAdapter.Adapters;
+
+/// <summary>
+/// DoRA (Liu et al. 2024, NVlabs/DoRA; peft's <c>use_dora</c>): the weight split into a trained magnitude m per output
+/// channel and a direction W + s B A that LoRA adapts, y = m / ||W + s B A|| * (W z + s B A dropout(z)) + b, the norm
+/// taken per output channel and detached from the graph as the paper (section 4.3) and peft do. m starts at ||W||, B at
+/// zero, so the layer is unchanged at first. Merges as W' = m / ||W + s B A|| * (W + s B A), b unchanged.
+/// </summary>
+public sealed class DoraLayer : LowRankUpdate
+{
+    private readonly Parameter lora_magnitude_vector;
+
+    /// <summary>A rank-<see cref="AdapterConfig.Hidden"/> DoRA adapter for <paramref name="layer"/>, its magnitude read from the layer's weight.</summary>
+    public DoraLayer(AdaptableLayer layer, AdapterConfig config) : base(nameof(DoraLayer), layer, config)
+    {
+        using (no_grad())
+            lora_magnitude_vector = new Parameter(ChannelNorms(layer.weight));
+        register_parameter(nameof(lora_magnitude_vector), lora_magnitude_vector);
+    }
+
+    /// <inheritdoc/>
+    public override Tensor Forward(Tensor input, AdaptableLayer layer)
+    {
+        using var scope = NewDisposeScope();
+        Tensor direction = layer.ProjectWith(input, layer.weight, null).Plus(Update(input, layer));
+        Tensor output = layer.OverOutputs(MagnitudeScale(layer)).mul(direction);
+        return (layer.bias is null ? output : output.Plus(layer.OverOutputs(layer.bias))).MoveToOuterDisposeScope();
+    }
+
+    internal override void MergeInto(AdaptableLayer layer)
+    {
+        Tensor direction = layer.weight.Plus(WeightUpdate(layer));
+        layer.Rewrite(ScaleOutputChannels(direction, MagnitudeScale(layer)), null);
+    }
+
+    /// <summary>m / ||W + s B A|| per output channel, the norm detached.</summary>
+    private Tensor MagnitudeScale(AdaptableLayer layer)
+    {
+        using var scope = NewDisposeScope();
+        Tensor norms = ChannelNorms(layer.weight.Plus(WeightUpdate(layer))).detach();
+        return lora_magnitude_vector.div(norms).MoveToOuterDisposeScope();
+    }
+
+    // L2 norm of each output channel's weights (peft: dim 1 for linear, dims 1-3 for Conv2d), as sqrt(sum w^2).
+    private static Tensor ChannelNorms(Tensor weight)
+    {
+        using var scope = NewDisposeScope();
+        Tensor rows = weight.flatten(1);
+        return rows.mul(rows).sum(1).sqrt().MoveToOuterDisposeScope();
+    }
+}
