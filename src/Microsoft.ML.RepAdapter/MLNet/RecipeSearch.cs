@@ -1,3 +1,4 @@
+using Microsoft.ML.RepAdapter.Adapters;
 using System.Diagnostics;
 using Microsoft.ML.RepAdapter.Training;
 using Microsoft.ML.Runtime;
@@ -60,6 +61,7 @@ internal static class RecipeSearch
             .Concat(free.AdapterScales.Select(s => recipe with { AdapterScale = s }))
             .Concat(free.LearningRates.Select(r => recipe with { LearningRate = r }))
             .Concat(free.AdaptedBlocks.Select(b => recipe with { AdaptedBlocks = b }))
+            .Concat((free.Methods ?? []).Select(m => recipe with { Method = m, AdapterScale = AdapterMethods.Of(m).UsesScale ? recipe.AdapterScale : 1f }))
             .Distinct(),
     ];
 

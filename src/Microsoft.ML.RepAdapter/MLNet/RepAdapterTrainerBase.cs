@@ -138,7 +138,7 @@ public abstract class RepAdapterTrainerBase<TOptions, TTransformer> : IEstimator
             if (NonFinite.FirstIn(network) is string bad)
                 throw Host.Except($"The merged model has non-finite values (NaN or infinity) in '{bad}' (AdapterScale {recipe.AdapterScale:G} too large?); no model is returned.");
             ch.Info($"Merged {merged} adapters into the backbone ({network.CountParameters():N0} parameters, as the plain architecture).");
-            var summary = new TrainingSummary(options.Method, options.Placement, options.Trainable, recipe.AdapterScale, trainable, merged, recipe, searched?.Summary,
+            var summary = new TrainingSummary(recipe.Method, options.Placement, options.Trainable, recipe.AdapterScale, trainable, merged, recipe, searched?.Summary,
                 options.UsesAdapters ? options.Adapters(recipe) : null);
             var transformer = CreateTransformer(task, network, runs.Input, summary, device);
             transformer.MaxImagePixels = options.MaxImagePixels;
@@ -237,7 +237,7 @@ public abstract class RepAdapterTrainerBase<TOptions, TTransformer> : IEstimator
             adaptable.SetTrainable(TrainerOptions.Trainable);
             network.to(device);
             ch.Info($"Training ({run}): {network.CountParameters(trainableOnly: true):N0} trainable of {network.CountParameters():N0} parameters "
-                + $"({TrainerOptions.Trainable}{(TrainerOptions.UsesAdapters ? $", {TrainerOptions.Method} {TrainerOptions.Placement}" : "")}; {recipe}).");
+                + $"({TrainerOptions.Trainable}{(TrainerOptions.UsesAdapters ? $", {TrainerOptions.Placement}" : "")}; {recipe}).");
             using var pch = Host.StartProgressChannel($"RepAdapter training ({run})");
             EpochReport? last = null;
             pch.SetHeader(new ProgressHeader(["Loss", "Train accuracy"], ["epochs"]), e =>

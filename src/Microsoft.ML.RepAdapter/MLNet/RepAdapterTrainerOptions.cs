@@ -70,9 +70,10 @@ public abstract class RepAdapterTrainerOptions
 
     /// <summary>
     /// The adaptation method at each adapter site (RepAdapter, LoRA, DoRA, SSF, RLRR): every one merges into the backbone,
-    /// so the saved model costs nothing extra at inference. SSF and RLRR have no scale s: the recipe's s is then 1, not searched.
+    /// so the saved model costs nothing extra at inference. Null: the recipe's (RepAdapter), or the one the search picks from
+    /// <see cref="RecipeSearchSpace.Methods"/>. SSF and RLRR have no scale s: their s is 1, not searched.
     /// </summary>
-    public AdaptationMethod Method = AdaptationMethod.RepAdapter;
+    public AdaptationMethod? Method;
 
     /// <summary>Where adapters go ("repblock" or "repattn").</summary>
     public AdapterPlacement Placement = AdapterPlacement.Block;
@@ -229,18 +230,24 @@ public abstract class RepAdapterTrainerOptions
         var preset = Preset(Recipe).Recipe;
         int epochs = Epochs ?? preset.Epochs;
         int warmup = WarmupEpochs ?? (Epochs is null ? preset.WarmupEpochs : (int)((long)epochs * preset.WarmupEpochs / preset.Epochs));
+        var method = Method ?? preset.Method;
         return new TrainingRecipe(ImageSize ?? (builtInBackbone ? preset.ImageSize : null), AdaptedBlocks ?? preset.AdaptedBlocks,
-            AdapterScale ?? (AdapterMethods.Of(Method).UsesScale ? preset.AdapterScale : 1f), LearningRate ?? preset.LearningRate, epochs,
-            BatchSize ?? preset.BatchSize, warmup);
+            AdapterScale ?? (AdapterMethods.Of(method).UsesScale ? preset.AdapterScale : 1f), LearningRate ?? preset.LearningRate, epochs,
+            BatchSize ?? preset.BatchSize, warmup, method);
     }
 
     /// <summary>What the search may vary: the preset's (or <see cref="SearchSpace"/>'s) values for the levers left unset.</summary>
     internal RecipeSearchSpace FreeLevers()
     {
         var space = SearchSpace ?? Preset(Recipe).Space;
-        bool scaleIsFree = AdapterScale is null && UsesAdapters && AdapterMethods.Of(Method).UsesScale;
+        var method = Method ?? Preset(Recipe).Recipe.Method;
+        bool scaleIsFree = AdapterScale is null && UsesAdapters && AdapterMethods.Of(method).UsesScale;
+        // An explicit scale other than 1 rules out the methods that have none.
+        var methods = Method is null && UsesAdapters
+            ? space.Methods?.Where(m => AdapterScale is null or 1f || AdapterMethods.Of(m).UsesScale).ToArray()
+            : null;
         return new RecipeSearchSpace(scaleIsFree ? space.AdapterScales : [], LearningRate is null ? space.LearningRates : [],
-            AdaptedBlocks is null && UsesAdapters ? space.AdaptedBlocks : []);
+            AdaptedBlocks is null && UsesAdapters ? space.AdaptedBlocks : [], methods);
     }
 
     internal FineTuneSettings Settings(TrainingRecipe recipe, int seed) =>
@@ -248,7 +255,7 @@ public abstract class RepAdapterTrainerOptions
             EarlyStopping, Augmentation, MaxGradientNorm);
 
     internal AdapterConfig Adapters(TrainingRecipe recipe) =>
-        new(Method, Placement, AdapterHidden, AdapterGroups, recipe.AdapterScale, AdapterDropout, recipe.LastBlocks);
+        new(recipe.Method, Placement, AdapterHidden, AdapterGroups, recipe.AdapterScale, AdapterDropout, recipe.LastBlocks);
 
     internal bool UsesAdapters => Trainable is TrainableParameters.AdaptersAndHead or TrainableParameters.AdaptersHeadAndBiases;
 
@@ -256,7 +263,7 @@ public abstract class RepAdapterTrainerOptions
     internal virtual void Validate()
     {
         OptionCheck.That(!string.IsNullOrEmpty(ImageColumnName), nameof(ImageColumnName), ImageColumnName, "must name a column");
-        OptionCheck.That(Enum.IsDefined(Method), nameof(Method), Method, $"is not a method ({string.Join(", ", Enum.GetNames<AdaptationMethod>())})");
+        OptionCheck.That(Method is null || Enum.IsDefined(Method.Value), nameof(Method), Method, $"is not a method ({string.Join(", ", Enum.GetNames<AdaptationMethod>())})");
         OptionCheck.That(Epochs is null or > 0, nameof(Epochs), Epochs, "must be positive (or null for the recipe's)");
         OptionCheck.That(WarmupEpochs is null || Epochs is null || WarmupEpochs < Epochs || WarmupEpochs == 0, nameof(WarmupEpochs), WarmupEpochs,
             $"must be less than Epochs ({Epochs}), or the learning rate never leaves its warm-up");
@@ -266,14 +273,15 @@ public abstract class RepAdapterTrainerOptions
         Settings(recipe, Seed ?? 0).Validate();
         OptionCheck.That(TimeBudget is null || TimeBudget >= TimeSpan.Zero, nameof(TimeBudget), TimeBudget, "cannot be negative (TimeSpan.Zero: no search)");
         OptionCheck.That(AdapterScale is null || float.IsFinite(AdapterScale.Value), nameof(AdapterScale), AdapterScale, "must be finite (or null for the recipe's)");
-        OptionCheck.That(AdapterScale is null or 1f || !UsesAdapters || AdapterMethods.Of(Method).UsesScale, nameof(AdapterScale), AdapterScale,
-            $"must be 1 or null: {Method} has no scale s");
+        OptionCheck.That(AdapterScale is null or 1f || !UsesAdapters || AdapterMethods.Of(recipe.Method).UsesScale, nameof(AdapterScale), AdapterScale,
+            $"must be 1 or null: {recipe.Method} has no scale s");
         if (SearchSpace is { } space)
         {
             OptionCheck.That(space.AdapterScales is not null && space.AdapterScales.All(float.IsFinite), "SearchSpace.AdapterScales", space.AdapterScales, "must be finite");
             OptionCheck.That(space.LearningRates is not null && space.LearningRates.All(r => double.IsFinite(r) && r > 0), "SearchSpace.LearningRates",
                 space.LearningRates, "must be positive and finite");
             OptionCheck.That(space.AdaptedBlocks is not null && space.AdaptedBlocks.All(b => b > 0), "SearchSpace.AdaptedBlocks", space.AdaptedBlocks, "must be positive");
+            OptionCheck.That(space.Methods is null || space.Methods.All(Enum.IsDefined), "SearchSpace.Methods", space.Methods, "must name methods of AdaptationMethod");
         }
         OptionCheck.That(ImageSize is null or > 0, nameof(ImageSize), ImageSize, "must be positive (or null for the backbone's)");
         OptionCheck.That(Mean is null || Mean.Length == 3 && Mean.All(float.IsFinite), nameof(Mean), Mean, "needs three finite values (or null)");

@@ -1,3 +1,4 @@
+using Microsoft.ML.RepAdapter.Adapters;
 using System.Globalization;
 
 namespace Microsoft.ML.RepAdapter.MLNet;
@@ -32,7 +33,9 @@ public enum RecipePreset
 /// <param name="Epochs">Training epochs.</param>
 /// <param name="BatchSize">Images per optimiser step.</param>
 /// <param name="WarmupEpochs">Linear warm-up epochs before the cosine decay.</param>
-public sealed record TrainingRecipe(int? ImageSize, int AdaptedBlocks, float AdapterScale, double LearningRate, int Epochs, int BatchSize, int WarmupEpochs)
+/// <param name="Method">The adaptation method (RepAdapter in models saved before it was a lever).</param>
+public sealed record TrainingRecipe(int? ImageSize, int AdaptedBlocks, float AdapterScale, double LearningRate, int Epochs, int BatchSize, int WarmupEpochs,
+    AdaptationMethod Method = AdaptationMethod.RepAdapter)
 {
     /// <summary>The <see cref="AdaptedBlocks"/> value that means every block (the paper).</summary>
     public const int AllBlocks = int.MaxValue;
@@ -42,7 +45,7 @@ public sealed record TrainingRecipe(int? ImageSize, int AdaptedBlocks, float Ada
 
     /// <summary>A short description, e.g. "s = 10, lr 0.003, last 3 blocks, 12 epochs, batch 16, 112 px".</summary>
     public override string ToString() => string.Create(CultureInfo.InvariantCulture,
-        $"s = {AdapterScale:G}, lr {LearningRate:G}, {(LastBlocks is int n ? $"last {n} blocks" : "every block")}, {Epochs} epochs, batch {BatchSize}"
+        $"{(Method == AdaptationMethod.RepAdapter ? "" : $"{Method}, ")}s = {AdapterScale:G}, lr {LearningRate:G}, {(LastBlocks is int n ? $"last {n} blocks" : "every block")}, {Epochs} epochs, batch {BatchSize}"
         + $"{(WarmupEpochs > 0 ? $" ({WarmupEpochs} warm-up)" : "")}, {(ImageSize is int size ? $"{size} px" : "backbone's resolution")}");
 }
 
@@ -53,7 +56,9 @@ public sealed record TrainingRecipe(int? ImageSize, int AdaptedBlocks, float Ada
 /// <param name="AdapterScales">Scales s.</param>
 /// <param name="LearningRates">Peak learning rates.</param>
 /// <param name="AdaptedBlocks">Adapted blocks (<see cref="TrainingRecipe.AllBlocks"/> for every block).</param>
-public sealed record RecipeSearchSpace(float[] AdapterScales, double[] LearningRates, int[] AdaptedBlocks)
+/// <param name="Methods">Other adaptation methods, each trained with the recipe's other levers (its scale, or 1 for a
+/// method without one). None in the presets: each costs a candidate run; name them to compare methods on your data.</param>
+public sealed record RecipeSearchSpace(float[] AdapterScales, double[] LearningRates, int[] AdaptedBlocks, AdaptationMethod[]? Methods = null)
 {
     /// <summary>Nothing to search: the recipe as it is.</summary>
     public static RecipeSearchSpace None { get; } = new([], [], []);

@@ -1,3 +1,4 @@
+using Microsoft.ML.RepAdapter.Adapters;
 using Microsoft.ML.Data;
 using Microsoft.ML.RepAdapter.Classification;
 using Microsoft.ML.RepAdapter.MLNet;
@@ -136,6 +137,34 @@ public class RecipeSearchTests
         CollectionAssert.AreEquivalent(new[] { 3, 1 }, search.Trials.Select(t => t.Recipe.AdaptedBlocks).Distinct().ToArray(),
             "the free lever is searched: the CPU recipe's last 3 blocks and the search space's one");
         Assert.IsTrue(log.Any(m => m.StartsWith("16 training images, 10 validation images")), "the validation images are not trained on");
+    }
+
+    [TestMethod]
+    public void MethodsNamedInTheSearchSpaceAreCandidatesAndAnExplicitMethodIsKept()
+    {
+        var mlContext = new MLContext(seed: 1);
+        var train = TestData.Prepared(mlContext, TestData.Images("train", classes: 2, perClass: 8));
+        RepAdapterImageClassificationTransformer Fit(Action<RepAdapterImageClassificationTrainer.Options> set)
+        {
+            var options = TinyTrainerOptions.Create(epochs: 4);
+            options.SearchSpace = new RecipeSearchSpace([], [], [], [AdaptationMethod.LoRA, AdaptationMethod.SSF]);
+            set(options);
+            return mlContext.MulticlassClassification.Trainers.RepAdapter(options).Fit(train);
+        }
+
+        var searched = Fit(_ => { });
+        CollectionAssert.AreEquivalent(new[] { AdaptationMethod.RepAdapter, AdaptationMethod.LoRA, AdaptationMethod.SSF },
+            searched.Summary.Search!.Trials.Select(t => t.Recipe.Method).Distinct().ToArray(), "the recipe's method and the space's");
+        Assert.AreEqual(searched.Summary.Recipe!.Method, searched.Summary.Adapters!.Method, "the chosen method is the one trained and merged");
+        Assert.AreEqual(searched.Summary.Recipe.Method, searched.Summary.Method);
+
+        var scaled = Fit(options => options.AdapterScale = 3f);
+        CollectionAssert.DoesNotContain(scaled.Summary.Search!.Trials.Select(t => t.Recipe.Method).ToArray(), AdaptationMethod.SSF,
+            "a scale the user set rules out a method that has none");
+
+        var kept = Fit(options => options.Method = AdaptationMethod.DoRA);
+        Assert.IsNull(kept.Summary.Search, "a method the user set is not searched (and nothing else was free)");
+        Assert.AreEqual(AdaptationMethod.DoRA, kept.Summary.Adapters!.Method);
     }
 
     [TestMethod]
