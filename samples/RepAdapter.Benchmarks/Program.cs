@@ -54,7 +54,11 @@ foreach (string name in suites)
             break;
         case "accuracy":
             var accuracy = AccuracySuite.Settings.Default;
-            AccuracySuite.Run(accuracy with { Tasks = List("tasks", accuracy.Tasks) }, report);
+            AccuracySuite.Run(accuracy with { Tasks = List("tasks", accuracy.Tasks), Methods = List("methods", accuracy.Methods) }, report);
+            break;
+        case "methods":
+            var methods = AccuracySuite.Settings.MethodComparison;
+            AccuracySuite.Run(methods with { Tasks = List("tasks", methods.Tasks), Seeds = [.. List("seeds", [.. methods.Seeds.Select(s => s.ToString())]).Select(int.Parse)] }, report);
             break;
         case "segmentation":
             var segmentation = SegmentationSuite.Settings.Default;
@@ -69,7 +73,7 @@ foreach (string name in suites)
             OnnxSuite.Run(onnx with { Models = List("models", onnx.Models), Batches = [.. List("batches", [.. onnx.Batches.Select(b => b.ToString())]).Select(int.Parse)] }, report);
             break;
         default:
-            Console.Error.WriteLine("usage: RepAdapter.Benchmarks latency|training|accuracy|segmentation|onnx|all [options] (see Program.cs)");
+            Console.Error.WriteLine("usage: RepAdapter.Benchmarks latency|training|accuracy|methods|segmentation|onnx|all [options] (see Program.cs)");
             return 2;
     }
     report.Write();

@@ -10,8 +10,8 @@ using static TorchSharp.torch;
 namespace RepAdapter.Benchmarks;
 
 /// <summary>
-/// One training step (forward, backward, AdamW) per method, side by side: full fine-tuning, RepAdapter, LoRA, head-only,
-/// and RepAdapter in the last blocks with the frozen prefix cached. Each (model, method) runs in its own process, so that
+/// One training step (forward, backward, AdamW) per method, side by side: full fine-tuning, every adaptation method
+/// (RepAdapter, LoRA, DoRA, SSF, RLRR) in every block, head-only, and RepAdapter in the last blocks with the frozen prefix cached. Each (model, method) runs in its own process, so that
 /// its peak memory is its own; the processes run twice, in opposite orders, and the medians of both are kept.
 /// </summary>
 internal static class TrainingStepSuite
@@ -19,7 +19,7 @@ internal static class TrainingStepSuite
     public sealed record Settings((string Model, int Batch)[] Models, string[] Methods, int Warmup, int Steps)
     {
         public static Settings Default => new([("vit_base_patch16_224", 8), ("mlnet_resnet18", 16)],
-            ["full fine-tune", "RepAdapter", "LoRA", "head only", "RepAdapter last 3 blocks, cached prefix"], 2, 5);
+            ["full fine-tune", .. Enum.GetNames<AdaptationMethod>(), "head only", "RepAdapter last 3 blocks, cached prefix"], 2, 5);
     }
 
     public sealed record Measurement(string Model, int Batch, string Method, long Trainable, double StepMs, double PeakMb, double ModelMb);
@@ -50,7 +50,7 @@ internal static class TrainingStepSuite
             + $"{settings.Warmup} warm-up steps, then {settings.Steps} timed, random images and labels, each (model, method) in its "
             + "own process, twice, in opposite orders. Ratios are to full fine-tuning of the same model. The cached-prefix row times "
             + "the trainable part only: its prefix is computed once per image, before training (not counted here).");
-        foreach (string skipped in notApplicable) report.Text($"{skipped}: not applicable (the library's LoRA is defined for linear layers), so no row.");
+        foreach (string skipped in notApplicable) report.Text($"{skipped}: not applicable (the child's message is in the console log), so no row.");
         report.Table("steps", ["model", "batch", "method", "trainable", "step ms", "step / full", "peak MB", "peak / full"],
             rows.Select(r =>
             {
@@ -114,7 +114,7 @@ internal static class TrainingStepSuite
         try
         {
             if (trainable == TrainableParameters.AdaptersAndHead)
-                backbone.AttachAdapters(new AdapterConfig(method == "LoRA" ? AdaptationMethod.LoRA : AdaptationMethod.RepAdapter, LastBlocks: lastBlocks));
+                backbone.AttachAdapters(new AdapterConfig(Enum.TryParse<AdaptationMethod>(method, out var m) ? m : AdaptationMethod.RepAdapter, LastBlocks: lastBlocks));
         }
         catch (NotSupportedException e)
         {
