@@ -21,6 +21,8 @@ namespace Microsoft.ML.RepAdapter.MLNet;
 /// <param name="Search">What the recipe search tried and why it chose the recipe; null when there was no search.</param>
 /// <param name="Adapters">The whole adapter configuration trained and merged (method, placement, hidden size, groups,
 /// scale, dropout, adapted blocks); null for a run without adapters and in models saved before it was recorded.</param>
+/// <param name="Backbone">Where the frozen backbone's weights came from and their fingerprint; null when they cannot be
+/// loaded again (a <c>Backbone</c> object or a random preset) and in models saved before it was recorded.</param>
 public sealed record TrainingSummary(
     AdaptationMethod Method,
     AdapterPlacement Placement,
@@ -30,7 +32,8 @@ public sealed record TrainingSummary(
     int AdaptersMerged,
     TrainingRecipe? Recipe = null,
     RecipeSearchSummary? Search = null,
-    AdapterConfig? Adapters = null);
+    AdapterConfig? Adapters = null,
+    BackboneSource? Backbone = null);
 
 /// <summary>
 /// The training flow every RepAdapter trainer shares (ML.NET's TorchSharpBaseTrainer, for adapters): choose and load
@@ -97,7 +100,7 @@ public abstract class RepAdapterTrainerBase<TOptions, TTransformer> : IEstimator
             : null;
         if (heldOut is { Count: 0 }) throw Host.Except("ValidationSetFraction held out no image: give more training images per class, or a ValidationSet.");
 
-        var (source, ownsSource) = CreateBackbone(ch, task.BackboneClasses, recipe.ImageSize);
+        var (source, ownsSource, origin) = CreateBackbone(ch, task.BackboneClasses, recipe.ImageSize);
         using var created = ownsSource ? source : null;
         // Every run (each search candidate, then the final one) builds a fresh model from this and the source's weights.
         var runs = RunDescriptor(source);
@@ -134,13 +137,15 @@ public abstract class RepAdapterTrainerBase<TOptions, TTransformer> : IEstimator
         try
         {
             long trainable = network.CountParameters(trainableOnly: true);
+            var taskModel = origin is null ? null : TaskModel.Capture(network, options.Trainable);
             int merged = network.MergeAdapters();
             if (NonFinite.FirstIn(network) is string bad)
                 throw Host.Except($"The merged model has non-finite values (NaN or infinity) in '{bad}' (AdapterScale {recipe.AdapterScale:G} too large?); no model is returned.");
             ch.Info($"Merged {merged} adapters into the backbone ({network.CountParameters():N0} parameters, as the plain architecture).");
             var summary = new TrainingSummary(recipe.Method, options.Placement, options.Trainable, recipe.AdapterScale, trainable, merged, recipe, searched?.Summary,
-                options.UsesAdapters ? options.Adapters(recipe) : null);
+                options.UsesAdapters ? options.Adapters(recipe) : null, origin);
             var transformer = CreateTransformer(task, network, runs.Input, summary, device);
+            transformer.KeepTaskModel(taskModel);
             transformer.MaxImagePixels = options.MaxImagePixels;
             return transformer;
         }
@@ -354,10 +359,11 @@ public abstract class RepAdapterTrainerBase<TOptions, TTransformer> : IEstimator
         && (TrainerOptions.Architecture is not null || TrainerOptions.CheckpointPath is null);
 
     /// <summary>The source backbone, and whether the trainer created it (and so disposes it); a given one is only read.</summary>
-    private (Backbone backbone, bool owned) CreateBackbone(IChannel ch, int classes, int? imageSize)
+    private (Backbone Backbone, bool Owned, BackboneSource? Source) CreateBackbone(IChannel ch, int classes, int? imageSize)
     {
-        if (TrainerOptions.Backbone is { } given) return (given, false);
+        if (TrainerOptions.Backbone is { } given) return (given, false, null);
         Backbone backbone;
+        BackboneSource? source = null;
         if (UsesBuiltInWeights)
         {
             // Built-in weights (ML.NET's ResNet-18): CheckpointPath, when given, is the folder that holds them.
@@ -367,12 +373,14 @@ public abstract class RepAdapterTrainerBase<TOptions, TTransformer> : IEstimator
             var loaded = PretrainedBackbones.LoadBuiltIn(builtIn, classes, TrainerOptions.CheckpointPath, imageSize);
             ch.Info(loaded.Report.ToString());
             backbone = loaded.Backbone;
+            source = BackboneSource.OfBuiltIn(builtIn, TrainerOptions.CheckpointPath, imageSize, backbone);
         }
         else if (TrainerOptions.CheckpointPath is { } path)
         {
             var loaded = PretrainedBackbones.Load(path, TrainerOptions.Architecture, classes, imageSize, TrainerOptions.BackboneLoadOptions);
             ch.Info(loaded.Report.ToString());
             backbone = loaded.Backbone;
+            source = BackboneSource.OfCheckpoint(path, TrainerOptions.Architecture, imageSize, TrainerOptions.BackboneLoadOptions, backbone);
         }
         else
         {
@@ -380,7 +388,7 @@ public abstract class RepAdapterTrainerBase<TOptions, TTransformer> : IEstimator
             ch.Warning($"No CheckpointPath: {preset} starts from random weights. Give pretrained weights for real fine-tuning.");
             backbone = BackbonePresets.Create(preset, classes, imageSize: imageSize);
         }
-        return (backbone, true);
+        return (backbone, true, source);
     }
 
     /// <summary>The source's architecture with this run's drop path and normalisation overrides, and the task's classifier.</summary>

@@ -4,6 +4,7 @@ using System.Text;
 using System.Text.Json;
 using System.Text.Json.Serialization;
 using Microsoft.ML.Data;
+using Microsoft.ML.RepAdapter.Adapters;
 using Microsoft.ML.RepAdapter.Backbones;
 using Microsoft.ML.RepAdapter.Formats;
 using Microsoft.ML.RepAdapter.Torch;
@@ -22,6 +23,18 @@ public enum ScoringPrecision
     BFloat16,
 }
 
+/// <summary>What <c>mlContext.Model.Save</c> writes for a RepAdapter transformer (<see cref="RepAdapterTransformerBase.Storage"/>).</summary>
+public enum ModelStorage
+{
+    /// <summary>The merged network: the plain architecture with the adapters folded in (the default).</summary>
+    Merged,
+    /// <summary>
+    /// What training changed (the adapters before merging, the head) and where the backbone comes from, with its
+    /// fingerprint: kilobytes for a task; loading rebuilds the backbone and merges, so it scores as the merged model.
+    /// </summary>
+    AdaptersOnly,
+}
+
 /// <summary>
 /// What every RepAdapter transformer shares: a merged network (the plain architecture, no adapter modules, no extra
 /// latency), its preprocessing, batch scoring (<see cref="ScoringBatchSize"/> rows per forward pass) and row-by-row
@@ -34,6 +47,10 @@ public abstract class RepAdapterTransformerBase : RowToRowTransformerBase, ITran
     private const string WeightsStream = "TorchModel";
     private const string ChecksumStream = "TorchModel.sha256";
     private const string ContentChecksumStream = "Model.sha256";
+    // An adapters-only task model holds this instead of the merged weights (TaskModel's stream).
+    private const string TaskModelStream = "TaskModel";
+    // What a task-model stream may hold: far above any adapters and head, far below what would exhaust memory.
+    private const long MaxTaskModelBytes = 1L << 31;
     private protected static readonly JsonSerializerOptions SummaryJson = new() { Converters = { new JsonStringEnumConverter() } };
 
     private readonly nn.Module<Tensor, Tensor> _network;
@@ -42,6 +59,8 @@ public abstract class RepAdapterTransformerBase : RowToRowTransformerBase, ITran
     private bool _disposed;
     private int _forwardPasses;
     private nn.Module<Tensor, Tensor>? _reduced;
+    private TaskModel? _taskModel;
+    private ModelStorage _storage;
 
     private protected RepAdapterTransformerBase(IHost host, nn.Module<Tensor, Tensor> network, ImageInputSpec input, TrainingSummary summary,
         string imageColumnName, int scoringBatchSize, Device device)
@@ -61,6 +80,33 @@ public abstract class RepAdapterTransformerBase : RowToRowTransformerBase, ITran
 
     /// <summary>What the training run did.</summary>
     public TrainingSummary Summary { get; }
+
+    /// <summary>
+    /// What <c>mlContext.Model.Save</c> writes: <see cref="ModelStorage.Merged"/> (the default), the merged network, or
+    /// <see cref="ModelStorage.AdaptersOnly"/>, a task model of what training changed (adapters before merging, head) with
+    /// the backbone's source and fingerprint, which <c>Model.Load</c> merges into the same backbone again. Possible for a
+    /// model trained from built-in weights or a checkpoint file (not a <c>Backbone</c> object, a random preset or a full
+    /// fine-tune); a model loaded from an adapters-only file saves as one again.
+    /// </summary>
+    public ModelStorage Storage
+    {
+        get => _storage;
+        set
+        {
+            if (value == ModelStorage.AdaptersOnly && (_taskModel is null || Summary.Backbone is null))
+                throw new InvalidOperationException("This model can only be saved merged: "
+                    + (Summary.Trainable == TrainableParameters.All ? "a full fine-tune changes every backbone weight."
+                        : "its backbone was not read from built-in weights or a checkpoint file (a Backbone object or a random preset cannot be loaded again)."));
+            _storage = value;
+        }
+    }
+
+    /// <summary>Keeps what training changed, for <see cref="ModelStorage.AdaptersOnly"/> saves (the trainer, and the adapters-only loader).</summary>
+    internal void KeepTaskModel(TaskModel? taskModel, ModelStorage storage = ModelStorage.Merged)
+    {
+        _taskModel = taskModel;
+        _storage = storage;
+    }
 
     /// <summary>The adapter scale s the model was trained (and merged) with.</summary>
     public float AdapterScale => Summary.AdapterScale;
@@ -324,7 +370,10 @@ public abstract class RepAdapterTransformerBase : RowToRowTransformerBase, ITran
         ctx.Writer.Write(JsonSerializer.Serialize(Summary, SummaryJson));
         SaveTaskData(ctx);
         byte[] checksum = [];
-        ctx.SaveBinaryStream(WeightsStream, writer => checksum = WeightsChecksum.Write(writer.BaseStream, w => _network.save(w)));
+        if (Storage == ModelStorage.AdaptersOnly)
+            ctx.SaveBinaryStream(TaskModelStream, writer => checksum = WeightsChecksum.Write(writer.BaseStream, _taskModel!.Write));
+        else
+            ctx.SaveBinaryStream(WeightsStream, writer => checksum = WeightsChecksum.Write(writer.BaseStream, w => _network.save(w)));
         ctx.SaveBinaryStream(ChecksumStream, writer => writer.Write(checksum));
         ctx.SaveBinaryStream(ContentChecksumStream, writer => writer.Write(ContentChecksum(checksum)));
     }
@@ -366,11 +415,13 @@ public abstract class RepAdapterTransformerBase : RowToRowTransformerBase, ITran
         if (ctx.TryLoadBinaryStream(ContentChecksumStream, reader => expected = reader.ReadBytes(32)))
         {
             byte[]? weights = null;
-            if (!ctx.TryLoadBinaryStream(WeightsStream, reader => weights = WeightsChecksum.Hash(reader.BaseStream)))
-                throw new InvalidDataException($"The model has no '{WeightsStream}' weights stream.");
+            string stream = WeightsStream;
+            if (!ctx.TryLoadBinaryStream(WeightsStream, reader => weights = WeightsChecksum.Hash(reader.BaseStream))
+                && !ctx.TryLoadBinaryStream(stream = TaskModelStream, reader => weights = WeightsChecksum.Hash(reader.BaseStream)))
+                throw new InvalidDataException($"The model has no '{WeightsStream}' weights stream (nor a '{TaskModelStream}' one).");
             byte[]? weightsExpected = null;
             if (ctx.TryLoadBinaryStream(ChecksumStream, reader => weightsExpected = reader.ReadBytes(32)) && !weightsExpected.AsSpan().SequenceEqual(weights))
-                throw new InvalidDataException($"The model's '{WeightsStream}' weights stream does not match its SHA-256 checksum: the file was damaged or altered.");
+                throw new InvalidDataException($"The model's '{stream}' stream does not match its SHA-256 checksum: the file was damaged or altered.");
             if (!expected.AsSpan().SequenceEqual(ContentChecksum(imageColumn, header, task, weights!)))
             {
                 throw new InvalidDataException($"The model's columns, settings, network description or labels do not match its SHA-256 checksum "
@@ -408,11 +459,53 @@ public abstract class RepAdapterTransformerBase : RowToRowTransformerBase, ITran
     }
 
     /// <summary>
+    /// The saved network, built from its description: with the merged weights of the weights stream, or, for an
+    /// adapters-only task model, from its backbone's source with the task model applied and merged. The task model (null
+    /// for a merged save) comes back too, so that the model can be saved the same way again.
+    /// </summary>
+    private protected static (T Network, TaskModel? TaskModel) LoadNetwork<T>(ModelLoadContext ctx, SavedHeader header, Func<string, T> build)
+        where T : nn.Module<Tensor, Tensor>
+    {
+        var network = SavedDescription.Build(header.NetworkJson, build);
+        TaskModel? taskModel = null;
+        bool adaptersOnly = ctx.TryLoadBinaryStream(TaskModelStream, reader =>
+        {
+            using var copy = new MemoryStream();
+            var limited = new byte[81920];
+            for (int read; (read = reader.BaseStream.Read(limited)) > 0;)
+            {
+                if (copy.Length + read > MaxTaskModelBytes) throw new InvalidDataException($"The model's '{TaskModelStream}' stream is over {MaxTaskModelBytes} bytes.");
+                copy.Write(limited, 0, read);
+            }
+            copy.Position = 0;
+            taskModel = TaskModel.Read(copy, TaskModelStream);
+        });
+        if (!adaptersOnly)
+        {
+            LoadWeights(ctx, network);
+            return (network, null);
+        }
+        try
+        {
+            var source = header.Summary.Backbone ?? throw new InvalidDataException("The task model does not say where its backbone comes from.");
+            taskModel!.Rebuild(network, source, header.Summary.Adapters);
+            NonFinite.ThrowIfAny(network, $"The model's '{TaskModelStream}' task model, merged");
+            return (network, taskModel);
+        }
+        catch
+        {
+            network.Dispose();
+            taskModel?.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>
     /// Loads the weights stream into <paramref name="network"/> (built from the saved description), checks it against
     /// its SHA-256 (models saved before the checksum have none) and checks that every value is finite. On failure the
     /// network is disposed and the error names the stream and why.
     /// </summary>
-    private protected static void LoadWeights(ModelLoadContext ctx, nn.Module network)
+    private static void LoadWeights(ModelLoadContext ctx, nn.Module network)
     {
         try
         {
@@ -455,6 +548,7 @@ public abstract class RepAdapterTransformerBase : RowToRowTransformerBase, ITran
             _disposed = true;
             _network.Dispose();
             _reduced?.Dispose();
+            _taskModel?.Dispose();
         }
         finally
         {

@@ -182,10 +182,11 @@ public sealed class RepAdapterImageClassificationTransformer : RepAdapterTransfo
         var header = LoadHeader(env, ctx);
         var labels = LabelKeyValues.Load(env, ctx.Reader.BaseStream);
         VerifyContent(ctx, ContentChecksummed, image, header, Content(score, predicted, labels));
-        var model = SavedDescription.Build(header.NetworkJson, json => BackboneDescriptor.FromJson(json).Build());
-        LoadWeights(ctx, model);
-        return DisposeOnFailure(model, () => new RepAdapterImageClassificationTransformer(env, model, labels, header.Summary, image, score, predicted,
+        var (model, taskModel) = LoadNetwork(ctx, header, json => BackboneDescriptor.FromJson(json).Build());
+        var transformer = DisposeOnFailure(model, () => new RepAdapterImageClassificationTransformer(env, model, labels, header.Summary, image, score, predicted,
             header.ScoringBatchSize, ScoringDevice(env)));
+        transformer.KeepTaskModel(taskModel, taskModel is null ? ModelStorage.Merged : ModelStorage.AdaptersOnly);
+        return transformer;
     }
 
     // Factory for SignatureLoadRowMapper.

@@ -302,10 +302,11 @@ public sealed class RepAdapterSegmentationTransformer : RepAdapterTransformerBas
         var classNames = JsonSerializer.Deserialize<string[]>(ctx.Reader.ReadString()) ?? throw env.ExceptDecode("Missing class names.");
         int ignoreIndex = ctx.Reader.ReadInt32();
         VerifyContent(ctx, ContentChecksummed, image, header, Content(mask, colorized, scores, classNames, ignoreIndex));
-        var network = SavedDescription.Build(header.NetworkJson, SegmentationNetwork.FromDescription);
-        LoadWeights(ctx, network);
-        return DisposeOnFailure(network, () => new RepAdapterSegmentationTransformer(env, network, network.Backbone.Input, classNames, ignoreIndex,
+        var (network, taskModel) = LoadNetwork(ctx, header, SegmentationNetwork.FromDescription);
+        var transformer = DisposeOnFailure(network, () => new RepAdapterSegmentationTransformer(env, network, network.Backbone.Input, classNames, ignoreIndex,
             header.Summary, image, mask, colorized, scores, header.ScoringBatchSize, ScoringDevice(env)));
+        transformer.KeepTaskModel(taskModel, taskModel is null ? ModelStorage.Merged : ModelStorage.AdaptersOnly);
+        return transformer;
     }
 
     // Factory for SignatureLoadRowMapper.

@@ -1,0 +1,156 @@
+using Microsoft.ML.Data;
+using Microsoft.ML.RepAdapter.Adapters;
+using Microsoft.ML.RepAdapter.Backbones;
+using Microsoft.ML.RepAdapter.Checkpoints;
+using Microsoft.ML.RepAdapter.Classification;
+using Microsoft.ML.RepAdapter.Formats;
+using Microsoft.ML.RepAdapter.MLNet;
+using Microsoft.ML.RepAdapter.Tests.Checkpoints;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.RepAdapter.Tests.Classification;
+
+/// <summary>
+/// Adapters-only task models: a trained transformer saved with <c>Storage = AdaptersOnly</c> holds what training changed
+/// and where its backbone comes from; <c>Model.Load</c> rebuilds the backbone, checks its fingerprint, merges, and scores
+/// as the merged model did.
+/// </summary>
+[TestClass]
+public class TaskModelTests
+{
+    private static List<float[]> Scores(ITransformer model, IDataView data) => [.. model.Transform(data).GetColumn<float[]>("Score")];
+
+    private static void AssertSameScores(List<float[]> expected, List<float[]> actual, float tolerance = 1e-6f)
+    {
+        Assert.HasCount(expected.Count, actual);
+        for (int i = 0; i < expected.Count; i++)
+        for (int k = 0; k < expected[i].Length; k++)
+            Assert.AreEqual(expected[i][k], actual[i][k], tolerance, $"row {i}, class {k}");
+    }
+
+    [TestMethod]
+    public void AnAdaptersOnlyModelOfMLNetsResNet18IsKilobytesAndScoresAsTheMergedOne()
+    {
+        // As a user: the bare call's recipe on ML.NET's built-in ResNet-18 (no search, for time), then saved both ways.
+        var mlContext = new MLContext(seed: 1);
+        var train = mlContext.Data.LoadFromEnumerable(TestData.Images("train", classes: 3, perClass: 8));
+        var test = mlContext.Data.LoadFromEnumerable(TestData.Images("test", classes: 3, perClass: 4));
+        var pipeline = mlContext.Transforms.Conversion.MapValueToKey("Label")
+            .Append(mlContext.Transforms.LoadImages("Image", "", nameof(ImageRow.ImagePath)))
+            .Append(mlContext.MulticlassClassification.Trainers.RepAdapter(new RepAdapterImageClassificationTrainer.Options { Epochs = 2, TimeBudget = TimeSpan.Zero }));
+        var model = pipeline.Fit(train);
+        var expected = Scores(model, test);
+        string folder = CheckpointFiles.TempDirectory(), merged = Path.Combine(folder, "merged.zip"), task = Path.Combine(folder, "task.zip");
+        mlContext.Model.Save(model, train.Schema, merged);
+        model.LastTransformer.Storage = ModelStorage.AdaptersOnly;
+        mlContext.Model.Save(model, train.Schema, task);
+
+        long taskBytes = new FileInfo(task).Length, mergedBytes = new FileInfo(merged).Length;
+        Assert.IsLessThan(1_000_000, taskBytes, $"adapters and head only ({taskBytes:N0} bytes)");
+        Assert.IsGreaterThan(40 * taskBytes, mergedBytes, $"the merged model holds the backbone ({mergedBytes:N0} bytes)");
+
+        var loaded = new MLContext(seed: 2).Model.Load(task, out _);
+        AssertSameScores(expected, Scores(loaded, test));
+        var transformer = ((IEnumerable<ITransformer>)loaded).OfType<RepAdapterImageClassificationTransformer>().Single();
+        Assert.AreEqual(ModelStorage.AdaptersOnly, transformer.Storage, "a loaded task model saves as one again");
+        Assert.AreEqual(model.LastTransformer.Summary.Backbone, transformer.Summary.Backbone);
+        Assert.IsFalse(transformer.Model.AdaptedLayers().Any(), "merged on load: the plain architecture");
+
+        string again = Path.Combine(folder, "again.zip");
+        mlContext.Model.Save(loaded, train.Schema, again);
+        Assert.AreEqual(taskBytes, new FileInfo(again).Length);
+        AssertSameScores(expected, Scores(mlContext.Model.Load(again, out _), test));
+
+        // The reloaded model exports like any other: its ONNX chain labels the test images as it does.
+        var parts = ((IEnumerable<ITransformer>)loaded).ToList();
+        var onnx = new TransformerChain<ITransformer>([.. parts.Take(parts.Count - 1), transformer.ToOnnxPipeline(mlContext, sourceImageSize: (28, 28))]);
+        var onnxLabels = onnx.Transform(test).GetColumn<uint>("PredictedLabel").ToList();
+        var torchLabels = loaded.Transform(test).GetColumn<uint>("PredictedLabel").ToList();
+        Assert.IsGreaterThanOrEqualTo(torchLabels.Count - 1, onnxLabels.Zip(torchLabels).Count(p => p.First == p.Second), "ONNX chain of the reloaded model");
+    }
+
+    /// <summary>A tiny ViT checkpoint file with random weights (seed <paramref name="seed"/>).</summary>
+    private static string TinyVitCheckpoint(string folder, int seed)
+    {
+        using var backbone = TinyModels.Create("vit", seed);
+        TinyModels.Randomize(backbone, seed);
+        string path = Path.Combine(folder, "tiny_vit.safetensors");
+        SafeTensorsWriter.Write(path, backbone.state_dict());
+        return path;
+    }
+
+    private static (TransformerChain<ITransformer> Model, IDataView Data, string Saved) TrainFromFile(string folder, string checkpoint)
+    {
+        var mlContext = new MLContext(seed: 1);
+        var data = TestData.Prepared(mlContext, TestData.Images(classes: 2, perClass: 6));
+        var options = TinyTrainerOptions.Create(epochs: 2);
+        options.Backbone = null;
+        options.CheckpointPath = checkpoint;
+        // A width of 32 does not give the heads: the family's load options say, and the task model records them.
+        options.BackboneLoadOptions = new VisionTransformerLoadOptions(NumHeads: 2);
+        var trained = mlContext.MulticlassClassification.Trainers.RepAdapter(options).Fit(data);
+        trained.Storage = ModelStorage.AdaptersOnly;
+        var chain = new TransformerChain<ITransformer>(trained);
+        string saved = Path.Combine(folder, "task.zip");
+        mlContext.Model.Save(chain, data.Schema, saved);
+        return (chain, data, saved);
+    }
+
+    [TestMethod]
+    public void OtherWeightsAtTheBackbonesPathAreRefusedNamingBothFingerprints()
+    {
+        string folder = CheckpointFiles.TempDirectory();
+        string checkpoint = TinyVitCheckpoint(folder, seed: 3);
+        var (model, data, saved) = TrainFromFile(folder, checkpoint);
+        AssertSameScores(Scores(model, data), Scores(new MLContext().Model.Load(saved, out _), data));
+
+        string fingerprint = ((RepAdapterTransformerBase)model.LastTransformer).Summary.Backbone!.Fingerprint;
+        TinyVitCheckpoint(folder, seed: 4); // the same architecture, other weights, at the same path
+        var error = Assert.ThrowsExactly<InvalidDataException>(() =>
+        {
+            try { new MLContext().Model.Load(saved, out _); }
+            catch (Exception e) { throw e.GetBaseException(); }
+        });
+        StringAssert.Contains(error.Message, fingerprint);
+        StringAssert.Contains(error.Message, checkpoint);
+    }
+
+    [TestMethod]
+    public void AMissingBackboneNamesItsPathAndTheFolderVariableWhichFindsItElsewhere()
+    {
+        string folder = CheckpointFiles.TempDirectory();
+        string checkpoint = TinyVitCheckpoint(folder, seed: 5);
+        var (model, data, saved) = TrainFromFile(folder, checkpoint);
+        string elsewhere = CheckpointFiles.TempDirectory();
+        File.Move(checkpoint, Path.Combine(elsewhere, Path.GetFileName(checkpoint)));
+
+        var error = Assert.ThrowsExactly<FileNotFoundException>(() =>
+        {
+            try { new MLContext().Model.Load(saved, out _); }
+            catch (Exception e) { throw e.GetBaseException(); }
+        });
+        StringAssert.Contains(error.Message, checkpoint);
+        StringAssert.Contains(error.Message, BackboneSource.FolderVariable);
+
+        Environment.SetEnvironmentVariable(BackboneSource.FolderVariable, elsewhere);
+        try
+        {
+            AssertSameScores(Scores(model, data), Scores(new MLContext().Model.Load(saved, out _), data));
+        }
+        finally
+        {
+            Environment.SetEnvironmentVariable(BackboneSource.FolderVariable, null);
+        }
+    }
+
+    [TestMethod]
+    public void AModelTrainedOnABackboneObjectSaysWhyItCanOnlyBeSavedMerged()
+    {
+        var mlContext = new MLContext(seed: 1);
+        var data = TestData.Prepared(mlContext, TestData.Images(classes: 2, perClass: 4));
+        var trained = mlContext.MulticlassClassification.Trainers.RepAdapter(TinyTrainerOptions.Create(epochs: 1)).Fit(data);
+        var error = Assert.ThrowsExactly<InvalidOperationException>(() => trained.Storage = ModelStorage.AdaptersOnly);
+        StringAssert.Contains(error.Message, "Backbone object");
+        Assert.AreEqual(ModelStorage.Merged, trained.Storage);
+    }
+}
