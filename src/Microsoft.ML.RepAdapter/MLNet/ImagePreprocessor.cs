@@ -95,10 +95,11 @@ internal static class ImageColumn
     /// <see cref="InvalidDataException"/> naming the column, the row and the file; so is an image whose header declares
     /// more than <paramref name="maxPixels"/> pixels, refused before it is decoded. (LoadImages decodes its files before
     /// this runs; their limit spares the conversion and resize, which would take several times the decode's memory.)
+    /// <paramref name="kind"/> says what the column holds in those messages ("Image", "Mask").
     /// </summary>
-    public static T Decode<T>(FetchedImage fetched, Func<DecodedImage, T> convert, long maxPixels = DefaultMaxImagePixels)
+    public static T Decode<T>(FetchedImage fetched, Func<DecodedImage, T> convert, long maxPixels = DefaultMaxImagePixels, string kind = "Image")
     {
-        string where = $"Image column '{fetched.Column}', row {fetched.Row}";
+        string where = $"{kind} column '{fetched.Column}', row {fetched.Row}";
         DecodedImage image;
         if (fetched.Pixels is { } pixels)
         {

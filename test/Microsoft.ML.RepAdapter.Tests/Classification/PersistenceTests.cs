@@ -180,8 +180,12 @@ public class PersistenceTests
         string json = SavedTransformer().Model.Describe().ToJson();
         string size = System.Text.RegularExpressions.Regex.Match(json, "\"ImageSize\":\\d+").Value;
         string edited = size[..^1] + (size[^1] == '1' ? '2' : '1');
-        var error = LoadFails(EditedDescription(size, edited, forgeChecksum: false), "'Model.sha256'");
-        StringAssert.Contains(error.Message, "do not match its SHA-256 checksum");
+        // The image size, the normalisation mean and a label name: each would load and score differently.
+        foreach (var (from, to) in new[] { (size, edited), ("0.485", "0.495"), ("Coat", "Cost") })
+        {
+            var error = LoadFails(EditedDescription(from, to, forgeChecksum: false), "'Model.sha256'");
+            StringAssert.Contains(error.Message, "do not match its SHA-256 checksum", $"{from} -> {to}");
+        }
     }
 
     [TestMethod]

@@ -139,4 +139,16 @@ public class ImageSizeLimitTests
         Assert.AreEqual(new ImageDimensions(300, 200, "GIF"), ImageIntegrity.Dimensions(gif));
         Assert.IsNull(ImageIntegrity.Dimensions([1, 2, 3]), "no image, no size");
     }
+
+    [TestMethod]
+    public void ImageValidationGivesServicesTheTransformersChecks()
+    {
+        using var picture = TestImages.Picture();
+        byte[] png = TestImages.Encode(picture, SkiaSharp.SKEncodedImageFormat.Png);
+        Assert.IsNull(ImageValidation.Problem(png), "a complete image passes");
+        StringAssert.Contains(ImageValidation.Problem(Array.Empty<byte>()), "empty");
+        StringAssert.Contains(ImageValidation.Problem(png[..(png.Length * 2 / 3)]), "truncated");
+        StringAssert.Contains(ImageValidation.Problem(TestImages.BmpHeader(30000, 30000)), "30000 x 30000");
+        StringAssert.Contains(ImageValidation.Problem(png, maxPixels: 100), "MaxImagePixels");
+    }
 }

@@ -134,7 +134,7 @@ public class SegmentationInputTests
         var rows = Rows();
         rows[4].Mask = [1, 2, 3, 4];
         var error = FitFails<InvalidDataException>(rows);
-        StringAssert.Contains(error.Message, "Image column 'Mask', row 4");
+        StringAssert.Contains(error.Message, "Mask column 'Mask', row 4");
         StringAssert.Contains(error.Message, "not a decodable image");
 
         rows = Rows();
@@ -199,6 +199,28 @@ public class SegmentationInputTests
         StringAssert.Contains(error.Message, "Mask column 'Mask', row 2");
         StringAssert.Contains(error.Message, "a JPEG");
         StringAssert.Contains(error.Message, "save masks as PNG");
+    }
+
+    [TestMethod]
+    public void LossyWebPMasksAreRefusedAndLosslessOnesAreNot()
+    {
+        using var picture = MLNet.TestImages.Picture(16, 16);
+        var rows = Rows();
+        rows[3].Mask = MLNet.TestImages.WebP(picture, SkiaSharp.SKWebpEncoderCompression.Lossy);
+        var error = FitFails<InvalidDataException>(rows);
+        StringAssert.Contains(error.Message, "Mask column 'Mask', row 3");
+        StringAssert.Contains(error.Message, "a lossy WebP");
+    }
+
+    [TestMethod]
+    public void AMaskWhoseHeaderDeclaresMoreThanMaxImagePixelsIsRefusedBeforeDecoding()
+    {
+        var rows = Rows();
+        rows[1].Mask = MLNet.TestImages.BmpHeader(30000, 30000);
+        var error = FitFails<InvalidDataException>(rows);
+        StringAssert.Contains(error.Message, "Mask column 'Mask', row 1");
+        StringAssert.Contains(error.Message, "30000 x 30000");
+        StringAssert.Contains(error.Message, "MaxImagePixels");
     }
 
     [TestMethod]

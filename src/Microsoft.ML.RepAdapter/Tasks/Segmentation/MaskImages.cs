@@ -41,7 +41,7 @@ internal static class MaskImages
                 }
             }
         }
-        return ImageColumn.Decode(fetched, ClassIndices, maxPixels);
+        return ImageColumn.Decode(fetched, ClassIndices, maxPixels, kind: "Mask");
     }
 
     /// <summary>The first bytes of a file: enough for <see cref="LossyFormat"/> and <see cref="SixteenBitPng.Is"/>.</summary>
