@@ -21,7 +21,21 @@ public enum ScoringPrecision
     Float32,
     /// <summary>bfloat16 weights and activations (8-bit mantissa), float32 output.</summary>
     BFloat16,
+    /// <summary>
+    /// Whichever of the two is faster on this machine: the first batch scored is timed in both, and bfloat16 is kept when it
+    /// takes at most 0.9 of float32's time and every output probability is within
+    /// <see cref="RepAdapterTransformerBase.AutoPrecisionTolerance"/> of float32's (<see cref="RepAdapterTransformerBase.PrecisionChoice"/>).
+    /// </summary>
+    Auto,
 }
+
+/// <summary>What <see cref="ScoringPrecision.Auto"/> measured on the first batch and chose.</summary>
+/// <param name="Images">Images in the timed batch.</param>
+/// <param name="Float32Milliseconds">The batch's forward pass in float32 (the faster of two, after a warm-up).</param>
+/// <param name="BFloat16Milliseconds">The same in bfloat16.</param>
+/// <param name="MaxProbabilityDifference">The largest difference of an output probability (softmax over classes) between the two.</param>
+/// <param name="Chosen">The precision kept.</param>
+public sealed record PrecisionChoice(int Images, double Float32Milliseconds, double BFloat16Milliseconds, double MaxProbabilityDifference, ScoringPrecision Chosen);
 
 /// <summary>What <c>mlContext.Model.Save</c> writes for a RepAdapter transformer (<see cref="RepAdapterTransformerBase.Storage"/>).</summary>
 public enum ModelStorage
@@ -59,6 +73,8 @@ public abstract class RepAdapterTransformerBase : RowToRowTransformerBase, ITran
     private bool _disposed;
     private int _forwardPasses;
     private nn.Module<Tensor, Tensor>? _reduced;
+    private ScoringPrecision _precision;
+    private volatile bool _autoPending;
     private TaskModel? _taskModel;
     private ModelStorage _storage;
 
@@ -134,29 +150,85 @@ public abstract class RepAdapterTransformerBase : RowToRowTransformerBase, ITran
     public ImageInputSpec Input { get; }
 
     /// <summary>
-    /// The number format of scoring: <see cref="ScoringPrecision.Float32"/> (the default) or
-    /// <see cref="ScoringPrecision.BFloat16"/>, which scores with a bfloat16 copy of the merged weights (the float32 weights
-    /// stay, and are what is saved). bfloat16 is faster only on CPUs whose kernels use AVX-512 BF16 or AMX well (see the
-    /// latency benchmark, docs/benchmarks/latency.md, which names the CPU); scores differ from float32 ones in the third
-    /// significant digit. A setting of this instance, not saved with the model.
+    /// The number format of scoring: <see cref="ScoringPrecision.Float32"/> (the default), <see cref="ScoringPrecision.BFloat16"/>,
+    /// which scores with a bfloat16 copy of the merged weights (the float32 weights stay, and are what is saved), or
+    /// <see cref="ScoringPrecision.Auto"/>, which measures both on the first batch and keeps the faster (see
+    /// <see cref="PrecisionChoice"/>). bfloat16 is faster only on CPUs whose kernels use AVX-512 BF16 or AMX well: on the
+    /// AMD EPYC of the latency benchmark about twice as fast, on an Intel Xeon of an earlier run slower
+    /// (docs/benchmarks/latency.md names the CPU); scores differ from float32 ones in the third significant digit. Float32
+    /// stays the default because Auto's choice depends on a timing, so two processes may score in different precisions.
+    /// A setting of this instance, not saved with the model.
     /// </summary>
     public ScoringPrecision Precision
     {
-        get => _reduced is null ? ScoringPrecision.Float32 : ScoringPrecision.BFloat16;
+        get => _precision;
         set
         {
             _gate.EnterWriteLock();
             try
             {
                 ObjectDisposedException.ThrowIf(_disposed, this);
-                if (value == Precision) return;
+                if (value == _precision) return;
                 _reduced?.Dispose();
-                _reduced = value == ScoringPrecision.BFloat16 ? ReducedCopy(ScalarType.BFloat16) : null;
+                _reduced = value == ScoringPrecision.Float32 ? null : ReducedCopy(ScalarType.BFloat16);
+                _precision = value;
+                PrecisionChoice = null;
+                _autoPending = value == ScoringPrecision.Auto;
             }
             finally
             {
                 _gate.ExitWriteLock();
             }
+        }
+    }
+
+    /// <summary>With <see cref="ScoringPrecision.Auto"/>: what the first batch measured and which precision it kept; null until then.</summary>
+    public PrecisionChoice? PrecisionChoice { get; private set; }
+
+    /// <summary>The largest difference of an output probability that <see cref="ScoringPrecision.Auto"/> accepts from bfloat16 (0.1).</summary>
+    public float AutoPrecisionTolerance { get; set; } = 0.1f;
+
+    /// <summary>Times both precisions on <paramref name="input"/> (normalised) and keeps bfloat16 only when it pays and agrees.</summary>
+    private void ChoosePrecision(Tensor input)
+    {
+        _gate.EnterWriteLock();
+        try
+        {
+            if (!_autoPending || _disposed) return;
+            using var scope = NewDisposeScope();
+            using var inference = inference_mode();
+            var reduced = _reduced!;
+            Tensor Float32() => _network.forward(input).cpu();
+            Tensor BFloat16() => reduced.forward(input.to(ScalarType.BFloat16)).to(float32).cpu();
+            double Time(Func<Tensor> run)
+            {
+                run(); // warm-up: the kernels' first call sets them up
+                return Enumerable.Range(0, 2).Min(_ =>
+                {
+                    var clock = System.Diagnostics.Stopwatch.StartNew();
+                    run();
+                    return clock.Elapsed.TotalMilliseconds;
+                });
+            }
+            double full = Time(Float32), half = Time(BFloat16);
+            double difference = Float32().softmax(1).sub(BFloat16().softmax(1)).abs().max().item<float>();
+            bool keep = half <= 0.9 * full && difference <= AutoPrecisionTolerance;
+            var chosen = keep ? ScoringPrecision.BFloat16 : ScoringPrecision.Float32;
+            PrecisionChoice = new PrecisionChoice((int)input.shape[0], full, half, difference, chosen);
+            if (!keep)
+            {
+                _reduced!.Dispose();
+                _reduced = null;
+            }
+            _autoPending = false;
+            using var ch = Host.Start("Precision Auto");
+            ch.Info(string.Create(System.Globalization.CultureInfo.InvariantCulture,
+                $"Precision Auto: a batch of {input.shape[0]} took {full:F1} ms in float32 and {half:F1} ms in bfloat16, probabilities differ by "
+                + $"up to {difference:G2} (tolerance {AutoPrecisionTolerance:G2}): scoring in {chosen}."));
+        }
+        finally
+        {
+            _gate.ExitWriteLock();
         }
     }
 
@@ -202,6 +274,11 @@ public abstract class RepAdapterTransformerBase : RowToRowTransformerBase, ITran
     /// <summary>The network's output for uint8 input pixels [N, 3, S, S], in one forward pass under inference mode, on the CPU.</summary>
     internal Tensor Forward(Tensor pixels)
     {
+        if (_autoPending)
+        {
+            using var scope = NewDisposeScope();
+            ChoosePrecision(Input.Normalize(pixels.to(_device)));
+        }
         return WithNetwork(() =>
         {
             Interlocked.Increment(ref _forwardPasses);

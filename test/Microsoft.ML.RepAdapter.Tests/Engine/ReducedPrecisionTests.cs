@@ -50,4 +50,36 @@ public class ReducedPrecisionTests
         var back = Scores();
         for (int i = 0; i < full.Length; i++) CollectionAssert.AreEqual(full[i], back[i], $"row {i}: float32 again");
     }
+
+    [TestMethod]
+    public void AutoTimesBothOnTheFirstBatchLogsItsChoiceAndScoresInIt()
+    {
+        var mlContext = new MLContext(seed: 1);
+        var log = TestData.CaptureLog(mlContext, e => e.Source.Contains("Precision Auto"));
+        var data = TestData.Prepared(mlContext, TestData.Images(classes: 3, perClass: 6));
+        var transformer = mlContext.MulticlassClassification.Trainers.RepAdapter(TinyTrainerOptions.Create(epochs: 2)).Fit(data);
+        float[][] Scores() => [.. transformer.Transform(data).GetColumn<float[]>("Score")];
+        var full = Scores();
+
+        transformer.Precision = ScoringPrecision.Auto;
+        Assert.IsNull(transformer.PrecisionChoice, "nothing is measured before the first batch");
+        var auto = Scores();
+        var choice = transformer.PrecisionChoice!;
+        Assert.AreEqual(ScoringPrecision.Auto, transformer.Precision, "the setting stays Auto");
+        Assert.IsGreaterThan(0.0, choice.Float32Milliseconds);
+        Assert.IsGreaterThan(0.0, choice.BFloat16Milliseconds);
+        Assert.IsTrue(log.Any(m => m.Contains($"scoring in {choice.Chosen}")), string.Join("\n", log));
+        double largest = full.Zip(auto).Max(p => p.First.Zip(p.Second).Max(q => Math.Abs(q.First - q.Second)));
+        if (choice.Chosen == ScoringPrecision.Float32) Assert.AreEqual(0.0, largest, "kept float32: the float32 scores");
+        else Assert.IsLessThanOrEqualTo(transformer.AutoPrecisionTolerance, largest, "kept bfloat16: within the tolerance");
+
+        // A tolerance no bf16 rounding meets keeps float32 whatever the timings.
+        transformer.Precision = ScoringPrecision.Float32;
+        transformer.AutoPrecisionTolerance = 0f;
+        transformer.Precision = ScoringPrecision.Auto;
+        var strict = Scores();
+        Assert.AreEqual(ScoringPrecision.Float32, transformer.PrecisionChoice!.Chosen);
+        Assert.IsGreaterThan(0.0, transformer.PrecisionChoice.MaxProbabilityDifference);
+        for (int i = 0; i < full.Length; i++) CollectionAssert.AreEqual(full[i], strict[i], $"row {i}");
+    }
 }
