@@ -257,7 +257,7 @@ public class PersistenceTests
     private sealed record SavedScores(string[] images, float[][] scores);
 
     /// <summary>Same scores up to <paramref name="tolerance"/>: by default, the rounding of other batch sizes on this machine.</summary>
-    private static void AssertClose(IReadOnlyList<float[]> expected, IReadOnlyList<float[]> actual, string what, float tolerance = 1e-5f)
+    internal static void AssertClose(IReadOnlyList<float[]> expected, IReadOnlyList<float[]> actual, string what, float tolerance = 1e-5f)
     {
         Assert.HasCount(expected.Count, actual, what);
         for (int i = 0; i < expected.Count; i++)

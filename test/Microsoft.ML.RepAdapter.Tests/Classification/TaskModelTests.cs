@@ -20,13 +20,8 @@ public class TaskModelTests
 {
     private static List<float[]> Scores(ITransformer model, IDataView data) => [.. model.Transform(data).GetColumn<float[]>("Score")];
 
-    private static void AssertSameScores(List<float[]> expected, List<float[]> actual, float tolerance = 1e-6f)
-    {
-        Assert.HasCount(expected.Count, actual);
-        for (int i = 0; i < expected.Count; i++)
-        for (int k = 0; k < expected[i].Length; k++)
-            Assert.AreEqual(expected[i][k], actual[i][k], tolerance, $"row {i}, class {k}");
-    }
+    private static void AssertSameScores(List<float[]> expected, List<float[]> actual) =>
+        PersistenceTests.AssertClose(expected, actual, "the task model against the merged model", tolerance: 1e-6f);
 
     [TestMethod]
     public void AnAdaptersOnlyModelOfMLNetsResNet18IsKilobytesAndScoresAsTheMergedOne()
