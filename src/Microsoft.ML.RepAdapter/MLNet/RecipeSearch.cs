@@ -97,7 +97,20 @@ internal static class RecipeSearch
             var scores = new List<ValidationScore>();
             for (int f = 0; f < folds.Count; f++)
             {
-                var (network, score) = train(run, folds[f], $"search {index + 1}/{candidates.Count}{(folds.Count > 1 ? $" fold {f + 1}" : "")}, {epochs} epochs");
+                nn.Module<Tensor, Tensor> network;
+                ValidationScore score;
+                try
+                {
+                    (network, score) = train(run, folds[f], $"search {index + 1}/{candidates.Count}{(folds.Count > 1 ? $" fold {f + 1}" : "")}, {epochs} epochs");
+                }
+                catch (TrainingDivergedException e)
+                {
+                    // A candidate that diverges (too high a learning rate or scale for these data) is out of the running, not the end of the Fit.
+                    ch.Warning($"Recipe search: candidate {index + 1} ({run}) diverged and is dropped: {e.Message}");
+                    budget.Measured(clock.Elapsed, epochs * foldImages);
+                    trials.Add(new RecipeTrial(index + 1, run, 0, 0, clock.Elapsed.TotalSeconds, Diverged: true));
+                    return ValidationScore.Diverged;
+                }
                 scores.Add(score);
                 if (keepNetworks && epochs == full)
                 {
@@ -122,10 +135,15 @@ internal static class RecipeSearch
         }
         if (skipped > 0) ch.Info($"Recipe search: {skipped} candidates skipped to stay within TimeBudget {budget.Limit}.");
 
-        var challenger = brief1.Where(p => p.Key != 0).OrderByDescending(p => p.Value.Metric).ThenBy(p => p.Value.Loss).Select(p => (int?)p.Key).FirstOrDefault();
+        var challenger = brief1.Where(p => p.Key != 0 && p.Value != ValidationScore.Diverged)
+            .OrderByDescending(p => p.Value.Metric).ThenBy(p => p.Value.Loss).Select(p => (int?)p.Key).FirstOrDefault();
         int chosen = 0;
         string reason;
-        if (challenger is not int c || !brief1[c].Beats(brief1[0]))
+        if (brief1[0] == ValidationScore.Diverged && challenger is int best)
+        {
+            (chosen, reason) = (best, $"the recipe diverged; candidate {best + 1} scored best of the others after {brief} epochs");
+        }
+        else if (challenger is not int c || !brief1[c].Beats(brief1[0]))
         {
             reason = challenger is null ? "no other candidate fitted in the time budget"
                 : $"no candidate beat the recipe by more than chance after {brief} epochs (best: candidate {challenger + 1})";
@@ -142,7 +160,9 @@ internal static class RecipeSearch
         {
             var recipeLonger = Trial(0, longer);
             var challengerLonger = Trial(c, longer);
-            (chosen, reason) = challengerLonger.Beats(recipeLonger)
+            (chosen, reason) = recipeLonger == ValidationScore.Diverged && challengerLonger != ValidationScore.Diverged
+                ? (c, $"candidate {c + 1} beat the recipe by more than chance after {brief} epochs, and the recipe diverged at {longer}")
+                : challengerLonger.Beats(recipeLonger)
                 ? (c, $"candidate {c + 1} beat the recipe by more than chance after {brief} and after {longer} epochs")
                 : (0, $"candidate {c + 1} led after {brief} epochs but not by more than chance after {longer}");
         }

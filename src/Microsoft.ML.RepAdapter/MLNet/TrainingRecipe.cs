@@ -70,7 +70,8 @@ public sealed record RecipeSearchSpace(float[] AdapterScales, double[] LearningR
 /// <param name="Metric">The task's validation metric (mean over the folds).</param>
 /// <param name="Loss">The validation loss (mean over the folds).</param>
 /// <param name="Seconds">Training and evaluation time of the run, every fold included.</param>
-public sealed record RecipeTrial(int Candidate, TrainingRecipe Recipe, double Metric, double Loss, double Seconds);
+/// <param name="Diverged">Whether the run diverged (too high a learning rate or scale): dropped from the search, its metric and loss 0.</param>
+public sealed record RecipeTrial(int Candidate, TrainingRecipe Recipe, double Metric, double Loss, double Seconds, bool Diverged = false);
 
 /// <summary>What a recipe search tried and why it chose what it chose; saved with the model.</summary>
 /// <param name="ValidatedOn">Where candidates were judged: "the validation set", or held-out training images.</param>

@@ -77,8 +77,9 @@ public static class FineTuning
     /// <exception cref="ArgumentOutOfRangeException">A setting is out of range.</exception>
     /// <exception cref="ArgumentException">There are no training images, or early stopping has no validation images.</exception>
     /// <exception cref="InvalidOperationException">
-    /// The model has no trainable parameters; training diverged (a loss, gradient or weight became non-finite, or the loss
-    /// passed <see cref="DivergedLoss"/>: the message says which, and where); or an epoch yielded no batch.
+    /// The model has no trainable parameters, or an epoch yielded no batch; a <see cref="TrainingDivergedException"/> when
+    /// training diverged (a loss, gradient or weight became non-finite, or the loss passed <see cref="DivergedLoss"/>: the
+    /// message says which, and where).
     /// </exception>
     public static TrainingResult Train(
         nn.Module<Tensor, Tensor> model,
@@ -135,14 +136,14 @@ public static class FineTuning
                     if (!double.IsFinite(lossValue)) throw NonFiniteLoss(model, images, lossValue, where);
                     if (lossValue > DivergedLoss)
                     {
-                        throw new InvalidOperationException(
+                        throw new TrainingDivergedException(
                             $"Training diverged in {where}: the loss is {lossValue:G4}, finite but past {DivergedLoss:G0}, which no model that learns "
                             + "reaches (a cross-entropy at chance is ln K). Try a lower LearningRate or AdapterScale; if this run resumed, check its state.");
                     }
                     loss.backward();
                     if (NonFinite.FirstIn(trainable.Select(p => (p.name, p.parameter.grad ?? p.parameter))) is string badGradient)
                     {
-                        throw new InvalidOperationException(
+                        throw new TrainingDivergedException(
                             $"Training diverged in {where}: the gradient of '{badGradient}' is not finite although the loss is {lossValue:G4}. "
                             + "Try a lower LearningRate or AdapterScale.");
                     }
@@ -150,13 +151,13 @@ public static class FineTuning
                     if (settings.MaxGradientNorm is double maxNorm && nn.utils.clip_grad_norm_(trainable.Select(p => p.parameter), maxNorm) is var norm
                         && !double.IsFinite(norm))
                     {
-                        throw new InvalidOperationException(
+                        throw new TrainingDivergedException(
                             $"Training diverged in {where}: every gradient is finite, but their norm overflowed ({norm}). Try a lower LearningRate or AdapterScale.");
                     }
                     optimizer.step();
                     if (NonFinite.FirstIn(trainable.Select(p => (p.name, (Tensor)p.parameter))) is string badWeight)
                     {
-                        throw new InvalidOperationException(
+                        throw new TrainingDivergedException(
                             $"Training diverged in {where}: the optimiser step at learning rate {rate:G3} made '{badWeight}' non-finite. "
                             + "Try a lower LearningRate (or WeightDecay), and check that both are finite.");
                     }
@@ -194,7 +195,7 @@ public static class FineTuning
     /// Says why the loss of <paramref name="images"/> is not finite: non-finite weights (from the checkpoint or an earlier
     /// step), non-finite inputs, or neither, in which case the forward pass itself overflowed or a CPU kernel misbehaved.
     /// </summary>
-    private static InvalidOperationException NonFiniteLoss(nn.Module model, Tensor images, double loss, string where)
+    private static TrainingDivergedException NonFiniteLoss(nn.Module model, Tensor images, double loss, string where)
     {
         double largest;
         using (no_grad()) largest = model.parameters().Where(p => p.requires_grad).Max(p => p.abs().max().item<float>());
@@ -206,7 +207,7 @@ public static class FineTuning
                     ? $"every weight is finite, but trained weights have grown to {largest:G3} and the forward pass overflowed"
                     : "every weight and input is finite, so the forward pass overflowed or a numerical kernel returned NaN "
                       + "(compare with DNNL_MAX_CPU_ISA=AVX2 or OMP_NUM_THREADS=1)";
-        return new InvalidOperationException(
+        return new TrainingDivergedException(
             $"Training diverged: the loss became {loss} in {where}: {cause}. Try a lower LearningRate or AdapterScale.");
     }
 
@@ -267,6 +268,12 @@ public static class FineTuning
     }
 }
 
+/// <summary>
+/// Training stopped because it diverged: a non-finite or huge loss, a non-finite gradient, gradient norm or weight. The
+/// message says which and where. The recipe search drops a candidate that throws it.
+/// </summary>
+public sealed class TrainingDivergedException(string message) : InvalidOperationException(message);
+
 /// <summary>A model's validation metric and loss, overall and on fixed interleaved parts of the validation data.</summary>
 /// <param name="Metric">The objective's metric on all of the data (higher is better).</param>
 /// <param name="Loss">The mean loss on all of it.</param>
@@ -274,6 +281,9 @@ public static class FineTuning
 /// <param name="ShardLosses">The mean loss on each part.</param>
 public sealed record ValidationScore(double Metric, double Loss, double[] ShardMetrics, double[] ShardLosses)
 {
+    /// <summary>The score of a run that diverged: below every real score, and it beats nothing.</summary>
+    public static ValidationScore Diverged { get; } = new(-1, double.MaxValue, [], []);
+
     /// <summary>Parts a validation set is scored in by default.</summary>
     public const int DefaultShards = 5;
 

@@ -3,6 +3,7 @@ using Microsoft.ML.RepAdapter.Backbones;
 using Microsoft.ML.RepAdapter.Checkpoints;
 using Microsoft.ML.RepAdapter.Classification;
 using Microsoft.ML.RepAdapter.Torch;
+using Microsoft.ML.RepAdapter.Training;
 
 namespace Microsoft.ML.RepAdapter.Tests.Classification;
 
@@ -110,7 +111,7 @@ public class BadInputTests
     {
         var mlContext = new MLContext(seed: 1);
         var data = TestData.Prepared(mlContext, TestData.Images(classes: 2, perClass: 4));
-        var error = FitFails<InvalidOperationException>(data, o => { o.LearningRate = 1e30; o.Epochs = 5; o.AdapterScale = 1e10f; });
+        var error = FitFails<TrainingDivergedException>(data, o => { o.LearningRate = 1e30; o.Epochs = 5; o.AdapterScale = 1e10f; });
         StringAssert.Contains(error.Message, "diverged");
         StringAssert.Contains(error.Message, "epoch");
         StringAssert.Contains(error.Message, "lower LearningRate");

@@ -168,6 +168,24 @@ public class RecipeSearchTests
     }
 
     [TestMethod]
+    public void ACandidateThatDivergesIsDroppedAndTheFitGoesOn()
+    {
+        var mlContext = new MLContext(seed: 1);
+        var log = TestData.CaptureLog(mlContext);
+        var train = TestData.Prepared(mlContext, TestData.Images("train", classes: 2, perClass: 8));
+        var options = TinyTrainerOptions.Create(epochs: 12);   // two epochs per candidate: the first step breaks the weights, the next loss shows it
+        options.LearningRate = null;
+        options.SearchSpace = new RecipeSearchSpace([], [1e30], []);
+        var model = mlContext.MulticlassClassification.Trainers.RepAdapter(options).Fit(train);
+
+        var trials = model.Summary.Search!.Trials;
+        Assert.IsTrue(trials.Single(t => t.Candidate == 2).Diverged, "a learning rate of 1e30 diverges:\n" + string.Join("\n", log));
+        Assert.AreEqual(1, model.Summary.Search.ChosenCandidate, "the recipe is kept");
+        Assert.IsTrue(log.Any(m => m.Contains("candidate 2") && m.Contains("diverged and is dropped")), string.Join("\n", log));
+        Assert.IsNull(Torch.NonFinite.FirstIn(model.Model), "the model returned is finite");
+    }
+
+    [TestMethod]
     public void ATimeBudgetSkipsWhatWouldNotFitAndCutsTheFinalRunsEpochs()
     {
         var mlContext = new MLContext(seed: 1);

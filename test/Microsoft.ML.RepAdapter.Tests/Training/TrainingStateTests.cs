@@ -167,7 +167,7 @@ public class TrainingStateTests
             model.weight![1].fill_(-1e6f);
         }
         using var images = new LabeledImages(ones(4, 4), tensor(new long[] { 0, 1, 0, 1 }));
-        var error = Assert.ThrowsExactly<InvalidOperationException>(() => FineTuning.Train(model, x => x.to(float32), images, null,
+        var error = Assert.ThrowsExactly<TrainingDivergedException>(() => FineTuning.Train(model, x => x.to(float32), images, null,
             new ClassificationObjective(), new FineTuneSettings(Epochs: 1, BatchSize: 4, WarmupEpochs: 0), CPU));
         StringAssert.Contains(error.Message, "diverged");
         StringAssert.Contains(error.Message, "epoch 1, batch 1");
