@@ -224,6 +224,30 @@ public class SegmentationInputTests
     }
 
     [TestMethod]
+    public void ASegmentationTaskModelHoldsTheDecoderAndMergesIntoItsCheckpointOnLoad()
+    {
+        var mlContext = new MLContext(seed: 1);
+        var options = Options();
+        options.Backbone = null;
+        options.CheckpointPath = Checkpoints.CheckpointFiles.Fixture("tiny_resnet_basic.safetensors");
+        options.ImageSize = 56;
+        options.ScoresColumnName = "Scores";
+        var data = mlContext.Data.LoadFromEnumerable(Rows(8));
+        var transformer = mlContext.MulticlassClassification.Trainers.RepAdapterSegmentation(options).Fit(data);
+        string folder = Checkpoints.CheckpointFiles.TempDirectory(), merged = Path.Combine(folder, "merged.zip"), task = Path.Combine(folder, "task.zip");
+        mlContext.Model.Save(transformer, data.Schema, merged);
+        transformer.Storage = RepAdapter.MLNet.ModelStorage.AdaptersOnly;
+        mlContext.Model.Save(transformer, data.Schema, task);
+        Assert.IsLessThan(new FileInfo(merged).Length, new FileInfo(task).Length, "the task model leaves the backbone out");
+
+        var loaded = new MLContext().Model.Load(task, out _);
+        var expected = transformer.Transform(data).GetColumn<float[]>("Scores").SelectMany(s => s).ToArray();
+        var actual = loaded.Transform(data).GetColumn<float[]>("Scores").SelectMany(s => s).ToArray();
+        Assert.HasCount(expected.Length, actual);
+        Assert.IsLessThanOrEqualTo(1e-6f, expected.Zip(actual).Max(p => Math.Abs(p.First - p.Second)), "per-pixel scores of the task model");
+    }
+
+    [TestMethod]
     public void ColourisedMasksAndPerPixelScoresComeOnRequest()
     {
         var mlContext = new MLContext(seed: 1);
