@@ -64,7 +64,7 @@ public abstract class RepAdapterTransformerBase : RowToRowTransformerBase, ITran
     // An adapters-only task model holds this instead of the merged weights (TaskModel's stream).
     private const string TaskModelStream = "TaskModel";
     // What a task-model stream may hold: far above any adapters and head, far below what would exhaust memory.
-    private const long MaxTaskModelBytes = 1L << 31;
+    private const long MaxTaskModelBytes = int.MaxValue;
     private protected static readonly JsonSerializerOptions SummaryJson = new() { Converters = { new JsonStringEnumConverter() } };
 
     private readonly nn.Module<Tensor, Tensor> _network;

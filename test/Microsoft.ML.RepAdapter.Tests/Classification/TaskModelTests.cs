@@ -148,4 +148,29 @@ public class TaskModelTests
         StringAssert.Contains(error.Message, "Backbone object");
         Assert.AreEqual(ModelStorage.Merged, trained.Storage);
     }
+
+    [TestMethod]
+    public void ATaskModelStreamIsReadDefensively()
+    {
+        static MemoryStream Stream(Action<BinaryWriter> write)
+        {
+            var stream = new MemoryStream();
+            using (var writer = new BinaryWriter(stream, System.Text.Encoding.UTF8, leaveOpen: true)) write(writer);
+            stream.Position = 0;
+            return stream;
+        }
+        void Refused(Action<BinaryWriter> write, string expected)
+        {
+            var error = Assert.ThrowsExactly<InvalidDataException>(() => TaskModel.Read(Stream(write), "TaskModel"));
+            StringAssert.Contains(error.Message, "'TaskModel'");
+            StringAssert.Contains(error.Message, expected);
+        }
+        // A tensor that declares a terabyte in a stream of a few bytes is refused before anything is allocated.
+        Refused(w => { w.Write(1); w.Write("head.weight"); w.Write((int)ScalarType.Float32); w.Write(2L); w.Write(1_000_000L); w.Write(1_000_000L); },
+            "more than the stream has left");
+        Refused(w => w.Write(int.MaxValue), "tensors");
+        Refused(w => { w.Write(1); w.Write("x"); w.Write((int)ScalarType.Float32); w.Write(99L); }, "rank 99");
+        Refused(w => { w.Write(1); w.Write("x"); w.Write(12345); }, "type");
+        Refused(w => { w.Write(2); w.Write("x"); w.Write((int)ScalarType.Float32); w.Write(0L); w.Write(1f); }, "Unable to read beyond");
+    }
 }
