@@ -58,7 +58,8 @@ public sealed record AdapterConfig(
     double Dropout = 0.1,
     int? LastBlocks = null)
 {
-    /// <summary>The method's implementation (<see cref="AdapterMethods"/>).</summary>
+    /// <summary>The method's implementation (<see cref="AdapterMethods"/>); not part of the saved configuration.</summary>
+    [System.Text.Json.Serialization.JsonIgnore]
     public AdapterMethod Implementation => AdapterMethods.Of(Method);
 
     /// <summary>

@@ -41,9 +41,18 @@ public sealed record BackboneSource(string? BuiltIn, string? Path, string? Archi
     public Backbone Load()
     {
         var loaded = BuiltIn is { } name
-            ? PretrainedBackbones.LoadBuiltIn(name, 0, Path is { } folder && Directory.Exists(folder) ? folder : null, ImageSize).Backbone
+            ? PretrainedBackbones.LoadBuiltIn(name, 0, BuiltInFolder(), ImageSize).Backbone
             : PretrainedBackbones.Load(Locate(), Architecture, 0, ImageSize, FamilyOptions()).Backbone;
-        string actual = AdapterCheckpoint.BackboneFingerprint(loaded);
+        string actual;
+        try
+        {
+            actual = AdapterCheckpoint.BackboneFingerprint(loaded);
+        }
+        catch
+        {
+            loaded.Dispose();
+            throw;
+        }
         if (actual == Fingerprint) return loaded;
         loaded.Dispose();
         throw new InvalidDataException($"The task model was trained on backbone weights with fingerprint {Fingerprint}; {Describe()} has {actual}. "
@@ -52,6 +61,12 @@ public sealed record BackboneSource(string? BuiltIn, string? Path, string? Archi
 
     /// <summary>The weights in words, for messages: the built-in name or the file.</summary>
     public string Describe() => BuiltIn is { } name ? $"built-in '{name}'" : $"'{Path}'";
+
+    /// <summary>The built-in weights' recorded folder, else <see cref="FolderVariable"/>'s, else null (where their package puts them).</summary>
+    private string? BuiltInFolder() =>
+        Path is { } recorded && Directory.Exists(recorded) ? recorded
+        : Environment.GetEnvironmentVariable(FolderVariable) is { } folder && Directory.Exists(folder) && Path is not null ? folder
+        : null;
 
     private string Locate()
     {

@@ -106,8 +106,8 @@ internal static class RecipeSearch
                 catch (TrainingDivergedException e)
                 {
                     // A candidate that diverges (too high a learning rate or scale for these data) is out of the running, not the end of the Fit.
+                    // Not a timing: a run cut short would make the budget think every epoch is that quick.
                     ch.Warning($"Recipe search: candidate {index + 1} ({run}) diverged and is dropped: {e.Message}");
-                    budget.Measured(clock.Elapsed, epochs * foldImages);
                     trials.Add(new RecipeTrial(index + 1, run, 0, 0, clock.Elapsed.TotalSeconds, Diverged: true));
                     return ValidationScore.Diverged;
                 }
@@ -139,8 +139,11 @@ internal static class RecipeSearch
             .OrderByDescending(p => p.Value.Metric).ThenBy(p => p.Value.Loss).Select(p => (int?)p.Key).FirstOrDefault();
         int chosen = 0;
         string reason;
-        if (brief1[0] == ValidationScore.Diverged && challenger is int best)
+        if (brief1[0] == ValidationScore.Diverged)
         {
+            if (challenger is not int best)
+                throw new TrainingDivergedException($"Every candidate of the recipe search diverged ({string.Join("; ", brief1.Keys.Select(i => candidates[i]))}): "
+                    + "set a lower LearningRate or AdapterScale.");
             (chosen, reason) = (best, $"the recipe diverged; candidate {best + 1} scored best of the others after {brief} epochs");
         }
         else if (challenger is not int c || !brief1[c].Beats(brief1[0]))
@@ -160,7 +163,9 @@ internal static class RecipeSearch
         {
             var recipeLonger = Trial(0, longer);
             var challengerLonger = Trial(c, longer);
-            (chosen, reason) = recipeLonger == ValidationScore.Diverged && challengerLonger != ValidationScore.Diverged
+            if (recipeLonger == ValidationScore.Diverged && challengerLonger == ValidationScore.Diverged)
+                throw new TrainingDivergedException($"The recipe and candidate {c + 1} both diverged at {longer} epochs of the recipe search: set a lower LearningRate or AdapterScale.");
+            (chosen, reason) = recipeLonger == ValidationScore.Diverged
                 ? (c, $"candidate {c + 1} beat the recipe by more than chance after {brief} epochs, and the recipe diverged at {longer}")
                 : challengerLonger.Beats(recipeLonger)
                 ? (c, $"candidate {c + 1} beat the recipe by more than chance after {brief} and after {longer} epochs")

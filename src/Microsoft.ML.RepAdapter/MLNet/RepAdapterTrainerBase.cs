@@ -134,10 +134,11 @@ public abstract class RepAdapterTrainerBase<TOptions, TTransformer> : IEstimator
             }
             network = TrainOnce(ch, task, runs, source, train, validation, recipe, seed, device, "final", options.EarlyStopping, prefixes).Network;
         }
+        TaskModel? taskModel = null;
         try
         {
             long trainable = network.CountParameters(trainableOnly: true);
-            var taskModel = origin is null ? null : TaskModel.Capture(network, options.Trainable);
+            taskModel = origin is null ? null : TaskModel.Capture(network, options.Trainable);
             int merged = network.MergeAdapters();
             if (NonFinite.FirstIn(network) is string bad)
                 throw Host.Except($"The merged model has non-finite values (NaN or infinity) in '{bad}' (AdapterScale {recipe.AdapterScale:G} too large?); no model is returned.");
@@ -152,6 +153,7 @@ public abstract class RepAdapterTrainerBase<TOptions, TTransformer> : IEstimator
         catch
         {
             network.Dispose();
+            taskModel?.Dispose();
             throw;
         }
     }

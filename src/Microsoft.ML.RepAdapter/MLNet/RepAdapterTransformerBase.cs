@@ -63,8 +63,8 @@ public abstract class RepAdapterTransformerBase : RowToRowTransformerBase, ITran
     private const string ContentChecksumStream = "Model.sha256";
     // An adapters-only task model holds this instead of the merged weights (TaskModel's stream).
     private const string TaskModelStream = "TaskModel";
-    // What a task-model stream may hold: far above any adapters and head, far below what would exhaust memory.
-    private const long MaxTaskModelBytes = int.MaxValue;
+    // What a task-model stream may hold: far above any adapters and head, below what a MemoryStream can hold.
+    private const long MaxTaskModelBytes = 1L << 30;
     private protected static readonly JsonSerializerOptions SummaryJson = new() { Converters = { new JsonStringEnumConverter() } };
 
     private readonly nn.Module<Tensor, Tensor> _network;
@@ -112,7 +112,8 @@ public abstract class RepAdapterTransformerBase : RowToRowTransformerBase, ITran
             if (value == ModelStorage.AdaptersOnly && (_taskModel is null || Summary.Backbone is null))
                 throw new InvalidOperationException("This model can only be saved merged: "
                     + (Summary.Trainable == TrainableParameters.All ? "a full fine-tune changes every backbone weight."
-                        : "its backbone was not read from built-in weights or a checkpoint file (a Backbone object or a random preset cannot be loaded again)."));
+                        : Summary.Backbone is null ? "its backbone was not read from built-in weights or a checkpoint file (a Backbone object or a random preset cannot be loaded again)."
+                        : "it was loaded from a merged file, which no longer holds the adapters apart from the backbone."));
             _storage = value;
         }
     }
@@ -210,7 +211,19 @@ public abstract class RepAdapterTransformerBase : RowToRowTransformerBase, ITran
                     return clock.Elapsed.TotalMilliseconds;
                 });
             }
-            double full = Time(Float32), half = Time(BFloat16);
+            double full, half;
+            try
+            {
+                (full, half) = (Time(Float32), Time(BFloat16));
+            }
+            catch
+            {
+                // A failed measurement (the second copy out of memory, say) leaves float32, decided.
+                (_reduced, _autoPending) = (null, false);
+                reduced.Dispose();
+                PrecisionChoice = new PrecisionChoice((int)input.shape[0], 0, 0, 0, ScoringPrecision.Float32);
+                throw;
+            }
             double difference = Float32().softmax(1).sub(BFloat16().softmax(1)).abs().max().item<float>();
             bool keep = half <= 0.9 * full && difference <= AutoPrecisionTolerance;
             var chosen = keep ? ScoringPrecision.BFloat16 : ScoringPrecision.Float32;
@@ -407,7 +420,8 @@ public abstract class RepAdapterTransformerBase : RowToRowTransformerBase, ITran
     // ML.NET plumbing below: its base members are internal in ML.NET and compiled here against publicized references
     // (build/Publicize.targets), so overrides must be declared public; they are not part of this library's API.
 
-    private protected abstract VersionInfo VersionInfo { get; }
+    /// <summary>The version a model of this storage is saved with (an adapters-only model needs a reader that knows task models).</summary>
+    private protected abstract VersionInfo VersionInfoFor(ModelStorage storage);
 
     /// <summary>Writes the task's column names (after the image column name).</summary>
     private protected abstract void SaveColumns(ModelSaveContext ctx);
@@ -439,7 +453,7 @@ public abstract class RepAdapterTransformerBase : RowToRowTransformerBase, ITran
         ctx.CheckAtModel();
         if (NonFinite.FirstIn(_network) is string bad)
             throw Host.Except($"The model has non-finite values (NaN or infinity) in '{bad}'; it is not saved.");
-        ctx.SetVersionInfo(VersionInfo);
+        ctx.SetVersionInfo(VersionInfoFor(Storage));
         ctx.SaveNonEmptyString(ImageColumnName);
         SaveColumns(ctx);
         ctx.Writer.Write(ScoringBatchSize);
@@ -492,10 +506,8 @@ public abstract class RepAdapterTransformerBase : RowToRowTransformerBase, ITran
         if (ctx.TryLoadBinaryStream(ContentChecksumStream, reader => expected = reader.ReadBytes(32)))
         {
             byte[]? weights = null;
-            string stream = WeightsStream;
-            if (!ctx.TryLoadBinaryStream(WeightsStream, reader => weights = WeightsChecksum.Hash(reader.BaseStream))
-                && !ctx.TryLoadBinaryStream(stream = TaskModelStream, reader => weights = WeightsChecksum.Hash(reader.BaseStream)))
-                throw new InvalidDataException($"The model has no '{WeightsStream}' weights stream (nor a '{TaskModelStream}' one).");
+            string stream = WeightsStreamOf(ctx);
+            ctx.TryLoadBinaryStream(stream, reader => weights = WeightsChecksum.Hash(reader.BaseStream));
             byte[]? weightsExpected = null;
             if (ctx.TryLoadBinaryStream(ChecksumStream, reader => weightsExpected = reader.ReadBytes(32)) && !weightsExpected.AsSpan().SequenceEqual(weights))
                 throw new InvalidDataException($"The model's '{stream}' stream does not match its SHA-256 checksum: the file was damaged or altered.");
@@ -536,34 +548,46 @@ public abstract class RepAdapterTransformerBase : RowToRowTransformerBase, ITran
     }
 
     /// <summary>
+    /// The stream that holds the model's weights: the merged weights, or an adapters-only task model. Both at once is
+    /// refused, since the checksums cover one and the loader would read the other.
+    /// </summary>
+    private static string WeightsStreamOf(ModelLoadContext ctx)
+    {
+        bool merged = ctx.TryLoadBinaryStream(WeightsStream, _ => { }), taskModel = ctx.TryLoadBinaryStream(TaskModelStream, _ => { });
+        return (merged, taskModel) switch
+        {
+            (true, false) => WeightsStream,
+            (false, true) => TaskModelStream,
+            (true, true) => throw new InvalidDataException($"The model holds both a '{WeightsStream}' and a '{TaskModelStream}' stream: the file was altered."),
+            _ => throw new InvalidDataException($"The model has no '{WeightsStream}' weights stream (nor a '{TaskModelStream}' one)."),
+        };
+    }
+
+    /// <summary>
     /// The saved network, built from its description: with the merged weights of the weights stream, or, for an
     /// adapters-only task model, from its backbone's source with the task model applied and merged. The task model (null
     /// for a merged save) comes back too, so that the model can be saved the same way again.
     /// </summary>
-    private protected static (T Network, TaskModel? TaskModel) LoadNetwork<T>(ModelLoadContext ctx, SavedHeader header, Func<string, T> build)
+    /// <param name="ctx">The model's load context.</param>
+    /// <param name="header">What the loader read before the weights.</param>
+    /// <param name="build">Builds the network's modules from its description.</param>
+    /// <param name="adaptersOnlyFrom">The task's first model version that writes task models: an older file holding one was altered.</param>
+    private protected static (T Network, TaskModel? TaskModel) LoadNetwork<T>(ModelLoadContext ctx, SavedHeader header, Func<string, T> build, uint adaptersOnlyFrom)
         where T : nn.Module<Tensor, Tensor>
     {
+        if (WeightsStreamOf(ctx) == WeightsStream)
+        {
+            var merged = SavedDescription.Build(header.NetworkJson, build);
+            LoadWeights(ctx, merged);
+            return (merged, null);
+        }
+        if (ctx.Header.ModelVerWritten < adaptersOnlyFrom)
+            throw new InvalidDataException($"The model's version {ctx.Header.ModelVerWritten:X8} writes no '{TaskModelStream}' stream: the file was altered.");
         var network = SavedDescription.Build(header.NetworkJson, build);
         TaskModel? taskModel = null;
-        bool adaptersOnly = ctx.TryLoadBinaryStream(TaskModelStream, reader =>
-        {
-            using var copy = new MemoryStream();
-            var limited = new byte[81920];
-            for (int read; (read = reader.BaseStream.Read(limited)) > 0;)
-            {
-                if (copy.Length + read > MaxTaskModelBytes) throw new InvalidDataException($"The model's '{TaskModelStream}' stream is over {MaxTaskModelBytes} bytes.");
-                copy.Write(limited, 0, read);
-            }
-            copy.Position = 0;
-            taskModel = TaskModel.Read(copy, TaskModelStream);
-        });
-        if (!adaptersOnly)
-        {
-            LoadWeights(ctx, network);
-            return (network, null);
-        }
         try
         {
+            ctx.TryLoadBinaryStream(TaskModelStream, reader => taskModel = ReadTaskModel(ctx, reader.BaseStream));
             var source = header.Summary.Backbone ?? throw new InvalidDataException("The task model does not say where its backbone comes from.");
             taskModel!.Rebuild(network, source, header.Summary.Adapters);
             NonFinite.ThrowIfAny(network, $"The model's '{TaskModelStream}' task model, merged");
@@ -575,6 +599,23 @@ public abstract class RepAdapterTransformerBase : RowToRowTransformerBase, ITran
             taskModel?.Dispose();
             throw;
         }
+    }
+
+    /// <summary>The task-model stream read into memory (at most <see cref="MaxTaskModelBytes"/>), checked against its SHA-256, then parsed.</summary>
+    private static TaskModel ReadTaskModel(ModelLoadContext ctx, Stream source)
+    {
+        using var copy = new MemoryStream();
+        var buffer = new byte[81920];
+        for (int read; (read = source.Read(buffer)) > 0;)
+        {
+            if (copy.Length + read > MaxTaskModelBytes) throw new InvalidDataException($"The model's '{TaskModelStream}' stream is over {MaxTaskModelBytes:N0} bytes.");
+            copy.Write(buffer, 0, read);
+        }
+        byte[]? expected = null;
+        if (!ctx.TryLoadBinaryStream(ChecksumStream, reader => expected = reader.ReadBytes(32)) || !expected.AsSpan().SequenceEqual(SHA256.HashData(copy.ToArray())))
+            throw new InvalidDataException($"The model's '{TaskModelStream}' stream does not match its SHA-256 checksum: the file was damaged or altered.");
+        copy.Position = 0;
+        return TaskModel.Read(copy, TaskModelStream);
     }
 
     /// <summary>
@@ -601,16 +642,22 @@ public abstract class RepAdapterTransformerBase : RowToRowTransformerBase, ITran
         }
     }
 
-    /// <summary>Creates the transformer around a loaded <paramref name="network"/>, which is disposed if that fails.</summary>
-    private protected static T DisposeOnFailure<T>(nn.Module network, Func<T> create)
+    /// <summary>
+    /// Creates the transformer around a loaded <paramref name="network"/> and keeps its <paramref name="taskModel"/> (an
+    /// adapters-only file saves as one again); both are disposed if that fails.
+    /// </summary>
+    private protected static T CreateLoaded<T>(nn.Module network, TaskModel? taskModel, Func<T> create) where T : RepAdapterTransformerBase
     {
         try
         {
-            return create();
+            var transformer = create();
+            transformer.KeepTaskModel(taskModel, taskModel is null ? ModelStorage.Merged : ModelStorage.AdaptersOnly);
+            return transformer;
         }
         catch
         {
             network.Dispose();
+            taskModel?.Dispose();
             throw;
         }
     }

@@ -33,11 +33,12 @@ internal sealed class TaskModel : IDisposable
         var frozen = new HashSet<string>(backbone.named_parameters().Where(p => !p.parameter.requires_grad).Select(p => prefix + p.name)
             .Concat(backbone.named_buffers().Select(b => prefix + b.name)));
         var tensors = new OrderedDictionary<string, Tensor>();
-        ModuleScopes.Unscoped(() =>
+        foreach (var (key, tensor) in network.state_dict().Where(p => !frozen.Contains(p.Key)))
         {
-            foreach (var (key, tensor) in network.state_dict().Where(p => !frozen.Contains(p.Key)))
-                tensors.Add(key, tensor.detach().cpu().clone());
-        });
+            using var scope = NewDisposeScope();
+            tensors.Add(key, tensor.detach().cpu().clone().MoveToOuterDisposeScope());
+        }
+        foreach (var tensor in tensors.Values) tensor.DetachFromDisposeScope();
         return new TaskModel(tensors);
     }
 
@@ -49,6 +50,7 @@ internal sealed class TaskModel : IDisposable
     {
         using var scope = NewDisposeScope();
         var (prefix, backbone) = FindBackbone(network);
+        var fromBackbone = new HashSet<string>();
         using (var loaded = source.Load())
         using (no_grad())
         {
@@ -58,14 +60,16 @@ internal sealed class TaskModel : IDisposable
                 if (!target.TryGetValue(key, out var into) || !into.shape.SequenceEqual(tensor.shape))
                     throw new InvalidDataException($"The backbone {source.Describe()} does not fit the task model's network at '{key}'.");
                 into.copy_(tensor);
+                fromBackbone.Add(prefix + key);
             }
         }
         if (adapters is not null) ((IAdaptableModel)network).AttachAdapters(adapters);
         using (no_grad())
         {
             var state = network.state_dict();
-            var missing = state.Keys.Where(k => BackboneAdapters.IsAdapterParameter(k) && !Tensors.ContainsKey(k)).ToList();
-            if (missing.Count > 0) throw new InvalidDataException($"The task model has no values for its adapters' {Describe.Keys(missing)}.");
+            // Everything the backbone did not give must come from the task model: adapters, head, decoder and its statistics.
+            var missing = state.Keys.Where(k => !fromBackbone.Contains(k) && !Tensors.ContainsKey(k)).ToList();
+            if (missing.Count > 0) throw new InvalidDataException($"The task model has no values for {Describe.Keys(missing)}.");
             foreach (var (key, tensor) in Tensors)
             {
                 if (!state.TryGetValue(key, out var into) || !into.shape.SequenceEqual(tensor.shape) || into.dtype != tensor.dtype)
@@ -97,7 +101,8 @@ internal sealed class TaskModel : IDisposable
             writer.Write((int)tensor.dtype);
             writer.Write(tensor.dim());
             foreach (long size in tensor.shape) writer.Write(size);
-            writer.Write(tensor.contiguous().bytes);
+            using var contiguous = tensor.contiguous();
+            writer.Write(contiguous.bytes);
         }
     }
 

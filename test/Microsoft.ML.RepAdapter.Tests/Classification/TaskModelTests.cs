@@ -56,6 +56,25 @@ public class TaskModelTests
         Assert.AreEqual(taskBytes, new FileInfo(again).Length);
         AssertSameScores(expected, Scores(mlContext.Model.Load(again, out _), test));
 
+        // A merged file with a task-model stream slipped in is refused: its checksums cover the merged weights only.
+        string both = Path.Combine(folder, "both.zip");
+        File.Copy(merged, both);
+        using (var zip = System.IO.Compression.ZipFile.Open(both, System.IO.Compression.ZipArchiveMode.Update))
+        using (var added = new System.IO.Compression.ZipArchive(File.OpenRead(task)))
+        {
+            var source = added.Entries.Single(e => e.FullName.EndsWith("/TaskModel", StringComparison.Ordinal));
+            var weights = zip.Entries.Single(e => e.FullName.EndsWith("/TorchModel", StringComparison.Ordinal));
+            using var from = source.Open();
+            using var to = zip.CreateEntry(weights.FullName[..^"TorchModel".Length] + "TaskModel").Open();
+            from.CopyTo(to);
+        }
+        var error = Assert.ThrowsExactly<InvalidDataException>(() =>
+        {
+            try { new MLContext().Model.Load(both, out _); }
+            catch (Exception e) { throw e.GetBaseException(); }
+        });
+        StringAssert.Contains(error.Message, "holds both");
+
         // The reloaded model exports like any other: its ONNX chain labels the test images as it does.
         var parts = ((IEnumerable<ITransformer>)loaded).ToList();
         var onnx = new TransformerChain<ITransformer>([.. parts.Take(parts.Count - 1), transformer.ToOnnxPipeline(mlContext, sourceImageSize: (28, 28))]);

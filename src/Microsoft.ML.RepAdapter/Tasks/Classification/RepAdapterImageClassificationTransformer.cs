@@ -143,16 +143,19 @@ public sealed class RepAdapterImageClassificationTransformer : RepAdapterTransfo
     // 0x00010002 adds the weights' SHA-256 in a stream of its own, which 0x00010001 readers ignore; 0x00010003 one over
     // everything the model holds (ignored by older readers too).
     private const uint ContentChecksummed = 0x00010003;
+    // 0x00010004 writes adapters-only task models (a TaskModel stream instead of the merged weights); only such files carry
+    // it, so that an older reader refuses them as too new rather than as damaged.
+    private const uint AdaptersOnly = 0x00010004;
 
-    private static VersionInfo GetVersionInfo() => new(
+    private static VersionInfo GetVersionInfo(ModelStorage storage = ModelStorage.AdaptersOnly) => new(
         modelSignature: "RPADPCLS",
-        verWrittenCur: ContentChecksummed,
-        verReadableCur: 0x00010001,
+        verWrittenCur: storage == ModelStorage.AdaptersOnly ? AdaptersOnly : ContentChecksummed,
+        verReadableCur: storage == ModelStorage.AdaptersOnly ? AdaptersOnly : 0x00010001,
         verWeCanReadBack: 0x00010001,
         loaderSignature: LoaderSignature,
         loaderAssemblyName: typeof(RepAdapterImageClassificationTransformer).Assembly.FullName);
 
-    private protected override VersionInfo VersionInfo => GetVersionInfo();
+    private protected override VersionInfo VersionInfoFor(ModelStorage storage) => GetVersionInfo(storage);
 
     private protected override void SaveColumns(ModelSaveContext ctx)
     {
@@ -182,11 +185,9 @@ public sealed class RepAdapterImageClassificationTransformer : RepAdapterTransfo
         var header = LoadHeader(env, ctx);
         var labels = LabelKeyValues.Load(env, ctx.Reader.BaseStream);
         VerifyContent(ctx, ContentChecksummed, image, header, Content(score, predicted, labels));
-        var (model, taskModel) = LoadNetwork(ctx, header, json => BackboneDescriptor.FromJson(json).Build());
-        var transformer = DisposeOnFailure(model, () => new RepAdapterImageClassificationTransformer(env, model, labels, header.Summary, image, score, predicted,
+        var (model, taskModel) = LoadNetwork(ctx, header, json => BackboneDescriptor.FromJson(json).Build(), AdaptersOnly);
+        return CreateLoaded(model, taskModel, () => new RepAdapterImageClassificationTransformer(env, model, labels, header.Summary, image, score, predicted,
             header.ScoringBatchSize, ScoringDevice(env)));
-        transformer.KeepTaskModel(taskModel, taskModel is null ? ModelStorage.Merged : ModelStorage.AdaptersOnly);
-        return transformer;
     }
 
     // Factory for SignatureLoadRowMapper.

@@ -255,16 +255,19 @@ public sealed class RepAdapterSegmentationTransformer : RepAdapterTransformerBas
 
     // 0x00010002 adds a SHA-256 over everything the model holds, in a stream older readers ignore.
     private const uint ContentChecksummed = 0x00010002;
+    // 0x00010003 writes adapters-only task models (a TaskModel stream instead of the merged weights); only such files carry
+    // it, so that an older reader refuses them as too new rather than as damaged.
+    private const uint AdaptersOnly = 0x00010003;
 
-    private static VersionInfo GetVersionInfo() => new(
+    private static VersionInfo GetVersionInfo(ModelStorage storage = ModelStorage.AdaptersOnly) => new(
         modelSignature: "RPADPSEG",
-        verWrittenCur: ContentChecksummed,
-        verReadableCur: 0x00010001,
+        verWrittenCur: storage == ModelStorage.AdaptersOnly ? AdaptersOnly : ContentChecksummed,
+        verReadableCur: storage == ModelStorage.AdaptersOnly ? AdaptersOnly : 0x00010001,
         verWeCanReadBack: 0x00010001,
         loaderSignature: LoaderSignature,
         loaderAssemblyName: typeof(RepAdapterSegmentationTransformer).Assembly.FullName);
 
-    private protected override VersionInfo VersionInfo => GetVersionInfo();
+    private protected override VersionInfo VersionInfoFor(ModelStorage storage) => GetVersionInfo(storage);
 
     private protected override void SaveColumns(ModelSaveContext ctx)
     {
@@ -302,11 +305,9 @@ public sealed class RepAdapterSegmentationTransformer : RepAdapterTransformerBas
         var classNames = JsonSerializer.Deserialize<string[]>(ctx.Reader.ReadString()) ?? throw env.ExceptDecode("Missing class names.");
         int ignoreIndex = ctx.Reader.ReadInt32();
         VerifyContent(ctx, ContentChecksummed, image, header, Content(mask, colorized, scores, classNames, ignoreIndex));
-        var (network, taskModel) = LoadNetwork(ctx, header, SegmentationNetwork.FromDescription);
-        var transformer = DisposeOnFailure(network, () => new RepAdapterSegmentationTransformer(env, network, network.Backbone.Input, classNames, ignoreIndex,
+        var (network, taskModel) = LoadNetwork(ctx, header, SegmentationNetwork.FromDescription, AdaptersOnly);
+        return CreateLoaded(network, taskModel, () => new RepAdapterSegmentationTransformer(env, network, network.Backbone.Input, classNames, ignoreIndex,
             header.Summary, image, mask, colorized, scores, header.ScoringBatchSize, ScoringDevice(env)));
-        transformer.KeepTaskModel(taskModel, taskModel is null ? ModelStorage.Merged : ModelStorage.AdaptersOnly);
-        return transformer;
     }
 
     // Factory for SignatureLoadRowMapper.

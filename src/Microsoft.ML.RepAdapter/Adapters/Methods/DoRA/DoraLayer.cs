@@ -6,7 +6,7 @@ namespace Microsoft.ML.RepAdapter.Adapters;
 
 /// <summary>
 /// DoRA (Liu et al. 2024, NVlabs/DoRA; peft's <c>use_dora</c>): the weight split into a trained magnitude m per output
-/// channel and a direction W + s B A that LoRA adapts, y = m / ||W + s B A|| * (W z + s B A dropout(z)) + b, the norm
+/// channel and a direction W + s B A that LoRA adapts, y = m / ||W + s B A|| * (W + s B A) z + b in evaluation, the norm
 /// taken per output channel and detached from the graph as the paper (section 4.3) and peft do. m starts at ||W||, B at
 /// zero, so the layer is unchanged at first. Merges as W' = m / ||W + s B A|| * (W + s B A), b unchanged.
 /// </summary>
@@ -23,12 +23,18 @@ public sealed class DoraLayer : LowRankUpdate
     }
 
     /// <inheritdoc/>
+    /// <remarks>
+    /// As peft: W z + b + (m / n - 1) W dropout(z) + (m / n) s B A dropout(z), n the detached norm. Without dropout (in
+    /// evaluation) that is m / n (W + s B A) z + b, the merged layer.
+    /// </remarks>
     public override Tensor Forward(Tensor input, AdaptableLayer layer)
     {
         using var scope = NewDisposeScope();
-        Tensor direction = layer.ProjectWith(input, layer.weight, null).Plus(Update(input, layer));
-        Tensor output = layer.OverOutputs(MagnitudeScale(layer)).mul(direction);
-        return (layer.bias is null ? output : output.Plus(layer.OverOutputs(layer.bias))).MoveToOuterDisposeScope();
+        Tensor dropped = Dropped(input);
+        Tensor scale = MagnitudeScale(layer);
+        Tensor rescaledBase = layer.OverOutputs(scale.Plus(-1)).mul(layer.ProjectWith(dropped, layer.weight, null));
+        Tensor update = layer.OverOutputs(scale).mul(Update(dropped, layer));
+        return layer.Project(input).Plus(rescaledBase).Plus(update).MoveToOuterDisposeScope();
     }
 
     internal override void MergeInto(AdaptableLayer layer)

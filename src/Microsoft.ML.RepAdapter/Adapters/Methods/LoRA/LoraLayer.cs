@@ -16,7 +16,7 @@ public sealed class LoraLayer : LowRankUpdate
     public override Tensor Forward(Tensor input, AdaptableLayer layer)
     {
         using var scope = NewDisposeScope();
-        return layer.Project(input).Plus(Update(input, layer)).MoveToOuterDisposeScope();
+        return layer.Project(input).Plus(Update(Dropped(input), layer)).MoveToOuterDisposeScope();
     }
 
     internal override void MergeInto(AdaptableLayer layer) => layer.Rewrite(layer.weight.Plus(WeightUpdate(layer)), null);

@@ -40,11 +40,14 @@ public abstract class LowRankUpdate : ProjectionAdapter
     /// <remarks>Always false: the update has no constant term.</remarks>
     public override bool HasInputBias => false;
 
-    /// <summary>s B A dropout(x), through the host's geometry: [.., out] tokens or [N, out, H', W'] maps.</summary>
-    protected Tensor Update(Tensor input, AdaptableLayer layer)
+    /// <summary>The input as the update sees it: with dropout in training, as it is in evaluation.</summary>
+    protected Tensor Dropped(Tensor input) => dropout.forward(input);
+
+    /// <summary>s B A of <paramref name="dropped"/> (<see cref="Dropped"/>), through the host's geometry: [.., out] tokens or [N, out, H', W'] maps.</summary>
+    protected Tensor Update(Tensor dropped, AdaptableLayer layer)
     {
         using var scope = NewDisposeScope();
-        Tensor down = layer.ProjectWith(dropout.forward(input), lora_A.weight, null);
+        Tensor down = layer.ProjectWith(dropped, lora_A.weight, null);
         return layer.MixChannels(down, lora_B.weight.flatten(1)).Times(Scale).MoveToOuterDisposeScope();
     }
 
