@@ -31,7 +31,7 @@ public sealed class DoraLayer : LowRankUpdate
     {
         using var scope = NewDisposeScope();
         Tensor dropped = Dropped(input);
-        Tensor scale = MagnitudeScale(layer);
+        Tensor scale = MagnitudeScale(layer.weight.Plus(WeightUpdate(layer)));
         Tensor rescaledBase = layer.OverOutputs(scale.Plus(-1)).mul(layer.ProjectWith(dropped, layer.weight, null));
         Tensor update = layer.OverOutputs(scale).mul(Update(dropped, layer));
         return layer.Project(input).Plus(rescaledBase).Plus(update).MoveToOuterDisposeScope();
@@ -40,14 +40,14 @@ public sealed class DoraLayer : LowRankUpdate
     internal override void MergeInto(AdaptableLayer layer)
     {
         Tensor direction = layer.weight.Plus(WeightUpdate(layer));
-        layer.Rewrite(ScaleOutputChannels(direction, MagnitudeScale(layer)), null);
+        layer.Rewrite(ScaleOutputChannels(direction, MagnitudeScale(direction)), null);
     }
 
-    /// <summary>m / ||W + s B A|| per output channel, the norm detached.</summary>
-    private Tensor MagnitudeScale(AdaptableLayer layer)
+    /// <summary>m / ||<paramref name="direction"/>|| per output channel (the direction W + s B A), the norm detached.</summary>
+    private Tensor MagnitudeScale(Tensor direction)
     {
         using var scope = NewDisposeScope();
-        Tensor norms = ChannelNorms(layer.weight.Plus(WeightUpdate(layer))).detach();
+        Tensor norms = ChannelNorms(direction).detach();
         return lora_magnitude_vector.div(norms).MoveToOuterDisposeScope();
     }
 
