@@ -10,7 +10,10 @@
 //                 tasks [--tasks a,b] (Fashion-MNIST: run build/install-benchmark-data.sh once)
 //   segmentation  the bare call against head-only on the Fashion-MNIST mosaics, several seeds, and the search's candidates
 //                 as fixed recipes on the first seed [--seeds 1,2,3] [--methods "bare call,head only"]
-//   onnx          merged model latency, ONNX Runtime (CPU) against TorchSharp, per backbone and batch size [--models a,b --batches 1,16]
+//   onnx          merged model latency: TorchSharp float32 and bfloat16, ONNX Runtime float32 and int8, per backbone and batch
+//                 size [--models a,b --batches 1,16]
+//   deployment    bytes on disk, load time, scoring latency and memory of adapters-only task models against merged models
+//                 [--models resnet18,vit_base_patch16_224 --copies 10]
 //   all           every suite
 //   replot latency|accuracy  draws the suite's plot again from docs/benchmarks/<suite>.json, measuring nothing
 using RepAdapter.Benchmarks;
@@ -18,6 +21,10 @@ using RepAdapter.Benchmarks;
 if (args.Length > 0 && args[0] == "training-step-one")
 {
     return TrainingStepSuite.One(args[1], int.Parse(args[2]), args[3], int.Parse(args[4]), int.Parse(args[5]));
+}
+if (args is ["deployment-memory-one", var modelPath, var imagePath, var copies])
+{
+    return DeploymentSuite.One(modelPath, imagePath, int.Parse(copies));
 }
 if (args is ["replot", var plotted])
 {
@@ -33,7 +40,7 @@ string settings = string.Join(" ", options.Select(o => $"--{o.Key} {o.Value}"));
 string[] List(string key, string[] fallback) => options.TryGetValue(key, out var v) ? v.Split(',') : fallback;
 int Int(string key, int fallback) => options.TryGetValue(key, out var v) ? int.Parse(v) : fallback;
 
-var suites = suite == "all" ? ["latency", "training", "accuracy", "segmentation", "onnx"] : new[] { suite };
+var suites = suite == "all" ? ["latency", "training", "accuracy", "segmentation", "onnx", "deployment"] : new[] { suite };
 foreach (string name in suites)
 {
     var report = new Report(name, settings);
@@ -72,8 +79,12 @@ foreach (string name in suites)
             var onnx = OnnxSuite.Settings.Default;
             OnnxSuite.Run(onnx with { Models = List("models", onnx.Models), Batches = [.. List("batches", [.. onnx.Batches.Select(b => b.ToString())]).Select(int.Parse)] }, report);
             break;
+        case "deployment":
+            var deployment = DeploymentSuite.Settings.Default;
+            DeploymentSuite.Run(deployment with { Models = List("models", deployment.Models), Copies = Int("copies", deployment.Copies) }, report);
+            break;
         default:
-            Console.Error.WriteLine("usage: RepAdapter.Benchmarks latency|training|accuracy|methods|segmentation|onnx|all [options] (see Program.cs)");
+            Console.Error.WriteLine("usage: RepAdapter.Benchmarks latency|training|accuracy|methods|segmentation|onnx|deployment|all [options] (see Program.cs)");
             return 2;
     }
     report.Write();

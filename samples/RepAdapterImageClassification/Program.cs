@@ -15,6 +15,7 @@ using System.IO.Compression;
 using Microsoft.ML;
 using Microsoft.ML.Data;
 using Microsoft.ML.RepAdapter.Adapters;
+using Microsoft.ML.RepAdapter.Backbones;
 using Microsoft.ML.RepAdapter.Classification;
 using Microsoft.ML.RepAdapter.MLNet;
 using RepAdapterImageClassification;
@@ -123,6 +124,15 @@ try
     Console.WriteLine($"\nSaved {onnxModelPath} ({new FileInfo(onnxModelPath).Length / 1048576.0:F1} MB): ML.NET built-ins and the ONNX graph, loadable without TorchSharp (samples/OnnxScoring).");
     string resizing = sourceSize is var (w, h) ? $"{w} x {h} images resampled in the graph" : "ResizeImages, nearest pixel";
     Console.WriteLine($"ONNX chain vs TorchSharp model: {agree} of {torchLabels.Length} test predictions agree ({resizing}).");
+
+    // The same chain with int8 linear layers (ONNX Runtime's dynamic quantization): accuracy against float32's.
+    var int8Chain = mlContext.Transforms.LoadImages("ImageSource", "", nameof(ImagePath.Path)).Fit(pathData)
+        .Append(repAdapter.ToOnnxPipeline(mlContext, sourceSize, OnnxQuantization.DynamicInt8));
+    var int8Labels = int8Chain.Append(mlContext.Transforms.Conversion.MapKeyToValue("PredictedLabel").Fit(int8Chain.Transform(pathData)))
+        .Transform(pathData).GetColumn<string>("PredictedLabel").ToArray();
+    double Accuracy(string[] predicted) => predicted.Zip(testRows, (p, row) => p == row.Label ? 1.0 : 0.0).Average();
+    Console.WriteLine($"ONNX int8 (linear layers int8, convolutions float32): accuracy {Accuracy(int8Labels):P1} against float32's {Accuracy(onnxLabels):P1}; "
+        + $"{int8Labels.Zip(onnxLabels).Count(p => p.First == p.Second)} of {onnxLabels.Length} predictions agree.");
 }
 finally
 {

@@ -187,9 +187,12 @@ public abstract class Backbone : nn.Module<Tensor, Tensor>, IAdaptableModel
     /// <param name="stream">Where the model is written. Weights over protobuf's 2 GB limit need <see cref="ExportOnnx(string, OnnxExportOptions?)"/>.</param>
     public void ExportOnnx(Stream stream) => OnnxExport.Write(OnnxExport.Classifier(this), stream);
 
+    /// <summary>Writes the model as <see cref="ExportOnnx(Stream)"/> does, with <paramref name="options"/> (e.g. int8 weights).</summary>
+    public void ExportOnnx(Stream stream, OnnxExportOptions options) => OnnxExport.Write(OnnxExport.Classifier(this), stream, options);
+
     /// <summary>Writes the model as <see cref="ExportOnnx(Stream)"/> does, to a file (large weights as ONNX external data next to it).</summary>
     /// <param name="path">The .onnx file to write.</param>
-    /// <param name="options">External data settings; null for the defaults.</param>
+    /// <param name="options">External data and quantization settings; null for the defaults.</param>
     public void ExportOnnx(string path, OnnxExportOptions? options = null) => OnnxExport.Write(OnnxExport.Classifier(this), path, options);
 
     // The ONNX export contract. Every family implements it in its own folder (e.g. Backbones/ResNet/ResNetOnnx.cs):

@@ -16,6 +16,30 @@ public sealed record OnnxExportOptions
     /// would not fit in one protobuf message (2 GB). ViT-L/16, 304 M parameters, is 1.2 GB in float32 and fits.
     /// </summary>
     public long? ExternalDataThresholdBytes { get; init; }
+
+    /// <summary>
+    /// How weights are stored and multiplied (default: float32). <see cref="OnnxQuantization.DynamicInt8"/>: the linear
+    /// layers in int8 for ONNX Runtime's int8 kernels.
+    /// </summary>
+    public OnnxQuantization Quantization { get; init; }
+}
+
+/// <summary>The number format of an exported model's weights.</summary>
+public enum OnnxQuantization
+{
+    /// <summary>float32 throughout.</summary>
+    None,
+
+    /// <summary>
+    /// ONNX Runtime's dynamic quantization (its <c>quantize_dynamic</c> with per-channel int8 weights): every linear layer
+    /// (attention's qkv and projection, the MLPs, ConvNeXt's pointwise layers, the head) keeps int8 weights, one scale per
+    /// output channel, and quantizes its input to uint8 at run time, one scale per tensor; ONNX Runtime then runs them on
+    /// its int8 matrix kernels (VNNI where the CPU has it). Convolutions stay float32: dynamic quantization is ONNX
+    /// Runtime's scheme for transformers, while for convolutions it recommends static quantization with calibration data,
+    /// and its dynamic ConvInteger has no fused fast kernel. So the transformers gain most, ResNet almost nothing (only
+    /// its head is linear). Accuracy: see docs/deployment.md.
+    /// </summary>
+    DynamicInt8,
 }
 
 /// <summary>
@@ -100,14 +124,29 @@ internal static class OnnxExport
                 $"{what} has {unmerged} unmerged adapters: ONNX export writes the plain architecture, so merge them first (MergeAdapters(); a trained transformer's model is already merged).");
     }
 
-    public static void Write(OnnxGraphBuilder graph, Stream stream)
+    public static void Write(OnnxGraphBuilder graph, Stream stream, OnnxExportOptions? options = null)
     {
-        using (graph) OnnxWriter.Write(graph, stream);
+        using (graph) OnnxWriter.Write(Quantized(graph, options), stream);
     }
 
     public static void Write(OnnxGraphBuilder graph, string path, OnnxExportOptions? options)
     {
-        using (graph) OnnxWriter.Write(graph, path, options?.ExternalDataThresholdBytes);
+        using (graph) OnnxWriter.Write(Quantized(graph, options), path, options?.ExternalDataThresholdBytes);
+    }
+
+    private static OnnxGraphBuilder Quantized(OnnxGraphBuilder graph, OnnxExportOptions? options)
+    {
+        switch (options?.Quantization ?? OnnxQuantization.None)
+        {
+            case OnnxQuantization.None:
+                break;
+            case OnnxQuantization.DynamicInt8:
+                graph.Metadata["quantization"] = $"dynamic int8: {graph.QuantizeLinearWeights()} linear layers with int8 weights (per output channel) and uint8 activations (per tensor, at run time); convolutions float32";
+                break;
+            default:
+                throw new ArgumentOutOfRangeException(nameof(options), options!.Quantization, "Unknown ONNX quantization.");
+        }
+        return graph;
     }
 
     /// <summary>

@@ -59,6 +59,17 @@ public sealed record BackboneSource(string? BuiltIn, string? Path, string? Archi
             + "Give the scoring machine the same weights (same file, same image size).");
     }
 
+    /// <summary>
+    /// The checkpoint file this source reads now (its path, length and time of last write), so that weights read from it
+    /// before can be told current; null for built-in weights. A missing file is the same error as <see cref="Load"/>'s.
+    /// </summary>
+    internal (string Path, long Length, DateTime Written)? FileStamp()
+    {
+        if (BuiltIn is not null) return null;
+        var file = new FileInfo(Locate());
+        return (file.FullName, file.Length, file.LastWriteTimeUtc);
+    }
+
     /// <summary>The weights in words, for messages: the built-in name or the file.</summary>
     public string Describe() => BuiltIn is { } name ? $"built-in '{name}'" : $"'{Path}'";
 

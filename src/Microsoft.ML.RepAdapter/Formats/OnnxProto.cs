@@ -69,7 +69,7 @@ internal static class OnnxFields
     /// <summary>TensorProto.DataType values.</summary>
     public static class DataType
     {
-        public const int Float = 1, UInt8 = 2, Int32 = 6, Int64 = 7, String = 8, Bool = 9, Double = 11, UInt32 = 12;
+        public const int Float = 1, UInt8 = 2, Int8 = 3, Int32 = 6, Int64 = 7, String = 8, Bool = 9, Double = 11, UInt32 = 12;
     }
 }
 

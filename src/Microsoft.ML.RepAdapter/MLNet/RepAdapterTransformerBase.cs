@@ -316,7 +316,8 @@ public abstract class RepAdapterTransformerBase : RowToRowTransformerBase, ITran
     /// graph, BatchNorm folded). Outputs, classification: <c>logits</c> [batch, K] and <c>probabilities</c> [batch, K]
     /// (their softmax: the Score column's values); segmentation: <c>logits</c> [batch, K, S, S] and <c>mask</c>
     /// [batch, S, S] (int64 class indices at the model's resolution). Resizing images to S x S is not in the graph.
-    /// Always float32 (<see cref="Precision"/> is a scoring setting, not exported).
+    /// float32 unless <see cref="OnnxExportOptions.Quantization"/> says otherwise (<see cref="Precision"/> is a scoring
+    /// setting, not exported).
     /// </summary>
     /// <param name="stream">Where the model is written. Weights over protobuf's 2 GB limit need <see cref="ExportOnnx(string, OnnxExportOptions?)"/>.</param>
     public void ExportOnnx(Stream stream)
@@ -325,9 +326,17 @@ public abstract class RepAdapterTransformerBase : RowToRowTransformerBase, ITran
         WithNetwork(() => OnnxExport.Write(OnnxGraph(mlNet: false), stream));
     }
 
+    /// <summary>Writes the model as <see cref="ExportOnnx(Stream)"/> does, with <paramref name="options"/> (e.g. int8 weights: <see cref="OnnxQuantization.DynamicInt8"/>).</summary>
+    public void ExportOnnx(Stream stream, OnnxExportOptions options)
+    {
+        Host.CheckValue(stream, nameof(stream));
+        Host.CheckValue(options, nameof(options));
+        WithNetwork(() => OnnxExport.Write(OnnxGraph(mlNet: false), stream, options));
+    }
+
     /// <summary>Writes the model as <see cref="ExportOnnx(Stream)"/> does, to a file (large weights as ONNX external data next to it).</summary>
     /// <param name="path">The .onnx file to write.</param>
-    /// <param name="options">External data settings; null for the defaults.</param>
+    /// <param name="options">External data and quantization settings; null for the defaults.</param>
     public void ExportOnnx(string path, OnnxExportOptions? options = null)
     {
         Host.CheckNonWhiteSpace(path, nameof(path));
@@ -354,7 +363,10 @@ public abstract class RepAdapterTransformerBase : RowToRowTransformerBase, ITran
     /// graph (opset 17) does not antialias and results differ somewhat. Images of another size are first resized to it
     /// (nearest pixel). Null (the default): ResizeImages goes straight to S x S.
     /// </param>
-    public TransformerChain<ITransformer> ToOnnxPipeline(MLContext mlContext, (int Width, int Height)? sourceImageSize = null)
+    /// <param name="quantization">The ONNX model's number format: float32 (the default), or int8 linear layers
+    /// (<see cref="OnnxQuantization.DynamicInt8"/>), faster on CPUs with int8 kernels at a small cost in accuracy.</param>
+    public TransformerChain<ITransformer> ToOnnxPipeline(MLContext mlContext, (int Width, int Height)? sourceImageSize = null,
+        OnnxQuantization quantization = OnnxQuantization.None)
     {
         Host.CheckValue(mlContext, nameof(mlContext));
         if (sourceImageSize is var (width, height) && (width <= 0 || height <= 0))
@@ -365,7 +377,7 @@ public abstract class RepAdapterTransformerBase : RowToRowTransformerBase, ITran
             using var stream = new MemoryStream();
             var graph = OnnxGraph(mlNet: true, sourceImageSize);
             graph.RenameInterface(column);
-            OnnxExport.Write(graph, stream);
+            OnnxExport.Write(graph, stream, new OnnxExportOptions { Quantization = quantization });
             return stream.ToArray();
         });
         return OnnxScoringChain.Create(mlContext, this, onnx, column, sourceImageSize ?? (Input.ImageSize, Input.ImageSize));

@@ -44,41 +44,59 @@ internal sealed class TaskModel : IDisposable
 
     /// <summary>
     /// <paramref name="network"/> (built plain from its description) given the backbone weights of <paramref name="source"/>
-    /// (fingerprint checked), the adapters of <paramref name="adapters"/> with these tensors, then merged.
+    /// (fingerprint checked), the adapters of <paramref name="adapters"/> with these tensors, then merged. The weights that
+    /// merging left as the backbone's are then shared with every other task model on the same backbone
+    /// (<see cref="SharedBackboneWeights"/>) for as long as this task model lives.
     /// </summary>
     public void Rebuild(nn.Module network, BackboneSource source, AdapterConfig? adapters)
     {
         using var scope = NewDisposeScope();
         var (prefix, backbone) = FindBackbone(network);
         var fromBackbone = new HashSet<string>();
-        using (var loaded = source.Load())
-        using (no_grad())
+        var lease = SharedBackboneWeights.Acquire(source);
+        try
         {
-            var target = backbone.state_dict();
-            foreach (var (key, tensor) in loaded.state_dict().Where(p => !loaded.IsHeadParameter(p.Key)))
+            using (no_grad())
             {
-                if (!target.TryGetValue(key, out var into) || !into.shape.SequenceEqual(tensor.shape))
-                    throw new InvalidDataException($"The backbone {source.Describe()} does not fit the task model's network at '{key}'.");
-                into.copy_(tensor);
-                fromBackbone.Add(prefix + key);
+                var target = backbone.state_dict();
+                foreach (var (key, tensor) in lease.Tensors)
+                {
+                    if (!target.TryGetValue(key, out var into) || !into.shape.SequenceEqual(tensor.shape))
+                        throw new InvalidDataException($"The backbone {source.Describe()} does not fit the task model's network at '{key}'.");
+                    into.copy_(tensor);
+                    fromBackbone.Add(prefix + key);
+                }
             }
+            if (adapters is not null) ((IAdaptableModel)network).AttachAdapters(adapters);
+            using (no_grad())
+            {
+                var state = network.state_dict();
+                // Everything the backbone did not give must come from the task model: adapters, head, decoder and its statistics.
+                var missing = state.Keys.Where(k => !fromBackbone.Contains(k) && !Tensors.ContainsKey(k)).ToList();
+                if (missing.Count > 0) throw new InvalidDataException($"The task model has no values for {Describe.Keys(missing)}.");
+                foreach (var (key, tensor) in Tensors)
+                {
+                    if (!state.TryGetValue(key, out var into) || !into.shape.SequenceEqual(tensor.shape) || into.dtype != tensor.dtype)
+                        throw new InvalidDataException($"The task model's tensor '{key}' {Describe.ShapeOf(tensor)} does not fit its network.");
+                    into.copy_(tensor);
+                }
+            }
+            network.MergeAdapters();
+            SharedBytes = lease.Share(network.state_dict(), prefix);
         }
-        if (adapters is not null) ((IAdaptableModel)network).AttachAdapters(adapters);
-        using (no_grad())
+        catch
         {
-            var state = network.state_dict();
-            // Everything the backbone did not give must come from the task model: adapters, head, decoder and its statistics.
-            var missing = state.Keys.Where(k => !fromBackbone.Contains(k) && !Tensors.ContainsKey(k)).ToList();
-            if (missing.Count > 0) throw new InvalidDataException($"The task model has no values for {Describe.Keys(missing)}.");
-            foreach (var (key, tensor) in Tensors)
-            {
-                if (!state.TryGetValue(key, out var into) || !into.shape.SequenceEqual(tensor.shape) || into.dtype != tensor.dtype)
-                    throw new InvalidDataException($"The task model's tensor '{key}' {Describe.ShapeOf(tensor)} does not fit its network.");
-                into.copy_(tensor);
-            }
+            lease.Dispose();
+            throw;
         }
-        network.MergeAdapters();
+        _lease?.Dispose();
+        _lease = lease;
     }
+
+    private SharedBackboneWeights.Lease? _lease;
+
+    /// <summary>Bytes of the rebuilt network's weights shared with other task models on the same backbone (0 before <see cref="Rebuild"/>).</summary>
+    public long SharedBytes { get; private set; }
 
     /// <summary>The backbone inside <paramref name="network"/> (the network itself for classification) and its key prefix.</summary>
     private static (string Prefix, Backbone Backbone) FindBackbone(nn.Module network) =>
@@ -157,9 +175,11 @@ internal sealed class TaskModel : IDisposable
         }
     }
 
-    /// <summary>Frees the tensors.</summary>
+    /// <summary>Frees the tensors and ends the hold on the shared backbone weights.</summary>
     public void Dispose()
     {
         foreach (var tensor in Tensors.Values) tensor.Dispose();
+        _lease?.Dispose();
+        _lease = null;
     }
 }

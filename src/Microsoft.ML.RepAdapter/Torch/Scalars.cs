@@ -33,6 +33,13 @@ internal static class Scalars
     /// <summary>Pixel values clamped to 0..255 as bytes (round them first).</summary>
     public static Tensor ClampToBytes(this Tensor x) => x.clamp(Zero, ByteMax).to(ScalarType.Byte);
 
+    /// <summary>Symmetric int8 values: clamped to -<paramref name="levels"/>..<paramref name="levels"/> as sbytes (round them first).</summary>
+    public static Tensor ClampToInt8(this Tensor x, int levels)
+    {
+        using Scalar low = (-levels).ToScalar(), high = levels.ToScalar();
+        return x.clamp(low, high).to(ScalarType.Int8);
+    }
+
     /// <summary>The result of <paramref name="use"/> given <paramref name="value"/> as a Scalar that lives until it returns.</summary>
     public static T With<T>(double value, Func<Scalar, T> use)
     {

@@ -130,6 +130,46 @@ public class TaskModelTests
     }
 
     [TestMethod]
+    public void TaskModelsOnOneBackboneShareItsUnadaptedWeightsUntilTheLastIsDisposed()
+    {
+        string folder = CheckpointFiles.TempDirectory();
+        string checkpoint = TinyVitCheckpoint(folder, seed: 6);
+        var (model, data, saved) = TrainFromFile(folder, checkpoint);
+        var expected = Scores(model, data);
+        string fingerprint = ((RepAdapterTransformerBase)model.LastTransformer).Summary.Backbone!.Fingerprint;
+        static RepAdapterImageClassificationTransformer Load(string path) =>
+            ((IEnumerable<ITransformer>)new MLContext().Model.Load(path, out _)).OfType<RepAdapterImageClassificationTransformer>().Single();
+        var first = Load(saved);
+        var second = Load(saved);
+        Assert.IsTrue(SharedBackboneWeights.Holds(fingerprint));
+
+        // Shared storage shows as a write through one model seen by the other (undone at once): the patch embedding is
+        // one tensor; the head and the merged projections are each model's own.
+        bool Shared(string key)
+        {
+            using var _ = no_grad();
+            var a = first.Model.state_dict()[key];
+            var b = second.Model.state_dict()[key];
+            var before = b.clone();
+            a.add_(ones_like(a));
+            bool seen = !b.eq(before).all().item<bool>();
+            a.sub_(ones_like(a));
+            return seen;
+        }
+        Assert.IsTrue(Shared("patch_embed.proj.weight"), "an unadapted weight is shared");
+        Assert.IsFalse(Shared("head.weight"), "the head is the task's own");
+        int blocks = first.Model.state_dict().Keys.Count(k => k.EndsWith(".attn.qkv.weight", StringComparison.Ordinal));
+        string merged = $"blocks.{blocks - 1}.attn.qkv.weight";
+        Assert.IsFalse(Shared(merged), "a merged projection is the task's own");
+        AssertSameScores(expected, Scores(new TransformerChain<ITransformer>(first), data));
+
+        first.Dispose();
+        AssertSameScores(expected, Scores(new TransformerChain<ITransformer>(second), data));
+        second.Dispose();
+        Assert.IsFalse(SharedBackboneWeights.Holds(fingerprint), "the last task model frees the shared copy");
+    }
+
+    [TestMethod]
     public void AMissingBackboneNamesItsPathAndTheFolderVariableWhichFindsItElsewhere()
     {
         string folder = CheckpointFiles.TempDirectory();

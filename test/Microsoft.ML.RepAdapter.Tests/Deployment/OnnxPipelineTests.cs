@@ -150,6 +150,28 @@ public class OnnxPipelineTests
     }
 
     [TestMethod]
+    public void AnInt8OnnxPipelinePredictsAsTheFloatOneWithinItsRoundingAndSurvivesSaveAndLoad()
+    {
+        var mlContext = new MLContext(seed: 1);
+        var exact = new TransformerChain<ITransformer>(_model.First(), _transformer.ToOnnxPipeline(mlContext));
+        var int8 = new TransformerChain<ITransformer>(_model.First(), _transformer.ToOnnxPipeline(mlContext, quantization: OnnxQuantization.DynamicInt8));
+        var (exactScores, exactLabels) = Predict(exact, mlContext, _atModelSize);
+        var (int8Scores, int8Labels) = Predict(int8, mlContext, _atModelSize);
+        float difference = MaxDiff(exactScores, int8Scores);
+        Console.WriteLine($"int8 against float32 ONNX: max |score difference| {difference:G3}, {exactLabels.Zip(int8Labels).Count(p => p.First == p.Second)} of {exactLabels.Length} labels agree");
+        Assert.IsGreaterThan(0f, difference, "the int8 chain runs the int8 graph");
+        const float tolerance = 0.05f;
+        Assert.IsLessThanOrEqualTo(tolerance, difference, "probabilities within 0.05 of float32's");
+        AssertSameLabels(exactScores, exactLabels, int8Labels, tolerance, "int8 predicted labels");
+
+        string zip = Path.Combine(_folder, "int8.zip");
+        mlContext.Model.Save(int8, mlContext.Data.LoadFromEnumerable(_atModelSize).Schema, zip);
+        var (loadedScores, loadedLabels) = Predict(new MLContext(seed: 2).Model.Load(zip, out _), mlContext, _atModelSize);
+        Assert.AreEqual(0f, MaxDiff(int8Scores, loadedScores), "reloaded int8 chain");
+        CollectionAssert.AreEqual(int8Labels, loadedLabels);
+    }
+
+    [TestMethod]
     public void AContextAskingForAGpuFallsBackToTheCpuProviderAndScoresTheSame()
     {
         // GpuDeviceId reaches ApplyOnnxModel: with the CPU ONNX Runtime package there is no CUDA provider, so FallbackToCpu

@@ -19,9 +19,12 @@ public sealed partial class SegmentationNetwork
     /// <param name="stream">Where the model is written.</param>
     public void ExportOnnx(Stream stream) => OnnxExport.Write(OnnxGraph(), stream);
 
+    /// <summary>Writes the network as <see cref="ExportOnnx(Stream)"/> does, with <paramref name="options"/> (e.g. int8 weights).</summary>
+    public void ExportOnnx(Stream stream, OnnxExportOptions options) => OnnxExport.Write(OnnxGraph(), stream, options);
+
     /// <summary>Writes the model as <see cref="ExportOnnx(Stream)"/> does, to a file (large weights as ONNX external data next to it).</summary>
     /// <param name="path">The .onnx file to write.</param>
-    /// <param name="options">External data settings; null for the defaults.</param>
+    /// <param name="options">External data and quantization settings; null for the defaults.</param>
     public void ExportOnnx(string path, OnnxExportOptions? options = null) => OnnxExport.Write(OnnxGraph(), path, options);
 
     private OnnxGraphBuilder OnnxGraph()
