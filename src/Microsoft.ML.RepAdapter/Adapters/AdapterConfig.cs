@@ -2,21 +2,21 @@ namespace Microsoft.ML.RepAdapter.Adapters;
 
 /// <summary>
 /// Which parameter-efficient method sits at each adapter site. Every one folds into the projection it adapts, so the
-/// merged model is the plain architecture. Each is implemented in its own folder under <c>Adapters/Methods</c> and
-/// listed once in <see cref="AdapterMethods"/>.
+/// merged model is the plain architecture. Each is implemented in its own folder under <c>Adapters/Methods</c>; its
+/// line here, naming that implementation, is the registry (<see cref="AdapterMethods"/>).
 /// </summary>
 public enum AdaptationMethod
 {
     /// <summary>Linear adapter in front of the projection (Luo et al. 2023).</summary>
-    RepAdapter,
+    [ImplementedBy(typeof(RepAdapterMethod))] RepAdapter,
     /// <summary>Low-rank update added in parallel to the projection (Hu et al. 2021); on a convolution, peft's form (k x k down, 1 x 1 up).</summary>
-    LoRA,
+    [ImplementedBy(typeof(LoraMethod))] LoRA,
     /// <summary>Weight decomposed into magnitude and direction, LoRA on the direction (Liu et al. 2024).</summary>
-    DoRA,
+    [ImplementedBy(typeof(DoraMethod))] DoRA,
     /// <summary>Per-channel scale and shift of the projection's output (Lian et al. 2022).</summary>
-    SSF,
+    [ImplementedBy(typeof(SsfMethod))] SSF,
     /// <summary>Residual low-rank rescaling of the frozen weight by a row and a column scale vector (Dong et al. 2024).</summary>
-    RLRR,
+    [ImplementedBy(typeof(RlrrMethod))] RLRR,
 }
 
 /// <summary>Where adapters go. Each backbone maps a placement to its own mergeable sites.</summary>

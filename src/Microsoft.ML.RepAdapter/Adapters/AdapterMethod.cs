@@ -1,10 +1,12 @@
+using System.Reflection;
+
 namespace Microsoft.ML.RepAdapter.Adapters;
 
 /// <summary>
 /// One parameter-efficient method, as data (peft's tuner folder): which configuration it takes, the adapter it builds
 /// for a host layer, and, in that adapter, its trainable parameters under their checkpoint names, its forward and its
 /// exact merge through <see cref="AdaptableLayer.Rewrite"/>. A method lives in <c>Adapters/Methods/&lt;Name&gt;/</c>;
-/// adding one is that folder and a line in <see cref="AdapterMethods"/>.
+/// adding one is that folder and its line in <see cref="AdaptationMethod"/>, which names the folder's method.
 /// </summary>
 public abstract class AdapterMethod
 {
@@ -24,21 +26,29 @@ public abstract class AdapterMethod
     public abstract ProjectionAdapter Create(AdapterConfig config, AdaptableLayer layer);
 }
 
-/// <summary>The registry: every adaptation method, one line each.</summary>
+/// <summary>Names the <see cref="AdapterMethod"/> that implements an <see cref="AdaptationMethod"/> value.</summary>
+[AttributeUsage(AttributeTargets.Field)]
+internal sealed class ImplementedByAttribute(Type method) : Attribute
+{
+    public Type Method { get; } = method;
+}
+
+/// <summary>The registry: every adaptation method, read from the <see cref="AdaptationMethod"/> lines that name them.</summary>
 public static class AdapterMethods
 {
-    /// <summary>Every method.</summary>
-    public static IReadOnlyList<AdapterMethod> All { get; } =
-    [
-        new RepAdapterMethod(),
-        new LoraMethod(),
-        new DoraMethod(),
-        new SsfMethod(),
-        new RlrrMethod(),
-    ];
+    /// <summary>Every method, in the enum's order.</summary>
+    public static IReadOnlyList<AdapterMethod> All { get; } = [.. Enum.GetValues<AdaptationMethod>().Select(Implementation)];
 
     /// <summary>The implementation of <paramref name="method"/>.</summary>
     public static AdapterMethod Of(AdaptationMethod method) =>
         All.FirstOrDefault(m => m.Id == method)
         ?? throw new ArgumentOutOfRangeException(nameof(method), method, $"No such adaptation method. Known: {string.Join(", ", All.Select(m => m.Id))}.");
+
+    private static AdapterMethod Implementation(AdaptationMethod id)
+    {
+        var type = typeof(AdaptationMethod).GetField(id.ToString())!.GetCustomAttribute<ImplementedByAttribute>()?.Method
+            ?? throw new InvalidOperationException($"AdaptationMethod.{id} names no implementation ([ImplementedBy(typeof(...))]).");
+        var method = (AdapterMethod)Activator.CreateInstance(type)!;
+        return method.Id == id ? method : throw new InvalidOperationException($"AdaptationMethod.{id} names {type.Name}, whose Id is {method.Id}.");
+    }
 }
