@@ -10,6 +10,8 @@
 //                 tasks [--tasks a,b] (Fashion-MNIST: run build/install-benchmark-data.sh once)
 //   segmentation  the bare call against head-only on the Fashion-MNIST mosaics, several seeds, and the search's candidates
 //                 as fixed recipes on the first seed [--seeds 1,2,3] [--methods "bare call,head only"]
+//   prefix-precision  the CPU recipe with its frozen prefix in float32 and in bfloat16 (FrozenPrefixPrecision): Fit time
+//                 and accuracy side by side [--tasks a,b --seeds 1,2,3]
 //   onnx          merged model latency: TorchSharp float32 and bfloat16, ONNX Runtime float32 and int8, per backbone and batch
 //                 size [--models a,b --batches 1,16]
 //   deployment    bytes on disk, load time, scoring latency and memory of adapters-only task models against merged models
@@ -37,7 +39,8 @@ string suite = args.FirstOrDefault() ?? "";
 var options = new Dictionary<string, string>();
 for (int i = 1; i + 1 < args.Length; i += 2) options[args[i].TrimStart('-')] = args[i + 1];
 string settings = string.Join(" ", options.Select(o => $"--{o.Key} {o.Value}"));
-string[] List(string key, string[] fallback) => options.TryGetValue(key, out var v) ? v.Split(',') : fallback;
+// A list is comma-separated, or semicolon-separated where its items hold commas ("bare call, LoRA;head only").
+string[] List(string key, string[] fallback) => options.TryGetValue(key, out var v) ? v.Split(v.Contains(';') ? ';' : ',') : fallback;
 int Int(string key, int fallback) => options.TryGetValue(key, out var v) ? int.Parse(v) : fallback;
 
 var suites = suite == "all" ? ["latency", "training", "accuracy", "segmentation", "onnx", "deployment"] : new[] { suite };
@@ -66,6 +69,10 @@ foreach (string name in suites)
         case "methods":
             var methods = AccuracySuite.Settings.MethodComparison;
             AccuracySuite.Run(methods with { Tasks = List("tasks", methods.Tasks), Seeds = [.. List("seeds", [.. methods.Seeds.Select(s => s.ToString())]).Select(int.Parse)] }, report);
+            break;
+        case "prefix-precision":
+            var prefix = AccuracySuite.Settings.PrefixPrecision;
+            AccuracySuite.Run(prefix with { Tasks = List("tasks", prefix.Tasks), Seeds = [.. List("seeds", [.. prefix.Seeds.Select(s => s.ToString())]).Select(int.Parse)] }, report);
             break;
         case "segmentation":
             var segmentation = SegmentationSuite.Settings.Default;

@@ -32,6 +32,12 @@ internal static class AccuracySuite
     [
         new("bare call", null),
         new(Fixed, o => o.TimeBudget = TimeSpan.Zero),
+        // The same with the frozen prefix computed in bfloat16 (FrozenPrefixPrecision): what it costs or saves, and changes.
+        new(Fixed + ", bf16 prefix", o =>
+        {
+            o.TimeBudget = TimeSpan.Zero;
+            o.FrozenPrefixPrecision = ScoringPrecision.BFloat16;
+        }),
         Hindsight("s = 1", o => o.AdapterScale = 1f),
         Hindsight("lr 1e-3", o => o.LearningRate = 1e-3),
         Hindsight("lr 1e-2", o => o.LearningRate = 1e-2),
@@ -60,6 +66,15 @@ internal static class AccuracySuite
         public static Settings Default => new(
             ["fashion-mnist-1k", "fashion-mnist-1k-b", "fashion-mnist-16-shot", "fashion-mnist-shifted", "count-shapes", "shape-orientation"],
             [1, 2, 3], [.. AllMethods.Select(m => m.Name)], true);
+
+        /// <summary>The CPU recipe (no search) with its frozen prefix in float32 and in bfloat16, on a real-image task and a structured one.</summary>
+        public static Settings PrefixPrecision => Default with
+        {
+            Tasks = ["fashion-mnist-1k-b", "shape-orientation"],
+            Methods = [Fixed, Fixed + ", bf16 prefix"],
+            MLNetPipeline = false,
+            Plotted = [Fixed, Fixed + ", bf16 prefix"],
+        };
 
         /// <summary>Every method side by side through the bare call, on three of the tasks (a held-out 1k split, the few-shot split, a structured task).</summary>
         public static Settings MethodComparison => Default with

@@ -2,6 +2,7 @@ using System.Diagnostics;
 using Microsoft.ML.OnnxRuntime;
 using Microsoft.ML.RepAdapter.Adapters;
 using Microsoft.ML.RepAdapter.Backbones;
+using TorchSharp;
 using static TorchSharp.torch;
 
 namespace RepAdapter.Benchmarks;

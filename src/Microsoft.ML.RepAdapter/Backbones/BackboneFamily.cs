@@ -173,6 +173,7 @@ public static class BackboneFamilies
         SwinFamily.Instance,
         ConvNeXtFamily.Instance,
         ClipFamily.Instance,
+        VideoMAEFamily.Instance,
     ];
 
     /// <summary>The weights a trainer uses when none are named: ML.NET's pretrained ResNet-18, which works offline.</summary>

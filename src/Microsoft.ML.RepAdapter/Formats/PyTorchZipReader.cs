@@ -57,15 +57,15 @@ internal static class PyTorchZipReader
 
     /// <summary>
     /// The state dict: the top-level dict when it holds tensors, else its "state_dict" or "model" entry (training
-    /// checkpoints); every value must then be a tensor. Tensors the unpickler built but that end up elsewhere are freed.
+    /// checkpoints) or "module" (DeepSpeed's, e.g. VideoMAE's released weights); every value must then be a tensor. Tensors the unpickler built but that end up elsewhere are freed.
     /// </summary>
     private static OrderedDictionary<string, Tensor> ExtractStateDict(string path, object? root)
     {
         var stateDict = root as PickleDict ?? throw new CheckpointException(path, null, $"expected a pickled dict of tensors, found {PickleDict.TypeName(root)}.");
         if (!stateDict.Values.Any(v => v is Tensor))
         {
-            stateDict = (stateDict.GetValueOrDefault("state_dict") ?? stateDict.GetValueOrDefault("model")) as PickleDict
-                ?? throw new CheckpointException(path, null, $"no tensors found: expected a state dict, or a dict with a 'state_dict' or 'model' entry; found keys {Describe.Keys(stateDict.Keys.Select(k => k.ToString()!))}.");
+            stateDict = (stateDict.GetValueOrDefault("state_dict") ?? stateDict.GetValueOrDefault("model") ?? stateDict.GetValueOrDefault("module")) as PickleDict
+                ?? throw new CheckpointException(path, null, $"no tensors found: expected a state dict, or a dict with a 'state_dict', 'model' or 'module' entry; found keys {Describe.Keys(stateDict.Keys.Select(k => k.ToString()!))}.");
         }
         var tensors = new OrderedDictionary<string, Tensor>();
         foreach (var (key, value) in stateDict)

@@ -254,7 +254,7 @@ public abstract class RepAdapterTrainerBase<TOptions, TTransformer> : IEstimator
                 e.SetMetric(0, last.Loss);
                 e.SetMetric(1, last.TrainAccuracy);
             });
-            var (model, toInput, inputs) = RunInputs(ch, network, runs, [train, validation, judgeOn], recipe.BatchSize, device, prefixes);
+            var (model, toInput, inputs) = RunInputs(ch, network, source, runs, [train, validation, judgeOn], recipe.BatchSize, device, prefixes);
             TrainingResult result;
             ValidationScore? score = null;
             try
@@ -297,7 +297,7 @@ public abstract class RepAdapterTrainerBase<TOptions, TTransformer> : IEstimator
     /// would exceed <c>CacheMemoryLimitMegabytes</c>. <c>Inputs</c> maps each of <paramref name="sets"/> to what the model takes.
     /// </summary>
     private (nn.Module<Tensor, Tensor> Model, Func<Tensor, Tensor> ToInput, Func<TrainingImages?, TrainingImages?> Inputs) RunInputs(IChannel ch,
-        nn.Module<Tensor, Tensor> network, BackboneDescriptor runs, TrainingImages?[] sets, int batchSize, Device device, PrefixCaches prefixes)
+        nn.Module<Tensor, Tensor> network, Backbone source, BackboneDescriptor runs, TrainingImages?[] sets, int batchSize, Device device, PrefixCaches prefixes)
     {
         var plain = (network, (Func<Tensor, Tensor>)runs.Input.Normalize, (Func<TrainingImages?, TrainingImages?>)(images => images));
         if (!TrainerOptions.CacheFrozenPrefix || TrainerOptions.Augmentation is not null || network is not Backbone backbone
@@ -313,9 +313,47 @@ public abstract class RepAdapterTrainerBase<TOptions, TTransformer> : IEstimator
             return plain;
         }
         var cached = sets.OfType<TrainingImages>().Distinct().ToDictionary(images => images,
-            images => prefixes.Get(images, steps, root => FrozenPrefix.Compute(backbone, steps, runs.Input.Normalize, root, device, batchSize)));
+            images => prefixes.Get(images, steps, root => ComputePrefix(ch, backbone, source, runs, steps, root, device, batchSize, prefixes)));
         ch.Info($"The frozen prefix, {what}, was computed once per image ({bytes / 1e6:F0} MB); each step runs the rest.");
         return (new SuffixNetwork(backbone, steps), x => x, images => images is null ? null : cached[images]);
+    }
+
+    /// <summary>
+    /// The frozen prefix's outputs for <paramref name="root"/> in <c>FrozenPrefixPrecision</c>: bfloat16 runs a bfloat16
+    /// copy of <paramref name="source"/>'s weights; Auto times the first batch both ways, once per Fit, and keeps bfloat16
+    /// only when it pays and its outputs agree (<c>AutoPrecisionTolerance</c>).
+    /// </summary>
+    private LabeledImages ComputePrefix(IChannel ch, Backbone backbone, Backbone source, BackboneDescriptor runs, int steps, TrainingImages root, Device device,
+        int batchSize, PrefixCaches prefixes)
+    {
+        var precision = TrainerOptions.FrozenPrefixPrecision;
+        Backbone? reduced = null;
+        try
+        {
+            if (precision != ScoringPrecision.Float32 && prefixes.BFloat16 != false)
+            {
+                reduced = FrozenPrefix.ReducedCopy(runs.Build, source, ScalarType.BFloat16, device);
+                if (precision == ScoringPrecision.Auto && prefixes.BFloat16 is null)
+                {
+                    var (full, half, difference) = FrozenPrefix.Trial(backbone, reduced, steps, runs.Input.Normalize, root, device, batchSize);
+                    bool keep = PrecisionTrial.Pays(full, half) && difference <= TrainerOptions.AutoPrecisionTolerance;
+                    prefixes.BFloat16 = keep;
+                    ch.Info(string.Create(System.Globalization.CultureInfo.InvariantCulture,
+                        $"Frozen prefix precision Auto: a batch took {full:F1} ms in float32 and {half:F1} ms in bfloat16, outputs differ by {difference:G2} "
+                        + $"(root mean square, relative; tolerance {TrainerOptions.AutoPrecisionTolerance:G2}): computing it in {(keep ? "bfloat16" : "float32")}."));
+                    if (!keep)
+                    {
+                        reduced.Dispose();
+                        reduced = null;
+                    }
+                }
+            }
+            return FrozenPrefix.Compute(backbone, steps, runs.Input.Normalize, root, device, batchSize, reduced);
+        }
+        finally
+        {
+            reduced?.Dispose();
+        }
     }
 
     /// <summary>
@@ -326,6 +364,9 @@ public abstract class RepAdapterTrainerBase<TOptions, TTransformer> : IEstimator
     private sealed class PrefixCaches : IDisposable
     {
         private readonly Dictionary<(TrainingImages Images, int Steps), TrainingImages> _cached = [];
+
+        /// <summary>With <c>FrozenPrefixPrecision = Auto</c>: whether bfloat16 was chosen (null until the first prefix is computed).</summary>
+        public bool? BFloat16 { get; set; }
         private readonly Dictionary<TrainingImages, TrainingImages> _rootOf = [];
 
         /// <summary>The images of <paramref name="parent"/> whose rows <paramref name="keepRow"/> keeps, remembered as derived from its root.</summary>

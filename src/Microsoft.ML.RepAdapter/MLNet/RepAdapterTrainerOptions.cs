@@ -96,6 +96,20 @@ public abstract class RepAdapterTrainerOptions
     /// </summary>
     public bool CacheFrozenPrefix = true;
 
+    /// <summary>
+    /// The number format the cached frozen prefix (<see cref="CacheFrozenPrefix"/>) is computed in. It is only scored,
+    /// never trained, so bfloat16 there needs no float32 master copy: <see cref="ScoringPrecision.BFloat16"/> runs a
+    /// bfloat16 copy of the frozen weights and caches its outputs as float32; the trainable rest trains in float32 as
+    /// always. <see cref="ScoringPrecision.Auto"/> times the first batch both ways (once per Fit) and keeps bfloat16 when it
+    /// takes at most 0.9 of float32's time and the outputs differ by at most <see cref="AutoPrecisionTolerance"/>, root
+    /// mean square relative to float32's; a log line says what it measured and chose. Float32 (the default): the cache,
+    /// and so the trained model, does not depend on a timing. Whether bfloat16 pays depends on the CPU (see docs/deployment.md).
+    /// </summary>
+    public ScoringPrecision FrozenPrefixPrecision = ScoringPrecision.Float32;
+
+    /// <summary>The largest relative root-mean-square difference of the prefix's outputs that <see cref="FrozenPrefixPrecision"/> Auto accepts from bfloat16 (0.05).</summary>
+    public float AutoPrecisionTolerance = 0.05f;
+
     /// <summary>RepAdapter's hidden size r (LoRA's rank).</summary>
     public int AdapterHidden = 8;
 
@@ -289,6 +303,10 @@ public abstract class RepAdapterTrainerOptions
             "needs three finite, non-zero values (or null)");
         BackboneLoadOptions?.Validate();
         OptionCheck.That(AdapterHidden > 0, nameof(AdapterHidden), AdapterHidden, "must be positive");
+        OptionCheck.That(Enum.IsDefined(FrozenPrefixPrecision), nameof(FrozenPrefixPrecision), FrozenPrefixPrecision,
+            $"is not a precision ({string.Join(", ", Enum.GetNames<ScoringPrecision>())})");
+        OptionCheck.That(float.IsFinite(AutoPrecisionTolerance) && AutoPrecisionTolerance >= 0, nameof(AutoPrecisionTolerance), AutoPrecisionTolerance,
+            "must be finite and not negative");
         OptionCheck.That(AdaptedBlocks is null or > 0, nameof(AdaptedBlocks), AdaptedBlocks, "must be positive (TrainingRecipe.AllBlocks: every block; null: the recipe's)");
         OptionCheck.That(AdapterGroups > 0 && AdapterHidden % AdapterGroups == 0, nameof(AdapterGroups), AdapterGroups,
             $"must be positive and divide AdapterHidden ({AdapterHidden})");

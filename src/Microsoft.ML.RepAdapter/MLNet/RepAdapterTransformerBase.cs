@@ -201,20 +201,10 @@ public abstract class RepAdapterTransformerBase : RowToRowTransformerBase, ITran
             var reduced = _reduced!;
             Tensor Float32() => _network.forward(input).cpu();
             Tensor BFloat16() => reduced.forward(input.to(ScalarType.BFloat16)).to(float32).cpu();
-            double Time(Func<Tensor> run)
-            {
-                run(); // warm-up: the kernels' first call sets them up
-                return Enumerable.Range(0, 2).Min(_ =>
-                {
-                    var clock = System.Diagnostics.Stopwatch.StartNew();
-                    run();
-                    return clock.Elapsed.TotalMilliseconds;
-                });
-            }
             double full, half;
             try
             {
-                (full, half) = (Time(Float32), Time(BFloat16));
+                (full, half) = (PrecisionTrial.Milliseconds(Float32), PrecisionTrial.Milliseconds(BFloat16));
             }
             catch
             {
@@ -225,7 +215,7 @@ public abstract class RepAdapterTransformerBase : RowToRowTransformerBase, ITran
                 throw;
             }
             double difference = Float32().softmax(1).sub(BFloat16().softmax(1)).abs().max().item<float>();
-            bool keep = half <= 0.9 * full && difference <= AutoPrecisionTolerance;
+            bool keep = PrecisionTrial.Pays(full, half) && difference <= AutoPrecisionTolerance;
             var chosen = keep ? ScoringPrecision.BFloat16 : ScoringPrecision.Float32;
             PrecisionChoice = new PrecisionChoice((int)input.shape[0], full, half, difference, chosen);
             if (!keep)

@@ -1,5 +1,6 @@
 using Microsoft.ML.RepAdapter.Adapters;
 using Microsoft.ML.RepAdapter.Backbones;
+using Microsoft.ML.RepAdapter.Torch;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -22,9 +23,12 @@ public static class FrozenPrefix
 
     /// <summary>
     /// The prefix's outputs for every example of <paramref name="images"/> (in order, with their targets and rows), computed
-    /// in eval mode without gradients, <paramref name="batchSize"/> at a time, kept in memory on the CPU.
+    /// in eval mode without gradients, <paramref name="batchSize"/> at a time, kept in memory on the CPU in float32. With
+    /// <paramref name="reduced"/> (a copy of the frozen weights in another number format, see <see cref="ReducedCopy"/>),
+    /// the prefix runs in that copy instead.
     /// </summary>
-    public static LabeledImages Compute(Backbone backbone, int steps, Func<Tensor, Tensor> toInput, TrainingImages images, Device device, int batchSize)
+    public static LabeledImages Compute(Backbone backbone, int steps, Func<Tensor, Tensor> toInput, TrainingImages images, Device device, int batchSize,
+        Backbone? reduced = null)
     {
         bool wasTraining = backbone.training;
         backbone.eval();
@@ -39,7 +43,7 @@ public static class FrozenPrefix
                     using (batch)
                     using (var scope = NewDisposeScope())
                     {
-                        var hidden = backbone.ForwardPrefix(toInput(batch.Pixels.to(device)), steps).cpu();
+                        var hidden = Run(backbone, reduced, steps, toInput(batch.Pixels.to(device))).cpu();
                         // Allocated at the first batch, when the prefix's output shape is known.
                         outputs ??= empty([images.Count, .. hidden.shape[1..]], hidden.dtype).DetachFromDisposeScope();
                         targets ??= empty([images.Count, .. batch.Targets.shape[1..]], batch.Targets.dtype).DetachFromDisposeScope();
@@ -62,6 +66,61 @@ public static class FrozenPrefix
             backbone.train(wasTraining);
         }
     }
+
+    /// <summary>
+    /// A copy of <paramref name="source"/>'s weights (no adapters: the prefix has none) in <paramref name="dtype"/>, in eval
+    /// mode on <paramref name="device"/>, built by <paramref name="build"/>; float32 master weights stay where they are.
+    /// </summary>
+    public static Backbone ReducedCopy(Func<Backbone> build, Backbone source, ScalarType dtype, Device device)
+    {
+        // Building runs the layers' random initialisation: the generator is put back, so that the run's own randomness
+        // (adapter initialisation, dropout, shuffling) does not depend on the prefix's precision.
+        using var generator = random.get_rng_state();
+        var copy = build();
+        random.set_rng_state(generator);
+        try
+        {
+            copy.load_state_dict(source.state_dict(), strict: true);
+            copy.to(dtype).to(device).eval();
+            return copy;
+        }
+        catch
+        {
+            copy.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Times the prefix of one batch in float32 (<paramref name="backbone"/>) and in <paramref name="reduced"/>'s format:
+    /// milliseconds of each (<see cref="PrecisionTrial"/>) and their outputs' difference, root mean square over float32's.
+    /// </summary>
+    public static (double Float32Milliseconds, double ReducedMilliseconds, double RelativeDifference) Trial(Backbone backbone, Backbone reduced, int steps,
+        Func<Tensor, Tensor> toInput, TrainingImages images, Device device, int batchSize)
+    {
+        bool wasTraining = backbone.training;
+        backbone.eval();
+        try
+        {
+            using var scope = NewDisposeScope();
+            using var _ = no_grad();
+            using var batch = images.InOrder(batchSize).First();
+            var input = toInput(batch.Pixels.to(device));
+            Tensor Full() => Run(backbone, null, steps, input);
+            Tensor Half() => Run(backbone, reduced, steps, input);
+            double full = PrecisionTrial.Milliseconds(Full), half = PrecisionTrial.Milliseconds(Half);
+            var exact = Full();
+            double difference = Half().sub(exact).square().mean().sqrt().div(exact.square().mean().sqrt()).item<float>();
+            return (full, half, difference);
+        }
+        finally
+        {
+            backbone.train(wasTraining);
+        }
+    }
+
+    private static Tensor Run(Backbone backbone, Backbone? reduced, int steps, Tensor input) =>
+        reduced is null ? backbone.ForwardPrefix(input, steps) : reduced.ForwardPrefix(input.to(reduced.parameters().First().dtype), steps).to(float32);
 
     /// <summary>Bytes the cached outputs of <paramref name="count"/> examples take (from one example's prefix output).</summary>
     public static long CacheBytes(Backbone backbone, int steps, int count)
