@@ -209,6 +209,9 @@ public abstract class Backbone : nn.Module<Tensor, Tensor>, IAdaptableModel
     /// <summary>Emits <see cref="forward"/> from raw pixels: features, then the head; returns the value's name.</summary>
     internal string EmitForward(OnnxGraphBuilder graph, string pixels) => EmitHead(graph, EmitFeatures(graph, pixels));
 
+    /// <summary>Declares the graph's raw-pixel input (images [batch, 3, S, S]; a video backbone declares clips).</summary>
+    internal virtual string EmitPixelsInput(OnnxGraphBuilder graph, OnnxDim batch) => OnnxExport.PixelsInput(graph, Input, batch);
+
     /// <summary>Emits <see cref="ForwardHead"/>: the linear classifier at <see cref="HeadName"/>, or the features themselves without one.</summary>
     internal string EmitHead(OnnxGraphBuilder graph, string features)
     {
@@ -259,8 +262,10 @@ public sealed record ImageInputSpec(int ImageSize, float[] Mean, float[] Std, fl
     public Tensor Normalize(Tensor pixels)
     {
         using var scope = NewDisposeScope();
-        var mean = tensor(Mean, device: pixels.device).view(1, 3, 1, 1);
-        var std = tensor(Std, device: pixels.device).view(1, 3, 1, 1);
+        // Channels on axis 1: images [B, 3, H, W], clips [B, 3, T, H, W].
+        long[] perChannel = [1, 3, .. Enumerable.Repeat(1L, Math.Max(0, (int)pixels.dim() - 2))];
+        var mean = tensor(Mean, device: pixels.device).view(perChannel);
+        var std = tensor(Std, device: pixels.device).view(perChannel);
         return pixels.to(float32).Times(PixelScale).sub(mean).div(std).MoveToOuterDisposeScope();
     }
 

@@ -55,17 +55,19 @@ internal static class OnnxExport
     public static OnnxGraphBuilder Classifier(Backbone backbone) =>
         Build(backbone.Architecture, backbone, backbone.Input, "batch", backbone.EmitForward,
             (graph, output) => graph.Output(output, backbone.NumClasses > 0 ? "logits" : "features", OnnxFields.DataType.Float, "batch",
-                backbone.NumClasses > 0 ? backbone.NumClasses : backbone.FeatureDim));
+                backbone.NumClasses > 0 ? backbone.NumClasses : backbone.FeatureDim), declarePixels: graph => backbone.EmitPixelsInput(graph, "batch"));
 
     /// <summary>
     /// A graph of <paramref name="model"/> (checked to be merged): the <c>pixels</c> input for <paramref name="input"/>
     /// with <paramref name="batch"/> as its first dimension, <paramref name="network"/>'s nodes on it, then
     /// <paramref name="outputs"/> declaring the graph's outputs from the network's value. Runs without gradients; the
     /// builder is disposed if anything fails. With <paramref name="source"/>, the input is images of that size, which the
-    /// graph resamples to the model's size first (<see cref="ResizeAsPreprocessor"/>).
+    /// graph resamples to the model's size first (<see cref="ResizeAsPreprocessor"/>); else <paramref name="declarePixels"/>
+    /// declares it (a backbone's own input), or images of the model's size.
     /// </summary>
     public static OnnxGraphBuilder Build(string name, nn.Module model, ImageInputSpec input, OnnxDim batch,
-        Func<OnnxGraphBuilder, string, string> network, Action<OnnxGraphBuilder, string> outputs, (int Width, int Height)? source = null)
+        Func<OnnxGraphBuilder, string, string> network, Action<OnnxGraphBuilder, string> outputs, (int Width, int Height)? source = null,
+        Func<OnnxGraphBuilder, string>? declarePixels = null)
     {
         CheckExportable(model, name);
         var graph = new OnnxGraphBuilder(name);
@@ -75,7 +77,7 @@ internal static class OnnxExport
             using var _ = no_grad();
             string pixels = source is var (width, height) && (width, height) != (input.ImageSize, input.ImageSize)
                 ? ResizeAsPreprocessor(graph, PixelsInput(graph, input, batch, height, width), input)
-                : PixelsInput(graph, input, batch);
+                : declarePixels?.Invoke(graph) ?? PixelsInput(graph, input, batch);
             outputs(graph, network(graph, pixels));
             graph.Metadata["model"] = name;
             return graph;

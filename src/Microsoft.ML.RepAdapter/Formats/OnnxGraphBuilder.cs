@@ -222,6 +222,11 @@ internal sealed class OnnxGraphBuilder(string graphName) : IDisposable
             ("kernel_shape", new[] { kernel, kernel }), ("strides", new[] { stride, stride }),
             ("pads", new[] { padding, padding, padding, padding }), ("dilations", new[] { 1L, 1L }), ("group", groups));
 
+    /// <summary>A convolution over as many spatial axes as <paramref name="kernel"/> has, stride = kernel, no padding (patch and tubelet embeddings).</summary>
+    public string PatchConv(string x, string weight, string? bias, long[] kernel) =>
+        Node("Conv", bias is null ? [x, weight] : [x, weight, bias],
+            ("kernel_shape", kernel), ("strides", kernel), ("pads", new long[2 * kernel.Length]), ("dilations", kernel.Select(_ => 1L).ToArray()), ("group", 1L));
+
     public string MaxPool(string x, long kernel, long stride, long padding) =>
         Node("MaxPool", [x], ("kernel_shape", new[] { kernel, kernel }), ("strides", new[] { stride, stride }),
             ("pads", new[] { padding, padding, padding, padding }));

@@ -3,6 +3,7 @@ using Microsoft.ML.RepAdapter.Backbones;
 using Microsoft.ML.RepAdapter.Checkpoints;
 using Microsoft.ML.RepAdapter.Formats;
 using Microsoft.ML.RepAdapter.Tests.Checkpoints;
+using Microsoft.ML.RepAdapter.Torch;
 using static TorchSharp.torch;
 
 namespace Microsoft.ML.RepAdapter.Tests.Families;
@@ -56,6 +57,14 @@ public class VideoMAEFixtureTests
             Assert.AreEqual(2 * 2, backbone.MergeAdapters(), "qkv and fc1 of both blocks");
             Assert.IsLessThanOrEqualTo(1e-4f * Math.Max(1, TinyModels.MaxAbs(adapted)), TinyModels.MaxAbsDiff(adapted, backbone.forward(clips)), "merged");
         }
+
+        // The merged model as ONNX, raw clips [B, 3, T, S, S] in: the same logits.
+        using var session = Deployment.OnnxRun.Session(backbone.ExportOnnx);
+        CollectionAssert.AreEqual(new[] { -1, 3, 4, 32, 32 }, session.InputMetadata["pixels"].Dimensions, "a dynamic batch of 4-frame clips");
+        var pixels = rand([2, 3, 4, 32, 32], generator: new Generator(5)).Times(255);
+        Tensor reference;
+        using (no_grad()) reference = backbone.forward(backbone.Input.Normalize(pixels));
+        Deployment.OnnxRun.AssertClose(reference, Deployment.OnnxRun.Run(session, pixels), $"{file} as ONNX");
     }
 
     [TestMethod]

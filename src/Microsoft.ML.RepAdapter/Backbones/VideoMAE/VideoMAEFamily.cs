@@ -137,15 +137,7 @@ public sealed class VideoMAEFamily : BackboneFamily
                 w[$"{b}attn.qkv.weight"] = keys.Take($"{b}attn.qkv.weight", rank: 2);
                 w[$"{b}attn.qkv.bias"] = QkvBias(keys, $"{b}attn.q_bias", $"{b}attn.v_bias");
             }
-            w["fc_norm.weight"] = keys.Take("fc_norm.weight", rank: 1);
-            w["fc_norm.bias"] = keys.Take("fc_norm.bias", rank: 1);
-            if (keys.Has("head.weight"))
-            {
-                w["head.weight"] = keys.Take("head.weight", rank: 2);
-                w["head.bias"] = keys.Take("head.bias", rank: 1);
-            }
-            keys.ThrowIfAnyUnused(Name);
-            return new ConvertedCheckpoint(Name, w, new Dictionary<string, string>());
+            return PooledAndHead(Name, keys, w, head: "head");
         }
     }
 
@@ -184,16 +176,22 @@ public sealed class VideoMAEFamily : BackboneFamily
                 w[$"{b}attn.qkv.weight"] = keys.Concat([.. new[] { "query", "key", "value" }.Select(n => $"{h}attention.attention.{n}.weight")], x => x, rank: 2);
                 w[$"{b}attn.qkv.bias"] = QkvBias(keys, $"{h}attention.attention.q_bias", $"{h}attention.attention.v_bias");
             }
-            w["fc_norm.weight"] = keys.Take("fc_norm.weight", rank: 1);
-            w["fc_norm.bias"] = keys.Take("fc_norm.bias", rank: 1);
-            if (keys.Has("classifier.weight"))
-            {
-                w["head.weight"] = keys.Take("classifier.weight", rank: 2);
-                w["head.bias"] = keys.Take("classifier.bias", rank: 1);
-            }
-            keys.ThrowIfAnyUnused(Name);
-            return new ConvertedCheckpoint(Name, w, new Dictionary<string, string>());
+            return PooledAndHead(Name, keys, w, head: "classifier");
         }
+    }
+
+    /// <summary><c>fc_norm</c> and the head (called <paramref name="head"/> in the file, when it has one); every key of the file must then be used.</summary>
+    private static ConvertedCheckpoint PooledAndHead(string layout, KeyTaker keys, OrderedDictionary<string, Tensor> w, string head)
+    {
+        w["fc_norm.weight"] = keys.Take("fc_norm.weight", rank: 1);
+        w["fc_norm.bias"] = keys.Take("fc_norm.bias", rank: 1);
+        if (keys.Has($"{head}.weight"))
+        {
+            w["head.weight"] = keys.Take($"{head}.weight", rank: 2);
+            w["head.bias"] = keys.Take($"{head}.bias", rank: 1);
+        }
+        keys.ThrowIfAnyUnused(layout);
+        return new ConvertedCheckpoint(layout, w, new Dictionary<string, string>());
     }
 
     /// <summary>VideoMAE's attention bias: [q_bias, 0, v_bias] (its key has none), in float32 (DeepSpeed's files may be float16).</summary>

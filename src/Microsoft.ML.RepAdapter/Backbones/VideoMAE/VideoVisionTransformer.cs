@@ -59,7 +59,7 @@ public sealed record VideoVisionTransformerConfig(
 /// loads as zeros. Scoring and adapter training (frozen backbone) compute the same; a full fine-tune could move the k
 /// third, which the official model cannot.
 /// </remarks>
-public sealed class VideoVisionTransformer : Backbone
+public sealed partial class VideoVisionTransformer : Backbone
 {
     private readonly TubeletEmbed patch_embed;
     private readonly ModuleList<VisionTransformer.Block> blocks;
@@ -155,9 +155,6 @@ public sealed class VideoVisionTransformer : Backbone
 
     /// <inheritdoc/>
     public override IReadOnlyList<Tensor> ForwardIntermediates(Tensor images) => throw NotForVideo("multi-level feature maps");
-
-    internal override string EmitFeatures(OnnxGraphBuilder graph, string pixels) =>
-        throw new NotSupportedException($"{Architecture}: ONNX export of video backbones is not implemented yet (Conv3d tubelets).");
 
     internal override IReadOnlyList<string> EmitIntermediates(OnnxGraphBuilder graph, string pixels) => throw NotForVideo("multi-level feature maps");
 
