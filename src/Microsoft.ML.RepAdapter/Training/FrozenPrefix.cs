@@ -110,7 +110,8 @@ public static class FrozenPrefix
             Tensor Half() => Run(backbone, reduced, steps, input);
             double full = PrecisionTrial.Milliseconds(Full), half = PrecisionTrial.Milliseconds(Half);
             var exact = Full();
-            double difference = Half().sub(exact).square().mean().sqrt().div(exact.square().mean().sqrt()).item<float>();
+            var error = Half().sub(exact);
+            double difference = error.mul(error).mean().sqrt().div(exact.mul(exact).mean().sqrt()).item<float>();
             return (full, half, difference);
         }
         finally

@@ -8,8 +8,8 @@ using static TorchSharp.torch;
 namespace Microsoft.ML.RepAdapter.Backbones;
 
 /// <summary>
-/// Configuration of a <see cref="VideoVisionTransformer"/> (the arguments of VideoMAE's fine-tuning
-/// <c>VisionTransformer</c>, modeling_finetune.py). A clip of <paramref name="Frames"/> frames of
+/// Configuration of a <see cref="VideoVisionTransformer"/> (the arguments of the model class of VideoMAE's fine-tuning
+/// code, modeling_finetune.py). A clip of <paramref name="Frames"/> frames of
 /// <paramref name="ImageSize"/> px is cut into tubelets of <paramref name="TubeletSize"/> frames x
 /// <paramref name="PatchSize"/> x <paramref name="PatchSize"/> px. Mean pooling with <c>fc_norm</c> is the only pooling:
 /// every released fine-tuned VideoMAE uses it. <paramref name="FcNormEps"/> is the pooled norm's epsilon, which
@@ -32,9 +32,8 @@ public sealed record VideoVisionTransformerConfig(
     /// <summary>Tubelets per clip: (frames / tubelet) x (size / patch)^2, time slowest.</summary>
     public int Tokens => Frames / TubeletSize * (ImageSize / PatchSize) * (ImageSize / PatchSize);
 
-    /// <summary>The blocks' configuration, as the image ViT's (qkv with a bias, GELU MLP, no LayerScale).</summary>
-    public VisionTransformerConfig BlockConfig => new(ImageSize, PatchSize, EmbedDim, Depth, NumHeads, MlpRatio, QkvBias: true,
-        NumClasses: NumClasses, DropPathRate: DropPathRate, LayerNormEps: LayerNormEps);
+    /// <summary>The blocks' configuration: qkv with a bias, GELU MLP, no LayerScale (a method: not saved with the config).</summary>
+    public PreNormBlockConfig BlockConfig() => new(EmbedDim, NumHeads, (int)(EmbedDim * MlpRatio), QkvBias: true, LayerNormEps, MlpActivation.Gelu);
 
     /// <summary>Throws <see cref="ArgumentException"/> naming the first setting that cannot work.</summary>
     public void Validate()
@@ -44,7 +43,9 @@ public sealed record VideoVisionTransformerConfig(
         if (Frames <= 0 || TubeletSize <= 0 || Frames % TubeletSize != 0)
             throw new ArgumentException($"Frames {Frames} must be a positive multiple of the tubelet size {TubeletSize}.");
         if (EmbedDim % 2 != 0) throw new ArgumentException($"Embedding width {EmbedDim} must be even (sine and cosine pairs).");
-        BlockConfig.Validate();
+        if (EmbedDim % NumHeads != 0) throw new ArgumentException($"Embedding width {EmbedDim} must be divisible by the {NumHeads} heads.");
+        if (Depth <= 0) throw new ArgumentException($"Depth must be positive, got {Depth}.");
+        if (DropPathRate is < 0 or >= 1) throw new ArgumentException($"Drop-path rate must be in [0, 1), got {DropPathRate}.");
     }
 }
 
@@ -62,7 +63,7 @@ public sealed record VideoVisionTransformerConfig(
 public sealed partial class VideoVisionTransformer : Backbone
 {
     private readonly TubeletEmbed patch_embed;
-    private readonly ModuleList<VisionTransformer.Block> blocks;
+    private readonly ModuleList<PreNormBlock> blocks;
     private readonly LayerNorm fc_norm;
     private Linear? head;
     // Not a Tensor field: RegisterComponents would make it a buffer, and checkpoints do not hold it.
@@ -80,7 +81,7 @@ public sealed partial class VideoVisionTransformer : Backbone
         int d = config.EmbedDim;
         patch_embed = new TubeletEmbed(config.TubeletSize, config.PatchSize, d);
         var dropPath = Enumerable.Range(0, config.Depth).Select(i => config.Depth == 1 ? 0 : config.DropPathRate * i / (config.Depth - 1)).ToArray();
-        blocks = new ModuleList<VisionTransformer.Block>([.. Enumerable.Range(0, config.Depth).Select(i => new VisionTransformer.Block(config.BlockConfig, dropPath[i]))]);
+        blocks = new ModuleList<PreNormBlock>([.. Enumerable.Range(0, config.Depth).Select(i => new PreNormBlock(config.BlockConfig(), dropPath[i]))]);
         fc_norm = nn.LayerNorm(d, config.FcNormEps);
         _positions = SinusoidTable(config.Tokens, d);
         RegisterComponents();

@@ -34,7 +34,7 @@ public sealed partial class VideoVisionTransformer
         }
         x = graph.Transpose(graph.Reshape(x, 0, c.EmbedDim, c.Tokens), 0, 2, 1);
         using (var table = PositionTable) x = graph.Add(x, graph.Initializer("pos_table", table));
-        for (int i = 0; i < blocks.Count; i++) x = VisionTransformer.EmitBlock(graph, x, p, $"blocks.{i}", c.BlockConfig, c.Tokens, blocks[i]);
+        for (int i = 0; i < blocks.Count; i++) x = blocks[i].Emit(graph, x, p, $"blocks.{i}", c.Tokens);
         return graph.LayerNorm(graph.ReduceMean(x, [1], keepDims: false), p["fc_norm.weight"], p["fc_norm.bias"], c.FcNormEps, "fc_norm");
     }
 }

@@ -58,6 +58,9 @@ public sealed record VisionTransformerConfig(
     /// <summary>Width of the MLP's hidden layer.</summary>
     public int MlpHidden => (int)(EmbedDim * MlpRatio);
 
+    /// <summary>The blocks' configuration (a method, not a property: the config's saved JSON stays as it was).</summary>
+    public PreNormBlockConfig BlockConfig() => new(EmbedDim, NumHeads, MlpHidden, QkvBias, LayerNormEps, Activation, LayerScaleInit);
+
     /// <summary>
     /// Throws <see cref="ArgumentException"/> unless the image size is a positive multiple of the patch size, the heads
     /// divide the width, the depth is positive, the drop-path rate is in [0, 1), and at most one of a pre-logits layer
@@ -90,7 +93,7 @@ public sealed partial class VisionTransformer : Backbone
     private readonly Parameter? dist_token;
     private readonly Parameter? reg_token;
     private readonly Parameter pos_embed;
-    private readonly ModuleList<Block> blocks;
+    private readonly ModuleList<PreNormBlock> blocks;
     private readonly LayerNorm norm;
     private readonly LayerNorm? norm_pre;
     private PreLogits? pre_logits;
@@ -120,7 +123,7 @@ public sealed partial class VisionTransformer : Backbone
         pos_embed = new Parameter(zeros(1, config.EmbeddedPrefixTokens + config.NumPatches, d));
         // Stochastic depth grows linearly with depth (timm's rule).
         var dropPath = Enumerable.Range(0, config.Depth).Select(i => config.Depth == 1 ? 0 : config.DropPathRate * i / (config.Depth - 1)).ToArray();
-        blocks = new ModuleList<Block>(Enumerable.Range(0, config.Depth).Select(i => new Block(config, dropPath[i])).ToArray());
+        blocks = new ModuleList<PreNormBlock>(Enumerable.Range(0, config.Depth).Select(i => new PreNormBlock(config.BlockConfig(), dropPath[i])).ToArray());
         norm = nn.LayerNorm(d, config.LayerNormEps);
         if (config.PreNorm) norm_pre = nn.LayerNorm(d, config.LayerNormEps);
         if (config.RepresentationSize is int representation) pre_logits = new PreLogits(d, representation);
@@ -153,7 +156,7 @@ public sealed partial class VisionTransformer : Backbone
     public override int NumClasses => Config.NumClasses;
 
     /// <summary>The transformer blocks, in order (timm's <c>blocks</c>).</summary>
-    public IReadOnlyList<Block> Blocks => [.. blocks];
+    public IReadOnlyList<PreNormBlock> Blocks => [.. blocks];
 
     /// <inheritdoc/>
     /// <remarks>timm's <c>head</c>.</remarks>
@@ -335,77 +338,6 @@ public sealed partial class VisionTransformer : Backbone
             return proj.forward(images).flatten(2).transpose(1, 2).MoveToOuterDisposeScope();
         }
     }
-
-    /// <summary>Multi-head self-attention with a fused qkv projection.</summary>
-    public sealed class Attention : nn.Module<Tensor, Tensor>
-    {
-        private readonly AdaptableLinear qkv;
-        private readonly Linear proj;
-        private readonly int _heads;
-
-        /// <summary>Attention over <paramref name="dim"/> channels with <paramref name="heads"/> heads (which must divide it); <paramref name="qkvBias"/> gives qkv a bias.</summary>
-        public Attention(int dim, int heads, bool qkvBias) : base(nameof(Attention))
-        {
-            _heads = heads;
-            qkv = new AdaptableLinear(dim, dim * 3, qkvBias);
-            proj = nn.Linear(dim, dim);
-            RegisterComponents();
-        }
-
-        /// <summary>The fused query/key/value projection [3 D, D]: an adapter site.</summary>
-        public AdaptableLinear Qkv => qkv;
-
-        /// <summary>Scaled dot-product self-attention over tokens [B, N, D], then the output projection; returns [B, N, D].</summary>
-        public override Tensor forward(Tensor x)
-        {
-            using var scope = NewDisposeScope();
-            long b = x.shape[0], n = x.shape[1], c = x.shape[2];
-            Tensor[] qkvParts = qkv.forward(x).reshape(b, n, 3, _heads, c / _heads).permute(2, 0, 3, 1, 4).unbind(0);
-            Tensor attended = nn.functional.scaled_dot_product_attention(qkvParts[0], qkvParts[1], qkvParts[2]);
-            return proj.forward(attended.transpose(1, 2).reshape(b, n, c)).MoveToOuterDisposeScope();
-        }
-    }
-
-    /// <summary>Pre-norm transformer block: x + attn(norm1 x), then x + mlp(norm2 x), each behind drop path.</summary>
-    public sealed class Block : nn.Module<Tensor, Tensor>
-    {
-        private readonly LayerNorm norm1;
-        private readonly Attention attn;
-        private readonly DropPath drop_path1;
-        private readonly LayerNorm norm2;
-        private readonly Mlp mlp;
-        private readonly DropPath drop_path2;
-        private readonly LayerScale? ls1, ls2;
-
-        /// <summary>A block of <paramref name="config"/>'s width, heads, MLP and norm, with drop-path rate <paramref name="dropPath"/>.</summary>
-        public Block(VisionTransformerConfig config, double dropPath) : base(nameof(Block))
-        {
-            norm1 = nn.LayerNorm(config.EmbedDim, config.LayerNormEps);
-            attn = new Attention(config.EmbedDim, config.NumHeads, config.QkvBias);
-            drop_path1 = new DropPath(dropPath);
-            norm2 = nn.LayerNorm(config.EmbedDim, config.LayerNormEps);
-            mlp = new Mlp(config.EmbedDim, config.MlpHidden, config.Activation);
-            drop_path2 = new DropPath(dropPath);
-            if (config.LayerScaleInit is double init) (ls1, ls2) = (new LayerScale(config.EmbedDim, init), new LayerScale(config.EmbedDim, init));
-            RegisterComponents();
-        }
-
-        /// <summary>The block's self-attention (<c>attn</c>).</summary>
-        public Attention Attn => attn;
-        /// <summary>The block's MLP (<c>mlp</c>), whose <see cref="Mlp.Fc1"/> is an adapter site.</summary>
-        public Mlp Mlp => mlp;
-
-        /// <summary>Applies the block to tokens [B, N, D]; returns [B, N, D].</summary>
-        public override Tensor forward(Tensor x)
-        {
-            using var scope = NewDisposeScope();
-            x = x.Plus(drop_path1.forward(Scaled(ls1, attn.forward(norm1.forward(x)))));
-            x = x.Plus(drop_path2.forward(Scaled(ls2, mlp.forward(norm2.forward(x)))));
-            return x.MoveToOuterDisposeScope();
-        }
-    }
-
-    private static Tensor Scaled(LayerScale? scale, Tensor branch) => scale?.forward(branch) ?? branch;
 
     /// <summary>Old timm / Google in21k pre-logits: tanh(fc(x)). Frozen with the backbone.</summary>
     internal sealed class PreLogits : nn.Module<Tensor, Tensor>

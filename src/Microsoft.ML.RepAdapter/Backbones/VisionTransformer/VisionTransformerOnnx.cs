@@ -59,25 +59,5 @@ public sealed partial class VisionTransformer
         return norm_pre is null ? x : Norm(graph, x, p, "norm_pre");
     }
 
-    private string EmitBlock(OnnxGraphBuilder graph, string x, Dictionary<string, Tensor> p, int i) =>
-        EmitBlock(graph, x, p, $"blocks.{i}", Config, Config.Tokens, blocks[i]);
-
-    /// <summary>Emits <see cref="Block"/> <paramref name="block"/> (parameters <paramref name="name"/>.* of <paramref name="p"/>) over <paramref name="tokens"/> tokens; shared with the video ViT.</summary>
-    internal static string EmitBlock(OnnxGraphBuilder graph, string x, Dictionary<string, Tensor> p, string name, VisionTransformerConfig config, long tokens, Block block)
-    {
-        long d = config.EmbedDim, heads = config.NumHeads;
-        string Norm(string value, string norm) => OnnxExport.LayerNorm(graph, value, p, norm, config.LayerNormEps);
-        string h = graph.Linear(Norm(x, name + ".norm1"), p[name + ".attn.qkv.weight"], p.GetValueOrDefault(name + ".attn.qkv.bias"), name + ".attn.qkv");
-        string qkv = graph.Transpose(graph.Reshape(h, 0, tokens, 3, heads, d / heads), 2, 0, 3, 1, 4);
-        string q = graph.Mul(graph.Select(qkv, 0, 0), graph.Scalar((float)(1 / Math.Sqrt(d / heads))));
-        string k = graph.Select(qkv, 0, 1), v = graph.Select(qkv, 0, 2);
-        string attention = graph.Softmax(graph.MatMul(q, graph.Transpose(k, 0, 1, 3, 2)));
-        string attended = graph.Reshape(graph.Transpose(graph.MatMul(attention, v), 0, 2, 1, 3), 0, tokens, d);
-        x = graph.Add(x, Scaled(graph, p, name + ".ls1", graph.Linear(attended, p[name + ".attn.proj.weight"], p[name + ".attn.proj.bias"], name + ".attn.proj")));
-        return graph.Add(x, Scaled(graph, p, name + ".ls2", OnnxExport.Mlp(graph, Norm(x, name + ".norm2"), block.Mlp, name + ".mlp")));
-    }
-
-    /// <summary>The branch times its LayerScale's gamma, when the block has one.</summary>
-    private static string Scaled(OnnxGraphBuilder graph, Dictionary<string, Tensor> p, string scale, string branch) =>
-        p.TryGetValue(scale + ".gamma", out var gamma) ? graph.Mul(branch, graph.Initializer(scale + ".gamma", gamma)) : branch;
+    private string EmitBlock(OnnxGraphBuilder graph, string x, Dictionary<string, Tensor> p, int i) => blocks[i].Emit(graph, x, p, $"blocks.{i}", Config.Tokens);
 }
