@@ -32,7 +32,8 @@ public enum OnnxQuantization
 
     /// <summary>
     /// ONNX Runtime's dynamic quantization (its <c>quantize_dynamic</c> with per-channel int8 weights): every linear layer
-    /// (attention's qkv and projection, the MLPs, ConvNeXt's pointwise layers, the head) keeps int8 weights, one scale per
+    /// (attention's qkv and projection, the MLPs, ConvNeXt's pointwise layers, the head) keeps int8 weights in a 7-bit
+    /// range (exact on CPUs without VNNI too; see <see cref="OnnxGraphBuilder.QuantizeLinearWeights"/>), one scale per
     /// output channel, and quantizes its input to uint8 at run time, one scale per tensor; ONNX Runtime then runs them on
     /// its int8 matrix kernels (VNNI where the CPU has it). Convolutions stay float32: dynamic quantization is ONNX
     /// Runtime's scheme for transformers, while for convolutions it recommends static quantization with calibration data,
