@@ -11,6 +11,10 @@ internal sealed class DropPath : nn.Module<Tensor, Tensor>
 
     public double Probability { get; }
 
+    /// <summary>timm's schedule: the rate grows linearly from 0 at the first of <paramref name="blocks"/> blocks to <paramref name="rate"/> at the last.</summary>
+    public static double[] LinearRates(int blocks, double rate) =>
+        [.. Enumerable.Range(0, blocks).Select(i => blocks == 1 ? 0 : rate * i / (blocks - 1))];
+
     public override Tensor forward(Tensor x)
     {
         if (!training || Probability == 0) return x.alias();

@@ -56,11 +56,12 @@ public sealed partial class ConvNeXt : Backbone
         Architecture = architecture;
         _input = input ?? ImageInputSpec.ImageNet(config.ImageSize);
         stem = nn.Sequential(("0", nn.Conv2d(3, config.Dims[0], 4, stride: 4)), ("1", new LayerNorm2d(config.Dims[0], config.LayerNormEps)));
-        int total = config.Depths.Sum(), index = 0;
+        var allRates = DropPath.LinearRates(config.Depths.Sum(), config.DropPathRate);
+        int index = 0;
         var list = new List<Stage>();
         for (int s = 0; s < config.Depths.Length; s++)
         {
-            var rates = Enumerable.Range(index, config.Depths[s]).Select(i => total == 1 ? 0 : config.DropPathRate * i / (total - 1)).ToArray();
+            var rates = allRates[index..(index + config.Depths[s])];
             list.Add(new Stage(s == 0 ? config.Dims[0] : config.Dims[s - 1], config.Dims[s], s > 0, rates, config));
             index += config.Depths[s];
         }

@@ -77,11 +77,12 @@ public sealed partial class SwinTransformer : Backbone
         Architecture = architecture;
         _input = input ?? ImageInputSpec.ImageNet(config.ImageSize);
         patch_embed = new PatchEmbed(config.PatchSize, config.EmbedDim);
-        int total = config.Depths.Sum(), index = 0;
+        var allRates = DropPath.LinearRates(config.Depths.Sum(), config.DropPathRate);
+        int index = 0;
         var stages = new List<Stage>();
         for (int s = 0; s < config.Depths.Length; s++)
         {
-            var rates = Enumerable.Range(index, config.Depths[s]).Select(i => total == 1 ? 0 : config.DropPathRate * i / (total - 1)).ToArray();
+            var rates = allRates[index..(index + config.Depths[s])];
             stages.Add(new Stage(config, s, rates));
             index += config.Depths[s];
         }

@@ -80,7 +80,7 @@ public sealed partial class VideoVisionTransformer : Backbone
         _input = input ?? ImageInputSpec.ImageNet(config.ImageSize);
         int d = config.EmbedDim;
         patch_embed = new TubeletEmbed(config.TubeletSize, config.PatchSize, d);
-        var dropPath = Enumerable.Range(0, config.Depth).Select(i => config.Depth == 1 ? 0 : config.DropPathRate * i / (config.Depth - 1)).ToArray();
+        var dropPath = DropPath.LinearRates(config.Depth, config.DropPathRate);
         blocks = new ModuleList<PreNormBlock>([.. Enumerable.Range(0, config.Depth).Select(i => new PreNormBlock(config.BlockConfig(), dropPath[i]))]);
         fc_norm = nn.LayerNorm(d, config.FcNormEps);
         _positions = SinusoidTable(config.Tokens, d);

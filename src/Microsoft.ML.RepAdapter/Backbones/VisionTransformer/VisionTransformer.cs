@@ -122,7 +122,7 @@ public sealed partial class VisionTransformer : Backbone
         if (config.RegisterTokens > 0) reg_token = new Parameter(zeros(1, config.RegisterTokens, d));
         pos_embed = new Parameter(zeros(1, config.EmbeddedPrefixTokens + config.NumPatches, d));
         // Stochastic depth grows linearly with depth (timm's rule).
-        var dropPath = Enumerable.Range(0, config.Depth).Select(i => config.Depth == 1 ? 0 : config.DropPathRate * i / (config.Depth - 1)).ToArray();
+        var dropPath = DropPath.LinearRates(config.Depth, config.DropPathRate);
         blocks = new ModuleList<PreNormBlock>(Enumerable.Range(0, config.Depth).Select(i => new PreNormBlock(config.BlockConfig(), dropPath[i])).ToArray());
         norm = nn.LayerNorm(d, config.LayerNormEps);
         if (config.PreNorm) norm_pre = nn.LayerNorm(d, config.LayerNormEps);
